@@ -1,0 +1,182 @@
+//! The command model: ids, statuses, the operator's request, the agent's
+//! acknowledgement, the command view, and the event written to an agent's stream.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::agent::AgentId;
+use crate::clock::Timestamp;
+
+/// A command's unique id: a UUID v7, so ids sort by creation time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct CommandId(Uuid);
+
+impl CommandId {
+    pub(crate) fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl fmt::Display for CommandId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for CommandId {
+    type Err = uuid::Error;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(value).map(Self)
+    }
+}
+
+/// Where a command is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum CommandStatus {
+    /// Created, not yet written to an open stream of the agent.
+    Pending,
+    /// Written to the agent's open stream, not acknowledged yet.
+    Delivered,
+    /// The agent acknowledged it. Final.
+    Acknowledged,
+    /// Not acknowledged within the expiry. Final.
+    Expired,
+}
+
+impl CommandStatus {
+    /// Every status, in life order.
+    pub const ALL: [Self; 4] = [
+        Self::Pending,
+        Self::Delivered,
+        Self::Acknowledged,
+        Self::Expired,
+    ];
+
+    /// The status as the wire writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Delivered => "DELIVERED",
+            Self::Acknowledged => "ACKNOWLEDGED",
+            Self::Expired => "EXPIRED",
+        }
+    }
+
+    /// Whether the command can no longer change.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Acknowledged | Self::Expired)
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What an operator asks to send: `{"type": "config-update", "payload": {...}}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CommandRequest {
+    /// One of the configured command types.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Any JSON value; `{}` when absent.
+    #[serde(default)]
+    pub payload: Option<Value>,
+}
+
+/// How the agent says the command went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum AckResult {
+    /// It worked (the default).
+    #[default]
+    Success,
+    /// It did not.
+    Failure,
+}
+
+/// The optional body of an acknowledgement.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Ack {
+    /// `SUCCESS` unless said otherwise.
+    #[serde(default)]
+    pub result: Option<AckResult>,
+    /// What the agent says about it.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// A command as operators and agents read it (SPEC 4).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandView {
+    /// Its id.
+    pub command_id: CommandId,
+    /// The agent it is for.
+    pub agent_id: AgentId,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub kind: Arc<str>,
+    /// What the operator sent.
+    pub payload: Arc<Value>,
+    /// Where it is in its life.
+    pub status: CommandStatus,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it expires unless acknowledged.
+    pub expires_at: Timestamp,
+    /// When it was written to the agent's stream.
+    pub delivered_at: Option<Timestamp>,
+    /// When the agent acknowledged it.
+    pub acknowledged_at: Option<Timestamp>,
+    /// What the agent said of the outcome.
+    pub result: Option<AckResult>,
+    /// The agent's message.
+    pub message: Option<String>,
+}
+
+/// What an agent's stream carries for one command; serialized as the event's `data`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandEvent {
+    /// The command's id, also the event's `id`.
+    pub command_id: CommandId,
+    /// The agent it is for.
+    pub agent_id: AgentId,
+    /// Its type, also the event's `event` name.
+    #[serde(rename = "type")]
+    pub kind: Arc<str>,
+    /// What the operator sent.
+    pub payload: Arc<Value>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it expires unless acknowledged.
+    pub expires_at: Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_ids_are_time_ordered_uuids() {
+        let first = CommandId::new();
+        let second = CommandId::new();
+        assert!(first < second);
+        assert_eq!(first.to_string().parse::<CommandId>().unwrap(), first);
+    }
+
+    #[test]
+    fn an_empty_ack_means_success_without_message() {
+        let ack: Ack = serde_json::from_str("{}").unwrap();
+        assert_eq!(ack.result.unwrap_or_default(), AckResult::Success);
+        assert_eq!(ack.message, None);
+    }
+}

@@ -1,0 +1,57 @@
+//! What can go wrong in the registry, named in the domain's words; the server
+//! maps each variant to one HTTP status.
+
+use crate::command::CommandId;
+
+/// A request field that breaks a rule of the contract.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidField {
+    /// The field's name as it appears on the wire (`agentId`, `type`, ...).
+    pub field: &'static str,
+    /// What is wrong with it, in words a user can act on.
+    pub reason: String,
+}
+
+impl InvalidField {
+    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Why a registry operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// A field of the request is invalid.
+    #[error(transparent)]
+    InvalidField(#[from] InvalidField),
+    /// No agent is registered under this id.
+    #[error("agent '{0}' is not registered")]
+    UnknownAgent(String),
+    /// No agent, in any status, declared this group.
+    #[error("no agent has group '{0}'")]
+    UnknownGroup(String),
+    /// No command with this id is retained for this agent.
+    #[error("agent '{agent_id}' has no command '{command_id}'")]
+    UnknownCommand {
+        /// The agent the command was looked up for.
+        agent_id: String,
+        /// The command id, as given.
+        command_id: String,
+    },
+    /// The command expired before it was acknowledged.
+    #[error("command '{0}' expired before it was acknowledged")]
+    CommandExpired(CommandId),
+    /// Opening one more stream would pass the configured limit.
+    #[error("{limit} streams are open, the most this server accepts")]
+    TooManyStreams {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The registry is shutting down and opens no new streams.
+    #[error("the registry is shutting down")]
+    ShuttingDown,
+}

@@ -1,0 +1,46 @@
+//! The agent registry's domain, with no HTTP in it: agents and their lifecycle
+//! (LIVE, STALE, DEAD), commands and theirs (PENDING, DELIVERED, ACKNOWLEDGED,
+//! EXPIRED), and the channel each agent's stream reads its commands from.
+//!
+//! Every deadline (an agent going STALE or DEAD, a command expiring or being
+//! dropped after its retention) sits in one ordered index; a single task sleeps
+//! until the earliest and applies what is due, so an idle fleet costs nothing.
+//! Time is tokio's, so tests pause and advance it.
+//!
+//! # Layout
+//!
+//! - [`registry`]: the [`Registry`] handle, its lock and its scheduler task.
+//! - `state`: the state under the lock and every rule that changes it.
+//! - `schedule`: the ordered deadline index.
+//! - [`agent`]: agent ids, registration, status and the agent view.
+//! - [`command`]: command ids, statuses, requests, acks, views and stream events.
+//! - [`stream`]: the per-agent delivery channel, [`Subscription`].
+//! - [`clock`]: monotonic instants and their wall-clock [`Timestamp`]s.
+//! - [`settings`]: timings and limits.
+//! - [`stats`]: counts for metrics.
+//! - [`error`]: [`RegistryError`] and [`InvalidField`].
+
+pub mod agent;
+pub mod clock;
+pub mod command;
+pub mod error;
+pub mod registry;
+mod schedule;
+pub mod settings;
+mod state;
+pub mod stats;
+pub mod stream;
+
+pub use agent::{
+    AgentFilter, AgentId, AgentMetadata, AgentStatus, AgentView, GroupName, Registration,
+    RegistrationRequest, StatusChange,
+};
+pub use clock::{Clock, Timestamp};
+pub use command::{
+    Ack, AckResult, CommandEvent, CommandId, CommandRequest, CommandStatus, CommandView,
+};
+pub use error::{InvalidField, RegistryError};
+pub use registry::{Registry, RegistryGuard, Tick};
+pub use settings::Settings;
+pub use stats::Stats;
+pub use stream::Subscription;

@@ -1,0 +1,273 @@
+//! The registry handle: one cheap clone shared by every task, the lock over the
+//! state, and the background task that applies deadlines as they come due.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::{Notify, broadcast};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{AgentFilter, AgentView, Registration, StatusChange};
+use crate::clock::Clock;
+use crate::command::{Ack, CommandRequest, CommandView};
+use crate::error::RegistryError;
+use crate::settings::Settings;
+use crate::state::State;
+use crate::stats::Stats;
+use crate::stream::Subscription;
+
+/// Lifecycle transitions kept for a slow subscriber before it starts missing some.
+const STATUS_CHANGE_BACKLOG: usize = 4096;
+
+/// A handle to the registry. Cloning it is cheap; every clone sees the same agents.
+#[derive(Clone)]
+pub struct Registry {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the scheduler task when a deadline earlier than its next one is added.
+    wake_scheduler: Notify,
+    /// Parent of every stream's closer: cancelling it ends every stream.
+    streams: CancellationToken,
+    changes: broadcast::Sender<StatusChange>,
+    settings: Arc<Settings>,
+    clock: Clock,
+}
+
+/// Owns the registry's scheduler task and stops it when dropped, so that no
+/// task outlives the server that started it.
+pub struct RegistryGuard {
+    registry: Registry,
+    stop: CancellationToken,
+}
+
+impl RegistryGuard {
+    /// A handle to the registry this guard runs.
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
+    }
+}
+
+impl Drop for RegistryGuard {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// What one pass of the scheduler did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tick {
+    /// Deadlines that were due and were applied.
+    pub handled: usize,
+    /// The earliest deadline still ahead.
+    pub next_due: Option<Instant>,
+}
+
+impl Registry {
+    /// Starts a registry and its scheduler task on the current tokio runtime.
+    pub fn start(settings: Settings) -> RegistryGuard {
+        Self::start_with_clock(settings, Clock::new())
+    }
+
+    /// Starts a registry whose timestamps come from `clock`.
+    pub fn start_with_clock(settings: Settings, clock: Clock) -> RegistryGuard {
+        let registry = Self::new(settings, clock);
+        let stop = CancellationToken::new();
+        tokio::spawn(run_scheduler(registry.clone(), stop.clone()));
+        RegistryGuard { registry, stop }
+    }
+
+    /// A registry with no scheduler task: deadlines apply only when an operation
+    /// or [`tick`](Self::tick) runs. For benchmarks that drive ticks themselves.
+    pub fn new(settings: Settings, clock: Clock) -> Self {
+        let settings = Arc::new(settings);
+        let (changes, _) = broadcast::channel(STATUS_CHANGE_BACKLOG);
+        let state = State::new(settings.clone(), clock, changes.clone());
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                wake_scheduler: Notify::new(),
+                streams: CancellationToken::new(),
+                changes,
+                settings,
+                clock,
+            }),
+        }
+    }
+
+    /// The settings the registry runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.shared.settings
+    }
+
+    /// The clock the registry reads.
+    pub fn clock(&self) -> &Clock {
+        &self.shared.clock
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every operation leaves the state consistent before it can panic, so a
+        // poisoned lock is still safe to use, and better than failing every request.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `operation` on the state after applying the deadlines due now, and
+    /// wakes the scheduler if the operation added an earlier deadline.
+    fn with_state<R>(&self, operation: impl FnOnce(&mut State, Instant) -> R) -> R {
+        let mut state = self.lock();
+        let now = self.shared.clock.now();
+        state.advance(now);
+        let result = operation(&mut state, now);
+        let wake = state.take_wake();
+        drop(state);
+        if wake {
+            self.shared.wake_scheduler.notify_one();
+        }
+        result
+    }
+
+    /// Applies every deadline due now. The scheduler task calls this; tests and
+    /// benchmarks may too.
+    pub fn tick(&self) -> Tick {
+        let mut state = self.lock();
+        let handled = state.advance(self.shared.clock.now());
+        state.take_wake();
+        Tick {
+            handled,
+            next_due: state.next_due(),
+        }
+    }
+
+    /// Registers an agent, or resumes its identity if it is known. Returns its
+    /// view and whether it resumed.
+    pub fn register(&self, registration: Registration) -> (AgentView, bool) {
+        self.with_state(|state, now| state.register(registration, now))
+    }
+
+    /// Records a heartbeat: the agent is LIVE until `stale_after` from now.
+    pub fn heartbeat(&self, agent_id: &str) -> Result<(), RegistryError> {
+        self.with_state(|state, now| state.heartbeat(agent_id, now))
+    }
+
+    /// One agent.
+    pub fn agent(&self, agent_id: &str) -> Result<AgentView, RegistryError> {
+        self.with_state(|state, _| state.agent(agent_id))
+    }
+
+    /// The agents that pass `filter`, ordered by id.
+    pub fn agents(&self, filter: &AgentFilter) -> Vec<AgentView> {
+        self.with_state(|state, _| state.agents(filter))
+    }
+
+    /// Deletes an agent, ends its stream and drops its commands.
+    pub fn delete_agent(&self, agent_id: &str) -> Result<(), RegistryError> {
+        self.with_state(|state, _| state.delete(agent_id))
+    }
+
+    /// Deletes every DEAD agent; returns how many.
+    pub fn delete_dead_agents(&self) -> usize {
+        self.with_state(|state, _| state.delete_dead())
+    }
+
+    /// Sends a command to one agent, in any status.
+    pub fn send_to_agent(
+        &self,
+        agent_id: &str,
+        request: CommandRequest,
+    ) -> Result<CommandView, RegistryError> {
+        self.with_state(|state, now| state.send_to_agent(agent_id, request, now))
+    }
+
+    /// Sends one command to each LIVE agent of `group`.
+    pub fn send_to_group(
+        &self,
+        group: &str,
+        request: CommandRequest,
+    ) -> Result<Vec<CommandView>, RegistryError> {
+        self.with_state(|state, now| state.send_to_group(group, request, now))
+    }
+
+    /// Sends one command to each LIVE agent.
+    pub fn send_to_fleet(
+        &self,
+        request: CommandRequest,
+    ) -> Result<Vec<CommandView>, RegistryError> {
+        self.with_state(|state, now| state.send_to_fleet(request, now))
+    }
+
+    /// The agent's retained commands, newest first.
+    pub fn commands_of(&self, agent_id: &str) -> Result<Vec<CommandView>, RegistryError> {
+        self.with_state(|state, _| state.commands_of(agent_id))
+    }
+
+    /// One of the agent's commands.
+    pub fn command(&self, agent_id: &str, command_id: &str) -> Result<CommandView, RegistryError> {
+        self.with_state(|state, _| state.command(agent_id, command_id))
+    }
+
+    /// Acknowledges one of the agent's commands.
+    pub fn ack(
+        &self,
+        agent_id: &str,
+        command_id: &str,
+        ack: Ack,
+    ) -> Result<CommandView, RegistryError> {
+        self.with_state(|state, now| state.ack(agent_id, command_id, ack, now))
+    }
+
+    /// Opens the agent's stream, closing any it had open.
+    pub fn open_stream(&self, agent_id: &str) -> Result<Subscription, RegistryError> {
+        let opened =
+            self.with_state(|state, _| state.open_stream(agent_id, &self.shared.streams))?;
+        Ok(Subscription::new(opened, self.clone()))
+    }
+
+    /// Unregisters a stream whose reader went away.
+    pub(crate) fn stream_closed(
+        &self,
+        agent_id: &str,
+        stream_id: u64,
+        unwritten: &[crate::CommandId],
+    ) {
+        self.with_state(|state, _| state.stream_closed(agent_id, stream_id, unwritten));
+    }
+
+    /// Ends every open stream and refuses new ones: the first step of shutting down.
+    pub fn close_all_streams(&self) {
+        self.shared.streams.cancel();
+    }
+
+    /// Every lifecycle transition from now on.
+    pub fn status_changes(&self) -> broadcast::Receiver<StatusChange> {
+        self.shared.changes.subscribe()
+    }
+
+    /// Counts for metrics.
+    pub fn stats(&self) -> Stats {
+        self.with_state(|state, _| state.stats())
+    }
+}
+
+/// Sleeps until the earliest deadline, applies what is due, and sleeps again;
+/// wakes early only when an earlier deadline is added. It never walks the fleet.
+async fn run_scheduler(registry: Registry, stop: CancellationToken) {
+    loop {
+        let next_due = registry.tick().next_due;
+        let sleep = async {
+            match next_due {
+                Some(when) => tokio::time::sleep_until(when).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep => {}
+            () = registry.shared.wake_scheduler.notified() => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}

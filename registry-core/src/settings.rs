@@ -1,0 +1,41 @@
+//! The timings and limits the core works with; the server fills them from its
+//! configuration.
+
+use std::time::Duration;
+
+/// Timings and limits of the registry core. `Default` gives the contract's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// A LIVE agent without a heartbeat for this long becomes STALE.
+    pub stale_after: Duration,
+    /// A STALE agent becomes DEAD this long after it became STALE.
+    pub dead_after: Duration,
+    /// A command not acknowledged this long after its creation expires.
+    pub command_expiry: Duration,
+    /// A final (ACKNOWLEDGED or EXPIRED) command is dropped this long after it became final.
+    pub command_retention: Duration,
+    /// The command types operators may send.
+    pub command_types: Vec<String>,
+    /// Commands queued for one stream and not yet written; a stream that falls
+    /// this far behind is closed and its queued commands return to PENDING.
+    pub stream_queue: usize,
+    /// Open streams at most; 0 means no limit. A stream that replaces its
+    /// agent's own open stream does not count.
+    pub max_streams: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            stale_after: Duration::from_secs(90),
+            dead_after: Duration::from_secs(300),
+            command_expiry: Duration::from_secs(60),
+            command_retention: Duration::from_secs(600),
+            command_types: ["config-update", "deep-trace", "replay"]
+                .map(String::from)
+                .to_vec(),
+            stream_queue: 64,
+            max_streams: 0,
+        }
+    }
+}

@@ -1,0 +1,757 @@
+//! The registry's state under its one lock: agents, the group index, commands,
+//! open streams and the deadline schedule, with every rule that changes them.
+//! Every operation first applies the deadlines due at `now`, so no read ever
+//! shows a status a late timer has not caught up with yet.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::agent::{
+    AgentFilter, AgentId, AgentMetadata, AgentStatus, AgentView, GroupName, Registration,
+    StatusChange,
+};
+use crate::clock::Clock;
+use crate::command::{Ack, CommandEvent, CommandId, CommandRequest, CommandStatus, CommandView};
+use crate::error::{InvalidField, RegistryError};
+use crate::schedule::{DeadlineKey, Schedule};
+use crate::settings::Settings;
+use crate::stats::Stats;
+
+/// What a deadline is for. The entity's own status says which of its rules
+/// applies: a LIVE agent goes STALE, a STALE one DEAD; an open command
+/// expires, a final one is dropped.
+#[derive(Debug)]
+enum Due {
+    Agent(AgentId),
+    Command(CommandId),
+}
+
+/// The schedule, and whether the scheduler task must wake because a deadline
+/// earlier than the one it sleeps until was added.
+struct Deadlines {
+    schedule: Schedule<Due>,
+    wake: bool,
+}
+
+impl Deadlines {
+    fn insert(&mut self, when: Instant, due: Due) -> DeadlineKey {
+        let (key, earliest) = self.schedule.insert(when, due);
+        self.wake |= earliest;
+        key
+    }
+
+    fn replace(&mut self, slot: &mut Option<DeadlineKey>, when: Instant, due: Due) {
+        if let Some(old) = slot.take() {
+            self.schedule.remove(old);
+        }
+        *slot = Some(self.insert(when, due));
+    }
+}
+
+/// Counts and logs every change of status, and broadcasts lifecycle transitions.
+struct Journal {
+    clock: Clock,
+    stats: Stats,
+    changes: broadcast::Sender<StatusChange>,
+}
+
+impl Journal {
+    fn agent_status(&mut self, agent: &mut AgentEntry, to: AgentStatus, at: Instant) {
+        let from = agent.status;
+        if from == to {
+            return;
+        }
+        agent.status = to;
+        agent.status_changed_at = at;
+        self.stats.agents[from.index()] -= 1;
+        self.stats.agents[to.index()] += 1;
+        self.stats.transitions[from.index()][to.index()] += 1;
+        info!(agent_id = %agent.id, %from, %to, "agent status changed");
+        // Nobody listening is fine: the change is already logged and counted.
+        let _ = self.changes.send(StatusChange {
+            agent_id: agent.id.clone(),
+            from,
+            to,
+            at: self.clock.timestamp(at),
+        });
+    }
+
+    fn command_status(&mut self, command: &mut CommandEntry, to: CommandStatus) {
+        self.stats.commands[command.status.index()] -= 1;
+        self.stats.commands[to.index()] += 1;
+        command.status = to;
+    }
+}
+
+/// The stream an agent has open: where its commands go, and how to end it.
+struct StreamSlot {
+    id: u64,
+    sender: mpsc::Sender<CommandEvent>,
+    closer: CancellationToken,
+}
+
+struct AgentEntry {
+    id: AgentId,
+    metadata: AgentMetadata,
+    status: AgentStatus,
+    registered_at: Instant,
+    last_heartbeat_at: Instant,
+    status_changed_at: Instant,
+    /// The agent's next lifecycle deadline; none once DEAD.
+    deadline: Option<DeadlineKey>,
+    stream: Option<StreamSlot>,
+    /// The agent's retained commands by creation sequence, so newest first is a reverse walk.
+    commands: BTreeMap<u64, CommandId>,
+}
+
+impl AgentEntry {
+    fn view(&self, clock: &Clock) -> AgentView {
+        AgentView {
+            agent_id: self.id.clone(),
+            metadata: self.metadata.clone(),
+            status: self.status,
+            registered_at: clock.timestamp(self.registered_at),
+            last_heartbeat_at: clock.timestamp(self.last_heartbeat_at),
+            status_changed_at: clock.timestamp(self.status_changed_at),
+            connected: self.stream.is_some(),
+        }
+    }
+}
+
+struct CommandEntry {
+    seq: u64,
+    id: CommandId,
+    agent_id: AgentId,
+    kind: Arc<str>,
+    payload: Arc<Value>,
+    status: CommandStatus,
+    created_at: Instant,
+    expires_at: Instant,
+    delivered_at: Option<Instant>,
+    acknowledged_at: Option<Instant>,
+    ack: Option<Ack>,
+    /// Expiry while open, purge once final: a command always has exactly one.
+    deadline: DeadlineKey,
+}
+
+impl CommandEntry {
+    fn view(&self, clock: &Clock) -> CommandView {
+        let ack = self.ack.as_ref();
+        CommandView {
+            command_id: self.id,
+            agent_id: self.agent_id.clone(),
+            kind: self.kind.clone(),
+            payload: self.payload.clone(),
+            status: self.status,
+            created_at: clock.timestamp(self.created_at),
+            expires_at: clock.timestamp(self.expires_at),
+            delivered_at: self.delivered_at.map(|at| clock.timestamp(at)),
+            acknowledged_at: self.acknowledged_at.map(|at| clock.timestamp(at)),
+            result: ack.map(|ack| ack.result.unwrap_or_default()),
+            message: ack.and_then(|ack| ack.message.clone()),
+        }
+    }
+
+    fn event(&self, clock: &Clock) -> CommandEvent {
+        CommandEvent {
+            command_id: self.id,
+            agent_id: self.agent_id.clone(),
+            kind: self.kind.clone(),
+            payload: self.payload.clone(),
+            created_at: clock.timestamp(self.created_at),
+            expires_at: clock.timestamp(self.expires_at),
+        }
+    }
+}
+
+/// What the registry needs to hand a new stream to its reader.
+pub(crate) struct OpenedStream {
+    pub(crate) agent_id: AgentId,
+    pub(crate) stream_id: u64,
+    pub(crate) receiver: mpsc::Receiver<CommandEvent>,
+    pub(crate) closer: CancellationToken,
+}
+
+pub(crate) struct State {
+    settings: Arc<Settings>,
+    command_types: Vec<Arc<str>>,
+    agents: HashMap<AgentId, AgentEntry>,
+    /// Every group with at least one agent, in any status, and its members.
+    groups: HashMap<GroupName, HashSet<AgentId>>,
+    commands: HashMap<CommandId, CommandEntry>,
+    deadlines: Deadlines,
+    journal: Journal,
+    /// Orders commands within an agent and tells streams apart.
+    next_seq: u64,
+}
+
+impl State {
+    pub(crate) fn new(
+        settings: Arc<Settings>,
+        clock: Clock,
+        changes: broadcast::Sender<StatusChange>,
+    ) -> Self {
+        let command_types = settings
+            .command_types
+            .iter()
+            .map(|kind| Arc::from(kind.as_str()))
+            .collect();
+        Self {
+            settings,
+            command_types,
+            agents: HashMap::new(),
+            groups: HashMap::new(),
+            commands: HashMap::new(),
+            deadlines: Deadlines {
+                schedule: Schedule::new(),
+                wake: false,
+            },
+            journal: Journal {
+                clock,
+                stats: Stats::default(),
+                changes,
+            },
+            next_seq: 0,
+        }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    /// Applies every deadline due at `now`, in deadline order; returns how many.
+    pub(crate) fn advance(&mut self, now: Instant) -> usize {
+        let mut handled = 0;
+        while let Some((when, due)) = self.deadlines.schedule.pop_due(now) {
+            handled += 1;
+            match due {
+                Due::Agent(id) => self.agent_due(id, when),
+                Due::Command(id) => self.command_due(id, when),
+            }
+        }
+        handled
+    }
+
+    /// The earliest deadline still scheduled.
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        self.deadlines.schedule.next_due()
+    }
+
+    /// Whether an operation added a deadline earlier than any before it; clears the flag.
+    pub(crate) fn take_wake(&mut self) -> bool {
+        std::mem::take(&mut self.deadlines.wake)
+    }
+
+    fn agent_due(&mut self, id: AgentId, when: Instant) {
+        let Some(agent) = self.agents.get_mut(&id) else {
+            return;
+        };
+        agent.deadline = None;
+        match agent.status {
+            AgentStatus::Live => {
+                self.journal.agent_status(agent, AgentStatus::Stale, when);
+                let dead_at = when + self.settings.dead_after;
+                agent.deadline = Some(self.deadlines.insert(dead_at, Due::Agent(id)));
+            }
+            AgentStatus::Stale => self.journal.agent_status(agent, AgentStatus::Dead, when),
+            AgentStatus::Dead => {}
+        }
+    }
+
+    fn command_due(&mut self, id: CommandId, when: Instant) {
+        let Some(command) = self.commands.get_mut(&id) else {
+            return;
+        };
+        if !command.status.is_final() {
+            debug!(command_id = %id, agent_id = %command.agent_id, "command expired");
+            self.journal.command_status(command, CommandStatus::Expired);
+            let purge_at = when + self.settings.command_retention;
+            command.deadline = self.deadlines.insert(purge_at, Due::Command(id));
+            return;
+        }
+        if let Some(command) = self.commands.remove(&id) {
+            self.journal.stats.commands[command.status.index()] -= 1;
+            if let Some(agent) = self.agents.get_mut(&command.agent_id) {
+                agent.commands.remove(&command.seq);
+            }
+        }
+    }
+
+    /// Registers a new agent or resumes a known one; returns its view and whether it resumed.
+    pub(crate) fn register(
+        &mut self,
+        registration: Registration,
+        now: Instant,
+    ) -> (AgentView, bool) {
+        let Registration { agent_id, metadata } = registration;
+        self.journal.stats.registrations += 1;
+        let stale_at = now + self.settings.stale_after;
+        let (agent, resumed) = match self.agents.entry(agent_id.clone()) {
+            Entry::Occupied(entry) => {
+                let agent = entry.into_mut();
+                if agent.metadata.group != metadata.group {
+                    unindex(&mut self.groups, &agent.metadata.group, &agent_id);
+                    index(&mut self.groups, &metadata.group, &agent_id);
+                }
+                agent.metadata = metadata;
+                self.journal.agent_status(agent, AgentStatus::Live, now);
+                (agent, true)
+            }
+            Entry::Vacant(entry) => {
+                index(&mut self.groups, &metadata.group, &agent_id);
+                self.journal.stats.agents[AgentStatus::Live.index()] += 1;
+                info!(agent_id = %agent_id, group = %metadata.group, "agent registered");
+                let agent = entry.insert(AgentEntry {
+                    id: agent_id.clone(),
+                    metadata,
+                    status: AgentStatus::Live,
+                    registered_at: now,
+                    last_heartbeat_at: now,
+                    status_changed_at: now,
+                    deadline: None,
+                    stream: None,
+                    commands: BTreeMap::new(),
+                });
+                (agent, false)
+            }
+        };
+        agent.last_heartbeat_at = now;
+        self.deadlines
+            .replace(&mut agent.deadline, stale_at, Due::Agent(agent_id));
+        (agent.view(&self.journal.clock), resumed)
+    }
+
+    /// Records a heartbeat: the agent is LIVE and its stale deadline moves.
+    pub(crate) fn heartbeat(&mut self, agent_id: &str, now: Instant) -> Result<(), RegistryError> {
+        let agent = self
+            .agents
+            .get_mut(agent_id)
+            .ok_or_else(|| unknown_agent(agent_id))?;
+        self.journal.stats.heartbeats += 1;
+        agent.last_heartbeat_at = now;
+        self.journal.agent_status(agent, AgentStatus::Live, now);
+        let stale_at = now + self.settings.stale_after;
+        let due = Due::Agent(agent.id.clone());
+        self.deadlines.replace(&mut agent.deadline, stale_at, due);
+        Ok(())
+    }
+
+    pub(crate) fn agent(&self, agent_id: &str) -> Result<AgentView, RegistryError> {
+        self.agents
+            .get(agent_id)
+            .map(|agent| agent.view(&self.journal.clock))
+            .ok_or_else(|| unknown_agent(agent_id))
+    }
+
+    /// The agents that pass `filter`, ordered by id.
+    pub(crate) fn agents(&self, filter: &AgentFilter) -> Vec<AgentView> {
+        let wanted =
+            |agent: &&AgentEntry| filter.status.is_none_or(|status| agent.status == status);
+        let clock = &self.journal.clock;
+        let mut views: Vec<AgentView> = match &filter.group {
+            Some(group) => self
+                .groups
+                .get(group.as_str())
+                .into_iter()
+                .flatten()
+                .filter_map(|id| self.agents.get(id))
+                .filter(wanted)
+                .map(|agent| agent.view(clock))
+                .collect(),
+            None => self
+                .agents
+                .values()
+                .filter(wanted)
+                .map(|agent| agent.view(clock))
+                .collect(),
+        };
+        views.sort_unstable_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        views
+    }
+
+    /// Deletes an agent: ends its stream and drops its commands and deadlines.
+    pub(crate) fn delete(&mut self, agent_id: &str) -> Result<(), RegistryError> {
+        let agent = self
+            .agents
+            .remove(agent_id)
+            .ok_or_else(|| unknown_agent(agent_id))?;
+        self.forget(agent);
+        Ok(())
+    }
+
+    /// Deletes every DEAD agent; returns how many.
+    pub(crate) fn delete_dead(&mut self) -> usize {
+        let dead: Vec<AgentId> = self
+            .agents
+            .values()
+            .filter(|agent| agent.status == AgentStatus::Dead)
+            .map(|agent| agent.id.clone())
+            .collect();
+        for id in &dead {
+            if let Some(agent) = self.agents.remove(id) {
+                self.forget(agent);
+            }
+        }
+        dead.len()
+    }
+
+    fn forget(&mut self, agent: AgentEntry) {
+        unindex(&mut self.groups, &agent.metadata.group, &agent.id);
+        if let Some(key) = agent.deadline {
+            self.deadlines.schedule.remove(key);
+        }
+        if let Some(stream) = agent.stream {
+            stream.closer.cancel();
+            self.journal.stats.open_streams -= 1;
+        }
+        for id in agent.commands.values() {
+            if let Some(command) = self.commands.remove(id) {
+                self.deadlines.schedule.remove(command.deadline);
+                self.journal.stats.commands[command.status.index()] -= 1;
+            }
+        }
+        self.journal.stats.agents[agent.status.index()] -= 1;
+        info!(agent_id = %agent.id, "agent deleted");
+    }
+
+    /// Checks a command request against the configured types; returns the type and payload.
+    fn command_parts(
+        &self,
+        request: CommandRequest,
+    ) -> Result<(Arc<str>, Arc<Value>), InvalidField> {
+        let kind = self
+            .command_types
+            .iter()
+            .find(|kind| ***kind == *request.kind)
+            .cloned()
+            .ok_or_else(|| {
+                InvalidField::new(
+                    "type",
+                    format!(
+                        "'{}' is not one of the allowed types: {}",
+                        request.kind,
+                        self.settings.command_types.join(", ")
+                    ),
+                )
+            })?;
+        let payload = request
+            .payload
+            .unwrap_or_else(|| Value::Object(Default::default()));
+        Ok((kind, Arc::new(payload)))
+    }
+
+    /// Sends a command to one agent, whatever its status.
+    pub(crate) fn send_to_agent(
+        &mut self,
+        agent_id: &str,
+        request: CommandRequest,
+        now: Instant,
+    ) -> Result<CommandView, RegistryError> {
+        let (kind, payload) = self.command_parts(request)?;
+        let agent_id = self
+            .agents
+            .get(agent_id)
+            .map(|agent| agent.id.clone())
+            .ok_or_else(|| unknown_agent(agent_id))?;
+        Ok(self.create_command(&agent_id, &kind, &payload, now))
+    }
+
+    /// Sends one command to each LIVE agent of a group.
+    pub(crate) fn send_to_group(
+        &mut self,
+        group: &str,
+        request: CommandRequest,
+        now: Instant,
+    ) -> Result<Vec<CommandView>, RegistryError> {
+        let (kind, payload) = self.command_parts(request)?;
+        let members = self
+            .groups
+            .get(group)
+            .ok_or_else(|| RegistryError::UnknownGroup(group.to_owned()))?;
+        let targets = self.live(members.iter());
+        Ok(self.create_commands(targets, &kind, &payload, now))
+    }
+
+    /// Sends one command to each LIVE agent.
+    pub(crate) fn send_to_fleet(
+        &mut self,
+        request: CommandRequest,
+        now: Instant,
+    ) -> Result<Vec<CommandView>, RegistryError> {
+        let (kind, payload) = self.command_parts(request)?;
+        let targets = self.live(self.agents.keys());
+        Ok(self.create_commands(targets, &kind, &payload, now))
+    }
+
+    /// The LIVE agents among `ids`, ordered by id.
+    fn live<'a>(&self, ids: impl Iterator<Item = &'a AgentId>) -> Vec<AgentId> {
+        let mut live: Vec<AgentId> = ids
+            .filter(|id| {
+                self.agents
+                    .get(*id)
+                    .is_some_and(|agent| agent.status == AgentStatus::Live)
+            })
+            .cloned()
+            .collect();
+        live.sort_unstable();
+        live
+    }
+
+    fn create_commands(
+        &mut self,
+        targets: Vec<AgentId>,
+        kind: &Arc<str>,
+        payload: &Arc<Value>,
+        now: Instant,
+    ) -> Vec<CommandView> {
+        targets
+            .iter()
+            .map(|agent_id| self.create_command(agent_id, kind, payload, now))
+            .collect()
+    }
+
+    /// Creates a command for a known agent and, if it has a stream open, delivers it at once.
+    fn create_command(
+        &mut self,
+        agent_id: &AgentId,
+        kind: &Arc<str>,
+        payload: &Arc<Value>,
+        now: Instant,
+    ) -> CommandView {
+        let seq = self.next_seq();
+        let id = CommandId::new();
+        let expires_at = now + self.settings.command_expiry;
+        let deadline = self.deadlines.insert(expires_at, Due::Command(id));
+        let mut command = CommandEntry {
+            seq,
+            id,
+            agent_id: agent_id.clone(),
+            kind: kind.clone(),
+            payload: payload.clone(),
+            status: CommandStatus::Pending,
+            created_at: now,
+            expires_at,
+            delivered_at: None,
+            acknowledged_at: None,
+            ack: None,
+            deadline,
+        };
+        self.journal.stats.commands_created += 1;
+        self.journal.stats.commands[CommandStatus::Pending.index()] += 1;
+        if let Some(agent) = self.agents.get_mut(agent_id) {
+            agent.commands.insert(seq, id);
+            deliver(agent, &mut command, now, &mut self.journal);
+        }
+        let view = command.view(&self.journal.clock);
+        self.commands.insert(id, command);
+        view
+    }
+
+    /// The agent's retained commands, newest first.
+    pub(crate) fn commands_of(&self, agent_id: &str) -> Result<Vec<CommandView>, RegistryError> {
+        let agent = self
+            .agents
+            .get(agent_id)
+            .ok_or_else(|| unknown_agent(agent_id))?;
+        Ok(agent
+            .commands
+            .values()
+            .rev()
+            .filter_map(|id| self.commands.get(id))
+            .map(|command| command.view(&self.journal.clock))
+            .collect())
+    }
+
+    pub(crate) fn command(
+        &mut self,
+        agent_id: &str,
+        command_id: &str,
+    ) -> Result<CommandView, RegistryError> {
+        let command = find_command(&self.agents, &mut self.commands, agent_id, command_id)?;
+        Ok(command.view(&self.journal.clock))
+    }
+
+    /// Acknowledges a PENDING or DELIVERED command; a second ack keeps the first result.
+    pub(crate) fn ack(
+        &mut self,
+        agent_id: &str,
+        command_id: &str,
+        ack: Ack,
+        now: Instant,
+    ) -> Result<CommandView, RegistryError> {
+        let command = find_command(&self.agents, &mut self.commands, agent_id, command_id)?;
+        match command.status {
+            CommandStatus::Expired => return Err(RegistryError::CommandExpired(command.id)),
+            CommandStatus::Acknowledged => {}
+            CommandStatus::Pending | CommandStatus::Delivered => {
+                command.acknowledged_at = Some(now);
+                command.ack = Some(ack);
+                self.deadlines.schedule.remove(command.deadline);
+                let purge_at = now + self.settings.command_retention;
+                command.deadline = self.deadlines.insert(purge_at, Due::Command(command.id));
+                self.journal
+                    .command_status(command, CommandStatus::Acknowledged);
+            }
+        }
+        Ok(command.view(&self.journal.clock))
+    }
+
+    /// Opens a stream for an agent, closing the one it had open.
+    pub(crate) fn open_stream(
+        &mut self,
+        agent_id: &str,
+        streams: &CancellationToken,
+    ) -> Result<OpenedStream, RegistryError> {
+        if streams.is_cancelled() {
+            return Err(RegistryError::ShuttingDown);
+        }
+        let limit = self.settings.max_streams;
+        let open = self.journal.stats.open_streams;
+        let stream_id = self.next_seq();
+        let agent = self
+            .agents
+            .get_mut(agent_id)
+            .ok_or_else(|| unknown_agent(agent_id))?;
+        if agent.stream.is_none() && limit > 0 && open >= limit {
+            return Err(RegistryError::TooManyStreams { limit });
+        }
+        let (sender, receiver) = mpsc::channel(self.settings.stream_queue.max(1));
+        let closer = streams.child_token();
+        let slot = StreamSlot {
+            id: stream_id,
+            sender,
+            closer: closer.clone(),
+        };
+        match agent.stream.replace(slot) {
+            Some(old) => {
+                debug!(agent_id, "a new stream replaces the open one");
+                old.closer.cancel();
+            }
+            None => self.journal.stats.open_streams += 1,
+        }
+        Ok(OpenedStream {
+            agent_id: agent.id.clone(),
+            stream_id,
+            receiver,
+            closer,
+        })
+    }
+
+    /// Unregisters a stream whose reader went away; commands it had queued but
+    /// not written go back to PENDING.
+    pub(crate) fn stream_closed(
+        &mut self,
+        agent_id: &str,
+        stream_id: u64,
+        unwritten: &[CommandId],
+    ) {
+        if let Some(agent) = self.agents.get_mut(agent_id)
+            && agent
+                .stream
+                .as_ref()
+                .is_some_and(|slot| slot.id == stream_id)
+        {
+            agent.stream = None;
+            self.journal.stats.open_streams -= 1;
+        }
+        for id in unwritten {
+            if let Some(command) = self.commands.get_mut(id)
+                && command.status == CommandStatus::Delivered
+            {
+                command.delivered_at = None;
+                self.journal.command_status(command, CommandStatus::Pending);
+            }
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        Stats {
+            scheduled_deadlines: self.deadlines.schedule.len(),
+            ..self.journal.stats.clone()
+        }
+    }
+}
+
+/// Hands a command to the agent's open stream, if it has one. A reader that has
+/// fallen a whole queue behind loses its stream: the agent reconnects, and the
+/// command stays PENDING rather than be reported DELIVERED and never written.
+fn deliver(
+    agent: &mut AgentEntry,
+    command: &mut CommandEntry,
+    now: Instant,
+    journal: &mut Journal,
+) {
+    let Some(stream) = &agent.stream else {
+        return;
+    };
+    match stream.sender.try_send(command.event(&journal.clock)) {
+        Ok(()) => {
+            command.delivered_at = Some(now);
+            journal.command_status(command, CommandStatus::Delivered);
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            warn!(agent_id = %agent.id, "stream reader fell a whole queue behind; closing its stream");
+            if let Some(stream) = agent.stream.take() {
+                stream.closer.cancel();
+            }
+            journal.stats.open_streams -= 1;
+            journal.stats.slow_streams_closed += 1;
+        }
+        // The reader is gone and its guard is about to unregister the stream.
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
+}
+
+fn index(groups: &mut HashMap<GroupName, HashSet<AgentId>>, group: &GroupName, agent_id: &AgentId) {
+    groups
+        .entry(group.clone())
+        .or_default()
+        .insert(agent_id.clone());
+}
+
+fn unindex(
+    groups: &mut HashMap<GroupName, HashSet<AgentId>>,
+    group: &GroupName,
+    agent_id: &AgentId,
+) {
+    if let Some(members) = groups.get_mut(group) {
+        members.remove(agent_id);
+        if members.is_empty() {
+            groups.remove(group);
+        }
+    }
+}
+
+/// The command `command_id` of the agent `agent_id`; a malformed id, or one of
+/// another agent's commands, is as unknown as a missing one.
+fn find_command<'a>(
+    agents: &HashMap<AgentId, AgentEntry>,
+    commands: &'a mut HashMap<CommandId, CommandEntry>,
+    agent_id: &str,
+    command_id: &str,
+) -> Result<&'a mut CommandEntry, RegistryError> {
+    if !agents.contains_key(agent_id) {
+        return Err(unknown_agent(agent_id));
+    }
+    command_id
+        .parse::<CommandId>()
+        .ok()
+        .and_then(|id| commands.get_mut(&id))
+        .filter(|command| command.agent_id.as_str() == agent_id)
+        .ok_or_else(|| RegistryError::UnknownCommand {
+            agent_id: agent_id.to_owned(),
+            command_id: command_id.to_owned(),
+        })
+}
+
+fn unknown_agent(agent_id: &str) -> RegistryError {
+    RegistryError::UnknownAgent(agent_id.to_owned())
+}
