@@ -1,0 +1,87 @@
+//! The agent registry's HTTP server: the API and SSE streams of SPEC.md over
+//! the `registry-core` domain. The binary parses its configuration and calls
+//! [`serve`]; tests call it too, on a listener bound to port 0.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings from defaults, file, environment and flags, checked.
+//! - [`routes`]: the route table and the handlers, one module per side.
+//! - [`extract`]: JSON, path and query extractors that reject with [`ApiError`].
+//! - [`error`]: [`ApiError`], written as problem+json.
+//! - [`state`]: [`AppState`], what every handler shares.
+//! - [`metrics`]: `/metrics` in Prometheus text format.
+//! - [`limits`]: the open-file limit, raised at start.
+
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod limits;
+pub mod metrics;
+pub mod routes;
+pub mod state;
+
+use std::future::Future;
+use std::io;
+
+use axum::serve::ListenerExt;
+use registry_core::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use config::{Cli, Config, ConfigError};
+pub use error::ApiError;
+pub use state::AppState;
+
+/// Serves the registry on `listener` until `shutdown` completes, then shuts
+/// down gracefully: `/readyz` turns 503, every stream ends, requests in flight
+/// finish, for at most `server.shutdown_grace`.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let open_file_limit = limits::raise_open_file_limit();
+    let settings = config.core_settings(open_file_limit);
+    info!(max_streams = settings.max_streams, "stream limit");
+    let grace = config.server.shutdown_grace;
+    let guard = Registry::start(settings);
+    let state = AppState::new(guard.registry(), config);
+    let app = routes::router(state.clone());
+
+    let stopping = CancellationToken::new();
+    let graceful = {
+        let stopping = stopping.clone();
+        let state = state.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = stopping.cancelled() => {}
+            }
+            info!("shutting down: ending streams, finishing requests in flight");
+            state.set_ready(false);
+            state.registry().close_all_streams();
+            stopping.cancel();
+        }
+    };
+    let local_addr = listener.local_addr()?;
+    // Commands are small and must arrive at once: no Nagle delay.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            warn!(%err, "TCP_NODELAY could not be set");
+        }
+    });
+    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    state.set_ready(true);
+    info!("listening on http://{local_addr}");
+    let result = tokio::select! {
+        result = server.into_future() => result,
+        () = async { stopping.cancelled().await; tokio::time::sleep(grace).await } => {
+            warn!(?grace, "requests still in flight after the grace period; exiting anyway");
+            Ok(())
+        }
+    };
+    drop(guard);
+    info!("stopped");
+    result
+}

@@ -1,0 +1,70 @@
+//! `registry-server`: reads the configuration and serves until SIGTERM or SIGINT.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use registry_server::{Cli, Config};
+use tokio::net::TcpListener;
+use tracing::error;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let config = match Config::load(&cli) {
+        Ok(config) => config,
+        Err(err) => {
+            error!("{err}");
+            return ExitCode::from(2);
+        }
+    };
+    let addr = match config.bind_addr() {
+        Ok(addr) => addr,
+        Err(err) => {
+            error!("{err}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            error!("cannot listen on {addr}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match registry_server::serve(listener, config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!("server failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(err) => {
+                    error!(%err, "SIGTERM can't be handled; only SIGINT will stop the server");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

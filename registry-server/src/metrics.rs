@@ -1,0 +1,205 @@
+//! `/metrics` in Prometheus text format: the core's counts, read at scrape time
+//! from its snapshot, and request latencies by route, method and status.
+
+use std::fmt;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use registry_core::{AgentStatus, CommandStatus, Registry};
+
+use crate::state::AppState;
+
+/// The metrics registry of one server.
+pub struct Metrics {
+    registry: prometheus_client::registry::Registry,
+    requests: Family<RequestLabels, Histogram>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+impl Metrics {
+    /// Metrics over `registry`'s counts.
+    pub fn new(registry: Registry) -> Self {
+        let requests = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
+            // 50 µs to about 13 s.
+            Histogram::new(exponential_buckets(0.000_05, 4.0, 10))
+        });
+        let mut metrics = prometheus_client::registry::Registry::default();
+        metrics.register(
+            "registry_http_request_duration_seconds",
+            "Time from a request's arrival to its response head, by route",
+            requests.clone(),
+        );
+        metrics.register_collector(Box::new(CoreCollector(registry)));
+        Self {
+            registry: metrics,
+            requests,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Result<String, fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+
+    fn observe(&self, labels: RequestLabels, seconds: f64) {
+        self.requests.get_or_create(&labels).observe(seconds);
+    }
+}
+
+/// Middleware that times every routed request.
+pub async fn track_requests(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    let labels = RequestLabels {
+        method,
+        route,
+        status: response.status().as_u16(),
+    };
+    app.metrics()
+        .observe(labels, started.elapsed().as_secs_f64());
+    response
+}
+
+/// Reads the core's snapshot at scrape time, so nothing is counted twice.
+struct CoreCollector(Registry);
+
+impl fmt::Debug for CoreCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CoreCollector")
+    }
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    values: &[(&[(&str, &str)], usize)],
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in values {
+        let gauge = ConstGauge::new(i64::try_from(*value).unwrap_or(i64::MAX));
+        gauge.encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    values: &[(&[(&str, &str)], u64)],
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in values {
+        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for CoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let stats = self.0.stats();
+        let agent_labels = AgentStatus::ALL.map(|status| [("status", status.as_str())]);
+        let agents: Vec<_> = AgentStatus::ALL
+            .iter()
+            .zip(&agent_labels)
+            .map(|(status, labels)| (&labels[..], stats.agents_in(*status)))
+            .collect();
+        gauge(&mut encoder, "registry_agents", "Agents by status", &agents)?;
+
+        let command_labels = CommandStatus::ALL.map(|status| [("status", status.as_str())]);
+        let commands: Vec<_> = CommandStatus::ALL
+            .iter()
+            .zip(&command_labels)
+            .map(|(status, labels)| (&labels[..], stats.commands_in(*status)))
+            .collect();
+        gauge(
+            &mut encoder,
+            "registry_commands",
+            "Commands retained, by status",
+            &commands,
+        )?;
+
+        let none: &[(&str, &str)] = &[];
+        gauge(
+            &mut encoder,
+            "registry_open_streams",
+            "Agent streams open now",
+            &[(none, stats.open_streams)],
+        )?;
+        gauge(
+            &mut encoder,
+            "registry_scheduled_deadlines",
+            "Lifecycle, expiry and retention deadlines scheduled",
+            &[(none, stats.scheduled_deadlines)],
+        )?;
+
+        let pairs: Vec<(AgentStatus, AgentStatus)> = AgentStatus::ALL
+            .into_iter()
+            .flat_map(|from| AgentStatus::ALL.map(|to| (from, to)))
+            .filter(|(from, to)| from != to)
+            .collect();
+        let pair_labels: Vec<[(&str, &str); 2]> = pairs
+            .iter()
+            .map(|(from, to)| [("from", from.as_str()), ("to", to.as_str())])
+            .collect();
+        let transitions: Vec<_> = pairs
+            .iter()
+            .zip(&pair_labels)
+            .map(|((from, to), labels)| (&labels[..], stats.transitions_between(*from, *to)))
+            .collect();
+        counter(
+            &mut encoder,
+            "registry_transitions",
+            "Lifecycle transitions",
+            &transitions,
+        )?;
+        counter(
+            &mut encoder,
+            "registry_heartbeats",
+            "Heartbeats accepted",
+            &[(none, stats.heartbeats)],
+        )?;
+        counter(
+            &mut encoder,
+            "registry_registrations",
+            "Registrations, new and resumed",
+            &[(none, stats.registrations)],
+        )?;
+        counter(
+            &mut encoder,
+            "registry_commands_created",
+            "Commands created",
+            &[(none, stats.commands_created)],
+        )?;
+        counter(
+            &mut encoder,
+            "registry_slow_streams_closed",
+            "Streams closed because their reader fell a whole queue behind",
+            &[(none, stats.slow_streams_closed)],
+        )?;
+        Ok(())
+    }
+}

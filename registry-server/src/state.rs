@@ -1,0 +1,81 @@
+//! The state every handler shares: the registry handle, the configuration,
+//! readiness, and the metrics.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::http::{HeaderMap, header};
+use registry_core::{AgentId, Registry};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// A cheap handle to everything the handlers need.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    config: Config,
+    ready: AtomicBool,
+    metrics: Metrics,
+}
+
+impl AppState {
+    /// State for a server over `registry`; not ready until [`set_ready`](Self::set_ready).
+    pub fn new(registry: Registry, config: Config) -> Self {
+        let metrics = Metrics::new(registry.clone());
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                config,
+                ready: AtomicBool::new(false),
+                metrics,
+            }),
+        }
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Whether the registry accepts work (`/readyz`).
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    /// Turns readiness on once serving, off when shutting down.
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::Release);
+    }
+
+    /// The absolute URL of an agent's stream: `server.public_url` when set, else
+    /// `http://` and the request's Host (or the bind address, if it sent none).
+    pub fn sse_endpoint(&self, headers: &HeaderMap, agent_id: &AgentId) -> String {
+        let public_url = self.config().server.public_url.trim_end_matches('/');
+        let base = if public_url.is_empty() {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|host| host.to_str().ok())
+                .filter(|host| !host.is_empty())
+                .unwrap_or(&self.config().server.bind);
+            format!("http://{host}")
+        } else {
+            public_url.to_owned()
+        };
+        format!("{base}/api/v1/agents/{agent_id}/events")
+    }
+}
