@@ -1048,3 +1048,52 @@ async fn close_all_streams_ends_every_stream_and_refuses_new_ones() {
     assert!(!registry.agent("a").unwrap().connected);
     assert!(!registry.agent("b").unwrap().connected);
 }
+
+#[tokio::test(start_paused = true)]
+async fn expired_command_applied_late_is_still_dropped_retention_after_its_expiry() {
+    // No scheduler task: the expiry is applied late, by a read at 100 s, yet the
+    // retention counts from the moment it expired.
+    let registry = Registry::new(settings(), test_clock());
+    registry.register(registration("order-7f3a", "g"));
+    let command = registry
+        .send_to_agent("order-7f3a", config_update())
+        .unwrap();
+
+    advance_ms(100_000).await;
+    assert_eq!(
+        status_of(&registry, "order-7f3a", &command),
+        CommandStatus::Expired
+    );
+    advance_ms(EXPIRY_MS + RETENTION_MS - 100_000 - 1).await;
+    assert_eq!(
+        status_of(&registry, "order-7f3a", &command),
+        CommandStatus::Expired
+    );
+    advance_ms(1).await;
+    assert_eq!(
+        registry.command("order-7f3a", &id(&command)),
+        Err(unknown_command("order-7f3a", &id(&command)))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unread_command_that_expired_stays_expired_when_its_subscription_drops() {
+    let (_guard, registry) = start();
+    registry.register(registration("order-7f3a", "g"));
+    let subscription = registry.open_stream("order-7f3a").unwrap();
+    let command = registry
+        .send_to_agent("order-7f3a", config_update())
+        .unwrap();
+    assert_eq!(command.status, CommandStatus::Delivered);
+    advance_ms(EXPIRY_MS).await;
+
+    drop(subscription);
+
+    assert_eq!(
+        status_of(&registry, "order-7f3a", &command),
+        CommandStatus::Expired
+    );
+    let stats = registry.stats();
+    assert_eq!(stats.commands_in(CommandStatus::Expired), 1);
+    assert_eq!(stats.commands_in(CommandStatus::Pending), 0);
+}

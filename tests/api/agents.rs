@@ -1,0 +1,1 @@
+//! Tests of SPEC.md: agents (to be written).

@@ -1,0 +1,1 @@
+//! Tests of SPEC.md: commands (to be written).

@@ -1,0 +1,1 @@
+//! Tests of SPEC.md: errors (to be written).

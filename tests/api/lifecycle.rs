@@ -1,0 +1,1 @@
+//! Tests of SPEC.md: lifecycle (to be written).

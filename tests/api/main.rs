@@ -1,0 +1,9 @@
+//! Black-box tests of the registry over HTTP and SSE, one module per part of SPEC.md.
+
+mod agents;
+mod commands;
+mod errors;
+mod lifecycle;
+mod probes;
+mod smoke;
+mod streams;

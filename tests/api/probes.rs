@@ -1,0 +1,1 @@
+//! Tests of SPEC.md: probes (to be written).

@@ -1,0 +1,1 @@
+//! Tests of SPEC.md: streams (to be written).

@@ -1,0 +1,290 @@
+//! What every black-box test needs: a real server on a free port of 127.0.0.1,
+//! an HTTP client, an SSE reader, and waiting for a condition with a deadline
+//! instead of sleeping.
+//!
+//! # Layout
+//!
+//! - [`TestServer`]: starts `registry_server::serve` on port 0 and stops it.
+//! - [`EventStream`]: one agent's open SSE stream, read event by event or raw.
+//! - [`eventually`]: polls a condition until it holds or a deadline passes.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures_util::{Stream, StreamExt};
+use registry_server::Config;
+use reqwest::header::HeaderMap;
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use eventsource_stream::Event;
+
+/// How long a test waits for something that should happen at once.
+pub const PROMPTLY: Duration = Duration::from_secs(5);
+
+/// A server running in this process on a real TCP socket.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// A client for it.
+    pub client: Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<io::Result<()>>,
+}
+
+impl TestServer {
+    /// A server with the built-in defaults.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A server with the defaults changed by `configure`.
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a free port");
+        let addr = listener.local_addr().expect("local address");
+        let mut config = Config::default();
+        config.server.bind = addr.to_string();
+        configure(&mut config);
+        config.validate().expect("a valid test configuration");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(registry_server::serve(listener, config, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            base: format!("http://{addr}"),
+            client: Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("an HTTP client"),
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// The absolute URL of `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Asks the server to shut down, as SIGTERM does, and waits until it has.
+    pub async fn shutdown(mut self) -> io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.expect("the server task")
+    }
+
+    /// Sends a shutdown request without waiting for the server to finish.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits for a server whose shutdown has begun to finish.
+    pub async fn finished(&mut self) -> io::Result<()> {
+        (&mut self.task).await.expect("the server task")
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.expect("GET")
+    }
+
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> Response {
+        self.client
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("DELETE")
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    /// `POST path` with no body.
+    pub async fn post_empty(&self, path: &str) -> Response {
+        self.client.post(self.url(path)).send().await.expect("POST")
+    }
+
+    /// Registers `agent_id` in `group`; returns the status and the body.
+    pub async fn register(&self, agent_id: &str, group: &str) -> (StatusCode, Value) {
+        let response = self
+            .post_json(
+                "/api/v1/agents/register",
+                &json!({"agentId": agent_id, "name": "order-service", "group": group,
+                        "version": "1.4.2", "routeIds": ["route-1"], "capabilities": ["replay"]}),
+            )
+            .await;
+        let status = response.status();
+        (status, response.json().await.expect("a JSON body"))
+    }
+
+    /// Sends one heartbeat; returns the status.
+    pub async fn heartbeat(&self, agent_id: &str) -> StatusCode {
+        self.post_empty(&format!("/api/v1/agents/{agent_id}/heartbeat"))
+            .await
+            .status()
+    }
+
+    /// The agent view, or `None` if it answers 404.
+    pub async fn agent(&self, agent_id: &str) -> Option<Value> {
+        let response = self.get(&format!("/api/v1/agents/{agent_id}")).await;
+        match response.status() {
+            StatusCode::NOT_FOUND => None,
+            StatusCode::OK => Some(response.json().await.expect("a JSON agent")),
+            other => panic!("GET agent answered {other}"),
+        }
+    }
+
+    /// The agent's status, as a string.
+    pub async fn status_of(&self, agent_id: &str) -> String {
+        let agent = self.agent(agent_id).await.expect("a registered agent");
+        agent["status"].as_str().expect("a status").to_owned()
+    }
+
+    /// Sends a command of `kind` to one agent; returns the status and the body.
+    pub async fn send(&self, agent_id: &str, kind: &str, payload: Value) -> (StatusCode, Value) {
+        let response = self
+            .post_json(
+                &format!("/api/v1/agents/{agent_id}/commands"),
+                &json!({"type": kind, "payload": payload}),
+            )
+            .await;
+        let status = response.status();
+        (status, response.json().await.expect("a JSON body"))
+    }
+
+    /// Opens the agent's SSE stream; panics unless it answers 200.
+    pub async fn open_stream(&self, agent_id: &str) -> EventStream {
+        let response = self
+            .client
+            .get(self.url(&format!("/api/v1/agents/{agent_id}/events")))
+            .timeout(Duration::from_secs(3600))
+            .send()
+            .await
+            .expect("GET events");
+        assert_eq!(response.status(), StatusCode::OK, "stream for {agent_id}");
+        EventStream::new(response)
+    }
+}
+
+type Events = Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>;
+
+/// One agent's open SSE stream, parsed by `eventsource-stream`.
+pub struct EventStream {
+    /// The response headers.
+    pub headers: HeaderMap,
+    events: Events,
+}
+
+impl EventStream {
+    fn new(response: Response) -> Self {
+        let headers = response.headers().clone();
+        let events = response
+            .bytes_stream()
+            .eventsource()
+            .map(|event| event.map_err(|err| err.to_string()));
+        Self {
+            headers,
+            events: Box::pin(events),
+        }
+    }
+
+    /// The next event; `None` once the server ended the stream. Panics if
+    /// nothing comes within `PROMPTLY`.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        match tokio::time::timeout(PROMPTLY, self.events.next()).await {
+            Ok(Some(Ok(event))) => Some(event),
+            Ok(Some(Err(_)) | None) => None,
+            Err(_) => panic!("no event and no end of stream within {PROMPTLY:?}"),
+        }
+    }
+
+    /// Asserts that no event arrives within `quiet`.
+    pub async fn expect_nothing_for(&mut self, quiet: Duration) {
+        if let Ok(item) = tokio::time::timeout(quiet, self.events.next()).await {
+            panic!("expected nothing, got {item:?}");
+        }
+    }
+
+    /// Asserts that the server ends the stream promptly, with no further event.
+    pub async fn expect_end(&mut self) {
+        if let Some(event) = self.next_event().await {
+            panic!("expected the stream to end, got {event:?}");
+        }
+    }
+}
+
+/// One agent's open SSE stream, read as raw text: comments included.
+pub struct RawStream {
+    chunks: Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    /// Everything read so far.
+    pub text: String,
+}
+
+impl RawStream {
+    /// Opens the agent's stream for raw reading.
+    pub async fn open(server: &TestServer, agent_id: &str) -> Self {
+        let response = server
+            .client
+            .get(server.url(&format!("/api/v1/agents/{agent_id}/events")))
+            .timeout(Duration::from_secs(3600))
+            .send()
+            .await
+            .expect("GET events");
+        assert_eq!(response.status(), StatusCode::OK);
+        Self {
+            chunks: Box::pin(response.bytes_stream()),
+            text: String::new(),
+        }
+    }
+
+    /// Reads until the text read so far holds `needle` `times` times, or `within` passes.
+    pub async fn read_until(&mut self, needle: &str, times: usize, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.text.matches(needle).count() < times {
+            match tokio::time::timeout_at(deadline, self.chunks.next()).await {
+                Ok(Some(Ok(chunk))) => self.text.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(_) | Err(_) => return false,
+            }
+        }
+        true
+    }
+}
+
+/// Polls `condition` every few milliseconds until it holds; panics after `within`.
+/// For what happens on the server's own clock (a deadline passing), where there
+/// is no event to wait for.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if condition().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{what}: not within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
