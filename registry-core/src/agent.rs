@@ -171,6 +171,7 @@ impl RegistrationRequest {
         check_list("capabilities", &capabilities)?;
         Ok(Registration {
             agent_id,
+            credential: None,
             metadata: AgentMetadata {
                 name: self.name,
                 group,
@@ -187,8 +188,33 @@ impl RegistrationRequest {
 pub struct Registration {
     /// Who registers.
     pub agent_id: AgentId,
+    /// The digest of the token issued with this registration, when tokens are in use.
+    /// It replaces the agent's former one, which stops working.
+    pub credential: Option<Credential>,
     /// What it says about itself; replaced whole on re-registration.
     pub metadata: AgentMetadata,
+}
+
+impl Registration {
+    /// The same registration, binding the agent to the token whose digest is `credential`.
+    pub fn with_credential(self, credential: Credential) -> Self {
+        Self {
+            credential: Some(credential),
+            ..self
+        }
+    }
+}
+
+/// The digest of an agent's secret token. The registry keeps only digests, never
+/// tokens, and finds an agent by the digest of the token it presents.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Credential(pub [u8; 32]);
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Even a digest is kept out of logs.
+        f.write_str("Credential(..)")
+    }
 }
 
 /// What an agent declares about itself at registration.

@@ -32,8 +32,8 @@ pub mod stats;
 pub mod stream;
 
 pub use agent::{
-    AgentFilter, AgentId, AgentMetadata, AgentStatus, AgentView, GroupName, Registration,
-    RegistrationRequest, StatusChange,
+    AgentFilter, AgentId, AgentMetadata, AgentStatus, AgentView, Credential, GroupName,
+    Registration, RegistrationRequest, StatusChange,
 };
 pub use clock::{Clock, Timestamp};
 pub use command::{

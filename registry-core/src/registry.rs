@@ -7,7 +7,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{AgentFilter, AgentView, Registration, StatusChange};
+use crate::agent::{AgentFilter, AgentId, AgentView, Credential, Registration, StatusChange};
 use crate::clock::Clock;
 use crate::command::{Ack, CommandRequest, CommandView};
 use crate::error::RegistryError;
@@ -152,6 +152,11 @@ impl Registry {
     /// Records a heartbeat: the agent is LIVE until `stale_after` from now.
     pub fn heartbeat(&self, agent_id: &str) -> Result<(), RegistryError> {
         self.with_state(|state, now| state.heartbeat(agent_id, now))
+    }
+
+    /// The agent whose current token has the digest `credential`, if any.
+    pub fn agent_with(&self, credential: &Credential) -> Option<AgentId> {
+        self.lock().agent_with(credential)
     }
 
     /// One agent.

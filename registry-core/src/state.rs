@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::agent::{
-    AgentFilter, AgentId, AgentMetadata, AgentStatus, AgentView, GroupName, Registration,
-    StatusChange,
+    AgentFilter, AgentId, AgentMetadata, AgentStatus, AgentView, Credential, GroupName,
+    Registration, StatusChange,
 };
 use crate::clock::Clock;
 use crate::command::{Ack, CommandEvent, CommandId, CommandRequest, CommandStatus, CommandView};
@@ -107,6 +107,8 @@ struct AgentEntry {
     /// The agent's next lifecycle deadline; none once DEAD.
     deadline: Option<DeadlineKey>,
     stream: Option<StreamSlot>,
+    /// The digest of the agent's current token, when tokens are in use.
+    credential: Option<Credential>,
     /// The agent's retained commands by creation sequence, so newest first is a reverse walk.
     commands: BTreeMap<u64, CommandId>,
 }
@@ -186,6 +188,8 @@ pub(crate) struct State {
     /// Every group with at least one agent, in any status, and its members.
     groups: HashMap<GroupName, HashSet<AgentId>>,
     commands: HashMap<CommandId, CommandEntry>,
+    /// Which agent each current token digest belongs to.
+    credentials: HashMap<Credential, AgentId>,
     deadlines: Deadlines,
     journal: Journal,
     /// Orders commands within an agent and tells streams apart.
@@ -209,6 +213,7 @@ impl State {
             agents: HashMap::new(),
             groups: HashMap::new(),
             commands: HashMap::new(),
+            credentials: HashMap::new(),
             deadlines: Deadlines {
                 schedule: Schedule::new(),
                 wake: false,
@@ -291,7 +296,11 @@ impl State {
         registration: Registration,
         now: Instant,
     ) -> (AgentView, bool) {
-        let Registration { agent_id, metadata } = registration;
+        let Registration {
+            agent_id,
+            credential,
+            metadata,
+        } = registration;
         self.journal.stats.registrations += 1;
         let stale_at = now + self.settings.stale_after;
         let (agent, resumed) = match self.agents.entry(agent_id.clone()) {
@@ -318,12 +327,19 @@ impl State {
                     status_changed_at: now,
                     deadline: None,
                     stream: None,
+                    credential: None,
                     commands: BTreeMap::new(),
                 });
                 (agent, false)
             }
         };
         agent.last_heartbeat_at = now;
+        if let Some(old) = std::mem::replace(&mut agent.credential, credential) {
+            self.credentials.remove(&old);
+        }
+        if let Some(new) = credential {
+            self.credentials.insert(new, agent_id.clone());
+        }
         self.deadlines
             .replace(&mut agent.deadline, stale_at, Due::Agent(agent_id));
         (agent.view(&self.journal.clock), resumed)
@@ -342,6 +358,11 @@ impl State {
         let due = Due::Agent(agent.id.clone());
         self.deadlines.replace(&mut agent.deadline, stale_at, due);
         Ok(())
+    }
+
+    /// The agent whose current token has this digest.
+    pub(crate) fn agent_with(&self, credential: &Credential) -> Option<AgentId> {
+        self.credentials.get(credential).cloned()
     }
 
     pub(crate) fn agent(&self, agent_id: &str) -> Result<AgentView, RegistryError> {
@@ -405,6 +426,9 @@ impl State {
 
     fn forget(&mut self, agent: AgentEntry) {
         unindex(&mut self.groups, &agent.metadata.group, &agent.id);
+        if let Some(credential) = agent.credential {
+            self.credentials.remove(&credential);
+        }
         if let Some(key) = agent.deadline {
             self.deadlines.schedule.remove(key);
         }

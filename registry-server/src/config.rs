@@ -179,6 +179,11 @@ pub struct AuthConfig {
 pub struct ConfigError(String);
 
 impl ConfigError {
+    /// An error described by `message`, which names the key at fault.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+
     fn key(key: &str, reason: impl std::fmt::Display) -> Self {
         Self(format!("{key}: {reason}"))
     }

@@ -36,6 +36,15 @@ pub enum ApiError {
     /// The registry is starting or shutting down.
     #[error("the registry is not ready")]
     NotReady,
+    /// No token, or one the server does not know.
+    #[error("a valid bearer token is needed")]
+    Unauthorized,
+    /// A valid token of another role, or of another agent.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The server could not do what it should have.
+    #[error("{0}")]
+    Internal(String),
     /// The request was not sent in time.
     #[error("the request was not received within {0:?}")]
     RequestTimeout(std::time::Duration),
@@ -61,6 +70,9 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
@@ -92,6 +104,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(
                 header::RETRY_AFTER,

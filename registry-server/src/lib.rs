@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //!
+//! - [`auth`]: bearer tokens by role, and the refusal to serve open beyond loopback.
 //! - [`config`]: settings from defaults, file, environment and flags, checked.
 //! - [`routes`]: the route table and the handlers, one module per side.
 //! - [`extract`]: JSON, path and query extractors that reject with [`ApiError`].
@@ -12,6 +13,7 @@
 //! - [`metrics`]: `/metrics` in Prometheus text format.
 //! - [`limits`]: the open-file limit, raised at start.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -29,9 +31,21 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use auth::Auth;
 pub use config::{Cli, Config, ConfigError};
 pub use error::ApiError;
 pub use state::AppState;
+
+/// Why the server could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration can't be served as it is.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listener failed.
+    #[error("serving failed: {0}")]
+    Io(#[from] io::Error),
+}
 
 /// Serves the registry on `listener` until `shutdown` completes, then shuts
 /// down gracefully: `/readyz` turns 503, every stream ends, requests in flight
@@ -40,13 +54,16 @@ pub async fn serve(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
+) -> Result<(), ServeError> {
+    let local_addr = listener.local_addr()?;
+    let auth = Auth::load(&config.auth)?;
+    auth.check_exposure(local_addr, config.auth.allow_open)?;
     let open_file_limit = limits::raise_open_file_limit();
     let settings = config.core_settings(open_file_limit);
     info!(max_streams = settings.max_streams, "stream limit");
     let grace = config.server.shutdown_grace;
     let guard = Registry::start(settings);
-    let state = AppState::new(guard.registry(), config);
+    let state = AppState::new(guard.registry(), config, auth);
     let app = routes::router(state.clone());
 
     let stopping = CancellationToken::new();
@@ -64,7 +81,6 @@ pub async fn serve(
             stopping.cancel();
         }
     };
-    let local_addr = listener.local_addr()?;
     // Commands are small and must arrive at once: no Nagle delay.
     let listener = listener.tap_io(|tcp| {
         if let Err(err) = tcp.set_nodelay(true) {
@@ -75,7 +91,7 @@ pub async fn serve(
     state.set_ready(true);
     info!("listening on http://{local_addr}");
     let result = tokio::select! {
-        result = server.into_future() => result,
+        result = server.into_future() => result.map_err(ServeError::from),
         () = async { stopping.cancelled().await; tokio::time::sleep(grace).await } => {
             warn!(?grace, "requests still in flight after the grace period; exiting anyway");
             Ok(())

@@ -39,8 +39,12 @@ async fn main() -> ExitCode {
     };
     match registry_server::serve(listener, config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err @ registry_server::ServeError::Config(_)) => {
+            error!("{err}");
+            ExitCode::from(2)
+        }
         Err(err) => {
-            error!("server failed: {err}");
+            error!("{err}");
             ExitCode::FAILURE
         }
     }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::http::{HeaderMap, header};
 use registry_core::{AgentId, Registry};
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -19,18 +20,20 @@ pub struct AppState {
 struct Inner {
     registry: Registry,
     config: Config,
+    auth: Auth,
     ready: AtomicBool,
     metrics: Metrics,
 }
 
 impl AppState {
     /// State for a server over `registry`; not ready until [`set_ready`](Self::set_ready).
-    pub fn new(registry: Registry, config: Config) -> Self {
+    pub fn new(registry: Registry, config: Config, auth: Auth) -> Self {
         let metrics = Metrics::new(registry.clone());
         Self {
             inner: Arc::new(Inner {
                 registry,
                 config,
+                auth,
                 ready: AtomicBool::new(false),
                 metrics,
             }),
@@ -45,6 +48,11 @@ impl AppState {
     /// The configuration the server runs with.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The configured tokens.
+    pub fn auth(&self) -> &Auth {
+        &self.inner.auth
     }
 
     /// The server's metrics.

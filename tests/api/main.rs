@@ -1,6 +1,7 @@
 //! Black-box tests of the registry over HTTP and SSE, one module per part of SPEC.md.
 
 mod agents;
+mod auth;
 mod commands;
 mod errors;
 mod lifecycle;

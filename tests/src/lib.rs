@@ -9,13 +9,12 @@
 //! - [`eventually`]: polls a condition until it holds or a deadline passes.
 
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::time::Duration;
 
 use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
-use registry_server::Config;
+use registry_server::{Config, ServeError};
 use reqwest::header::HeaderMap;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
@@ -35,7 +34,7 @@ pub struct TestServer {
     /// A client for it.
     pub client: Client,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<io::Result<()>>,
+    task: JoinHandle<Result<(), ServeError>>,
 }
 
 impl TestServer {
@@ -75,7 +74,7 @@ impl TestServer {
     }
 
     /// Asks the server to shut down, as SIGTERM does, and waits until it has.
-    pub async fn shutdown(mut self) -> io::Result<()> {
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -90,7 +89,7 @@ impl TestServer {
     }
 
     /// Waits for a server whose shutdown has begun to finish.
-    pub async fn finished(&mut self) -> io::Result<()> {
+    pub async fn finished(&mut self) -> Result<(), ServeError> {
         (&mut self.task).await.expect("the server task")
     }
 

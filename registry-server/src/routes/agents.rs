@@ -7,6 +7,7 @@ use registry_core::{Ack, AgentId, AgentStatus, CommandView, RegistrationRequest}
 use serde::Serialize;
 use tracing::instrument;
 
+use crate::auth;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, OptionalJson};
 use crate::state::AppState;
@@ -26,6 +27,9 @@ pub(super) struct Registered {
     keepalive_ms: u128,
     /// Null until command signing exists.
     server_public_key: Option<String>,
+    /// The agent's own token, when tokens are in use; the former one stops working.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_token: Option<String>,
 }
 
 /// `POST /api/v1/agents/register`: 201 for a new agent, 200 for a resumed one.
@@ -35,9 +39,16 @@ pub(super) async fn register(
     headers: HeaderMap,
     ApiJson(request): ApiJson<RegistrationRequest>,
 ) -> Result<(StatusCode, Json<Registered>), ApiError> {
-    let registration = request
+    let mut registration = request
         .validate()
         .map_err(registry_core::RegistryError::from)?;
+    let mut agent_token = None;
+    if app.auth().enabled() {
+        let (token, credential) = auth::issue_agent_token()
+            .map_err(|err| ApiError::Internal(format!("no randomness for a token: {err}")))?;
+        registration = registration.with_credential(credential);
+        agent_token = Some(token);
+    }
     let (agent, resumed) = app.registry().register(registration);
     let config = app.config();
     let body = Registered {
@@ -51,6 +62,7 @@ pub(super) async fn register(
         command_expiry_ms: config.commands.expiry.as_millis(),
         keepalive_ms: config.sse.keepalive.as_millis(),
         server_public_key: None,
+        agent_token,
     };
     let status = if resumed {
         StatusCode::OK

@@ -12,15 +12,22 @@ use axum::http::{Method, Uri};
 use axum::middleware;
 use axum::routing::{get, post};
 
+use crate::auth;
 use crate::error::ApiError;
 use crate::metrics::track_requests;
 use crate::state::AppState;
 
-/// The whole HTTP API over `state`.
+/// The whole HTTP API over `state`. Each role's routes sit behind the check of
+/// that role's token (a no-op while no token is configured).
 pub fn router(state: AppState) -> Router {
     let max_body_bytes = state.config().server.max_body_bytes;
-    let api = Router::new()
+    let enrollment = Router::new()
         .route("/api/v1/agents/register", post(agents::register))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::enrollment,
+        ));
+    let agent = Router::new()
         .route(
             "/api/v1/agents/{agent_id}/heartbeat",
             post(agents::heartbeat),
@@ -30,6 +37,8 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/agents/{agent_id}/commands/{command_id}/ack",
             post(agents::ack),
         )
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::agent));
+    let operator = Router::new()
         .route(
             "/api/v1/agents",
             get(operators::list).delete(operators::delete_dead),
@@ -52,6 +61,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/agents/commands", post(operators::send_to_fleet))
         .route("/metrics", get(probes::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::operator,
+        ));
+    let api = Router::new()
+        .merge(enrollment)
+        .merge(agent)
+        .merge(operator)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             track_requests,
