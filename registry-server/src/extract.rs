@@ -94,9 +94,12 @@ fn is_json(request: &Request) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// Reads the whole body, within `server.max_body_bytes` and `server.request_timeout`.
 async fn body_bytes(request: Request, state: &AppState) -> Result<Bytes, ApiError> {
-    Bytes::from_request(request, state)
+    let timeout = state.config().server.request_timeout;
+    tokio::time::timeout(timeout, Bytes::from_request(request, state))
         .await
+        .map_err(|_| ApiError::RequestTimeout(timeout))?
         .map_err(|rejection| match rejection {
             BytesRejection::FailedToBufferBody(failed)
                 if failed.status() == StatusCode::PAYLOAD_TOO_LARGE =>

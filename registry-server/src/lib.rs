@@ -9,12 +9,14 @@
 //! - [`routes`]: the route table and the handlers, one module per side.
 //! - [`extract`]: JSON, path and query extractors that reject with [`ApiError`].
 //! - [`error`]: [`ApiError`], written as problem+json.
+//! - `connections`: the accept loop, socket options, head timeouts, graceful shutdown.
 //! - [`state`]: [`AppState`], what every handler shares.
 //! - [`metrics`]: `/metrics` in Prometheus text format.
 //! - [`limits`]: the open-file limit, raised at start.
 
 pub mod auth;
 pub mod config;
+mod connections;
 pub mod error;
 pub mod extract;
 pub mod limits;
@@ -25,11 +27,10 @@ pub mod state;
 use std::future::Future;
 use std::io;
 
-use axum::serve::ListenerExt;
 use registry_core::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 pub use auth::Auth;
 pub use config::{Cli, Config, ConfigError};
@@ -67,37 +68,25 @@ pub async fn serve(
     let app = routes::router(state.clone());
 
     let stopping = CancellationToken::new();
-    let graceful = {
+    let begin_shutdown = {
         let stopping = stopping.clone();
         let state = state.clone();
         async move {
-            tokio::select! {
-                () = shutdown => {}
-                () = stopping.cancelled() => {}
-            }
+            shutdown.await;
             info!("shutting down: ending streams, finishing requests in flight");
             state.set_ready(false);
+            // Open streams would otherwise hold the connections, and shutdown, forever.
             state.registry().close_all_streams();
             stopping.cancel();
         }
     };
-    // Commands are small and must arrive at once: no Nagle delay.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            warn!(%err, "TCP_NODELAY could not be set");
-        }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    let shutdown_task = tokio::spawn(begin_shutdown);
     state.set_ready(true);
     info!("listening on http://{local_addr}");
-    let result = tokio::select! {
-        result = server.into_future() => result.map_err(ServeError::from),
-        () = async { stopping.cancelled().await; tokio::time::sleep(grace).await } => {
-            warn!(?grace, "requests still in flight after the grace period; exiting anyway");
-            Ok(())
-        }
-    };
+    let request_timeout = state.config().server.request_timeout;
+    connections::serve_connections(listener, app, request_timeout, stopping, grace).await;
+    let _ = shutdown_task.await;
     drop(guard);
     info!("stopped");
-    result
+    Ok(())
 }
