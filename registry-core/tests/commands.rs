@@ -6,9 +6,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use futures_util::{FutureExt, StreamExt};
 use registry_core::{
-    Ack, AckResult, AgentId, AgentMetadata, AgentStatus, Clock, CommandRequest, CommandStatus,
-    CommandView, GroupName, Registration, Registry, RegistryError, RegistryGuard, Settings,
-    Subscription,
+    Ack, AckResult, AgentStatus, Clock, CommandRequest, CommandStatus, CommandView, Registration,
+    RegistrationRequest, Registry, RegistryError, RegistryGuard, Settings, Subscription,
 };
 use serde_json::json;
 
@@ -55,17 +54,18 @@ async fn advance_ms(ms: u64) {
     tokio::time::advance(Duration::from_millis(ms)).await;
 }
 
+/// A registration as an agent sends it, validated by the crate's own rules.
 fn registration(agent_id: &str, group: &str) -> Registration {
-    Registration {
-        agent_id: AgentId::parse(agent_id).unwrap(),
-        metadata: AgentMetadata {
-            name: "order-service".to_owned(),
-            group: GroupName::parse(group).unwrap(),
-            version: None,
-            route_ids: Vec::new(),
-            capabilities: Vec::new(),
-        },
+    RegistrationRequest {
+        agent_id: agent_id.to_owned(),
+        name: "order-service".to_owned(),
+        group: group.to_owned(),
+        version: None,
+        route_ids: None,
+        capabilities: None,
     }
+    .validate()
+    .unwrap()
 }
 
 fn request(kind: &str) -> CommandRequest {

@@ -10,9 +10,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use futures_util::StreamExt;
 use registry_core::{
     AgentFilter, AgentId, AgentMetadata, AgentStatus, AgentView, Clock, CommandRequest,
-    CommandStatus, GroupName, Registration, Registry, RegistryError, RegistryGuard, Settings,
-    StatusChange,
+    CommandStatus, GroupName, Registration, RegistrationRequest, Registry, RegistryError,
+    RegistryGuard, Settings, StatusChange,
 };
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::TryRecvError;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Metadata, span};
@@ -68,11 +69,28 @@ fn metadata(group: &str, version: Option<&str>, routes: &[&str], caps: &[&str]) 
     }
 }
 
-fn registration(agent_id: &str, group: &str) -> Registration {
-    Registration {
-        agent_id: AgentId::parse(agent_id).unwrap(),
-        metadata: metadata(group, Some("1.0.0"), &["route-1"], &["replay"]),
+/// A registration as an agent sends it, validated by the crate's own rules.
+fn registration_with(
+    agent_id: &str,
+    group: &str,
+    version: Option<&str>,
+    routes: &[&str],
+    caps: &[&str],
+) -> Registration {
+    RegistrationRequest {
+        agent_id: agent_id.to_owned(),
+        name: "order-service".to_owned(),
+        group: group.to_owned(),
+        version: version.map(str::to_owned),
+        route_ids: Some(routes.iter().map(|r| (*r).to_owned()).collect()),
+        capabilities: Some(caps.iter().map(|c| (*c).to_owned()).collect()),
     }
+    .validate()
+    .unwrap()
+}
+
+fn registration(agent_id: &str, group: &str) -> Registration {
+    registration_with(agent_id, group, Some("1.0.0"), &["route-1"], &["replay"])
 }
 
 fn command() -> CommandRequest {
@@ -99,6 +117,15 @@ fn list(registry: &Registry, status: Option<AgentStatus>, group: Option<&str>) -
         .into_iter()
         .map(str::to_owned)
         .collect()
+}
+
+/// The next status change, letting the paused clock run to the next timer; a
+/// missing scheduler fails the test after an hour of paused time instead of hanging it.
+async fn next_change(changes: &mut broadcast::Receiver<StatusChange>) -> StatusChange {
+    tokio::time::timeout(Duration::from_secs(3_600), changes.recv())
+        .await
+        .expect("no status change within an hour")
+        .expect("the status change channel is open")
 }
 
 fn change(agent_id: &str, from: AgentStatus, to: AgentStatus, at_ms: u64) -> StatusChange {
@@ -147,10 +174,13 @@ async fn re_registration_answers_resumed_keeps_registered_at_and_replaces_metada
     advance_ms(10_000).await;
 
     let new_metadata = metadata("order-prod", None, &["route-2", "route-3"], &[]);
-    let (view, resumed) = registry.register(Registration {
-        agent_id: AgentId::parse("order-7f3a").unwrap(),
-        metadata: new_metadata.clone(),
-    });
+    let (view, resumed) = registry.register(registration_with(
+        "order-7f3a",
+        "order-prod",
+        None,
+        &["route-2", "route-3"],
+        &[],
+    ));
 
     assert!(resumed);
     assert_eq!(view.metadata, new_metadata, "metadata is replaced whole");
@@ -731,7 +761,7 @@ async fn the_scheduler_wakes_for_each_deadline_while_time_runs() {
     registry.register(registration("order-7f3a", "order-prod"));
 
     // Awaiting lets the paused runtime jump to the next timer: the scheduler's.
-    let first = changes.recv().await.unwrap();
+    let first = next_change(&mut changes).await;
     assert_eq!(
         first,
         change(
@@ -751,7 +781,7 @@ async fn the_scheduler_wakes_for_each_deadline_while_time_runs() {
     registry.register(registration("order-9b1c", "order-prod"));
     advance_ms(1_000).await;
     registry.heartbeat("order-9b1c").unwrap();
-    let second = changes.recv().await.unwrap();
+    let second = next_change(&mut changes).await;
     assert_eq!(
         second,
         change(
@@ -761,7 +791,7 @@ async fn the_scheduler_wakes_for_each_deadline_while_time_runs() {
             2 * STALE_MS + 1_000
         )
     );
-    let third = changes.recv().await.unwrap();
+    let third = next_change(&mut changes).await;
     assert_eq!(
         third,
         change(
