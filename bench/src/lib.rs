@@ -1,0 +1,3 @@
+//! Benchmarks of the agent registry: `benches/core.rs` measures the core's
+//! operations with criterion; `src/bin/loadgen.rs` plays a fleet against a
+//! running server (and against nginx with nchan, for comparison).
