@@ -1,9 +1,10 @@
 //! Micro-benchmarks of the registry core: register, heartbeat, a fleet command
 
-// criterion_group! defines a public function it does not document.
-#![allow(missing_docs)]
 //! to 100k streaming agents, an idle scheduler tick at several fleet sizes, and
 //! expiring 1M commands at once. Run with `cargo bench -p registry-bench`.
+
+// criterion_group! defines a public function it does not document.
+#![allow(missing_docs)]
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
