@@ -1,5 +1,4 @@
 //! Micro-benchmarks of the registry core: register, heartbeat, a fleet command
-
 //! to 100k streaming agents, an idle scheduler tick at several fleet sizes, and
 //! expiring 1M commands at once. Run with `cargo bench -p registry-bench`.
 
