@@ -45,6 +45,12 @@ pub enum ApiError {
     /// The server could not do what it should have.
     #[error("{0}")]
     Internal(String),
+    /// The request target is too long.
+    #[error("the request target is longer than {0} bytes")]
+    UriTooLong(usize),
+    /// The request's headers are too large.
+    #[error("the request headers are larger than {0} bytes")]
+    HeadersTooLarge(usize),
     /// The request was not sent in time.
     #[error("the request was not received within {0:?}")]
     RequestTimeout(std::time::Duration),
@@ -73,6 +79,8 @@ impl ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }

@@ -1,7 +1,36 @@
-//! The open-file limit: every SSE stream holds a descriptor, so the server
-//! raises its soft limit to the hard one at start and sizes `max_streams` from it.
+//! Limits the server holds itself to: the open-file limit (every SSE stream
+//! holds a descriptor, so the soft limit is raised to the hard one at start and
+//! `max_streams` is sized from it), and the size of a request's head.
 
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
 use tracing::{info, warn};
+
+use crate::error::ApiError;
+
+/// The longest request target (path and query) accepted; longer is 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// The most header bytes (names and values) accepted; more is 431. hyper
+/// refuses heads past 64 KiB before they are parsed, as a hard cap; this is
+/// the exact limit, checked on what was parsed.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Middleware refusing request heads past the limits above.
+pub async fn check_head_size(request: Request, next: Next) -> Result<Response, ApiError> {
+    if request.uri().to_string().len() > MAX_URI_BYTES {
+        return Err(ApiError::UriTooLong(MAX_URI_BYTES));
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(ApiError::HeadersTooLarge(MAX_HEADER_BYTES));
+    }
+    Ok(next.run(request).await)
+}
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the limit now in force.
 pub fn raise_open_file_limit() -> u64 {

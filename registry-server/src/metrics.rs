@@ -91,7 +91,8 @@ impl fmt::Debug for CoreCollector {
     }
 }
 
-fn gauge(
+/// Writes one gauge family, a value per label set.
+fn gauges(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
@@ -99,13 +100,19 @@ fn gauge(
 ) -> fmt::Result {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (labels, value) in values {
-        let gauge = ConstGauge::new(i64::try_from(*value).unwrap_or(i64::MAX));
-        gauge.encode(family.encode_family(labels)?)?;
+        ConstGauge::new(as_i64(*value)).encode(family.encode_family(labels)?)?;
     }
     Ok(())
 }
 
-fn counter(
+/// Writes one gauge without labels.
+fn gauge(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: usize) -> fmt::Result {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(as_i64(value)).encode(metric)
+}
+
+/// Writes one counter family, a value per label set.
+fn counters(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
@@ -118,6 +125,24 @@ fn counter(
     Ok(())
 }
 
+/// Writes one counter without labels.
+fn counter(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> fmt::Result {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(value).encode(metric)
+}
+
+fn as_i64(value: usize) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The transitions the lifecycle can make.
+const TRANSITIONS: [(AgentStatus, AgentStatus); 4] = [
+    (AgentStatus::Live, AgentStatus::Stale),
+    (AgentStatus::Stale, AgentStatus::Dead),
+    (AgentStatus::Stale, AgentStatus::Live),
+    (AgentStatus::Dead, AgentStatus::Live),
+];
+
 impl Collector for CoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let stats = self.0.stats();
@@ -127,7 +152,7 @@ impl Collector for CoreCollector {
             .zip(&agent_labels)
             .map(|(status, labels)| (&labels[..], stats.agents_in(*status)))
             .collect();
-        gauge(&mut encoder, "registry_agents", "Agents by status", &agents)?;
+        gauges(&mut encoder, "registry_agents", "Agents by status", &agents)?;
 
         let command_labels = CommandStatus::ALL.map(|status| [("status", status.as_str())]);
         let commands: Vec<_> = CommandStatus::ALL
@@ -135,42 +160,33 @@ impl Collector for CoreCollector {
             .zip(&command_labels)
             .map(|(status, labels)| (&labels[..], stats.commands_in(*status)))
             .collect();
-        gauge(
+        gauges(
             &mut encoder,
             "registry_commands",
             "Commands retained, by status",
             &commands,
         )?;
-
-        let none: &[(&str, &str)] = &[];
         gauge(
             &mut encoder,
             "registry_open_streams",
             "Agent streams open now",
-            &[(none, stats.open_streams)],
+            stats.open_streams,
         )?;
         gauge(
             &mut encoder,
             "registry_scheduled_deadlines",
             "Lifecycle, expiry and retention deadlines scheduled",
-            &[(none, stats.scheduled_deadlines)],
+            stats.scheduled_deadlines,
         )?;
 
-        let pairs: Vec<(AgentStatus, AgentStatus)> = AgentStatus::ALL
-            .into_iter()
-            .flat_map(|from| AgentStatus::ALL.map(|to| (from, to)))
-            .filter(|(from, to)| from != to)
-            .collect();
-        let pair_labels: Vec<[(&str, &str); 2]> = pairs
+        let transition_labels =
+            TRANSITIONS.map(|(from, to)| [("from", from.as_str()), ("to", to.as_str())]);
+        let transitions: Vec<_> = TRANSITIONS
             .iter()
-            .map(|(from, to)| [("from", from.as_str()), ("to", to.as_str())])
-            .collect();
-        let transitions: Vec<_> = pairs
-            .iter()
-            .zip(&pair_labels)
+            .zip(&transition_labels)
             .map(|((from, to), labels)| (&labels[..], stats.transitions_between(*from, *to)))
             .collect();
-        counter(
+        counters(
             &mut encoder,
             "registry_transitions",
             "Lifecycle transitions",
@@ -180,25 +196,25 @@ impl Collector for CoreCollector {
             &mut encoder,
             "registry_heartbeats",
             "Heartbeats accepted",
-            &[(none, stats.heartbeats)],
+            stats.heartbeats,
         )?;
         counter(
             &mut encoder,
             "registry_registrations",
             "Registrations, new and resumed",
-            &[(none, stats.registrations)],
+            stats.registrations,
         )?;
         counter(
             &mut encoder,
             "registry_commands_created",
             "Commands created",
-            &[(none, stats.commands_created)],
+            stats.commands_created,
         )?;
         counter(
             &mut encoder,
             "registry_slow_streams_closed",
             "Streams closed because their reader fell a whole queue behind",
-            &[(none, stats.slow_streams_closed)],
+            stats.slow_streams_closed,
         )?;
         Ok(())
     }

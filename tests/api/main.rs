@@ -4,6 +4,7 @@ mod agents;
 mod auth;
 mod commands;
 mod errors;
+mod hardening;
 mod lifecycle;
 mod probes;
 mod smoke;

@@ -170,6 +170,39 @@ impl TestServer {
         (status, response.json().await.expect("a JSON body"))
     }
 
+    /// The value of one series of `/metrics`, named with its labels exactly as
+    /// printed (`registry_agents{status="LIVE"}`).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .get("/metrics")
+            .await
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no series {series} in /metrics"))
+    }
+
+    /// Opens a TCP connection to the server, for what an HTTP client won't send.
+    pub async fn connect(&self) -> tokio::net::TcpStream {
+        let addr = self.base.trim_start_matches("http://");
+        tokio::net::TcpStream::connect(addr).await.expect("connect")
+    }
+
+    /// Writes `request` as raw bytes and reads the answer until the server
+    /// closes the connection or `PROMPTLY` passes.
+    pub async fn raw_exchange(&self, request: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = self.connect().await;
+        // The server may answer and close before it has read everything sent.
+        let _ = tcp.write_all(request).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(PROMPTLY, tcp.read_to_end(&mut answer)).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
     /// Opens the agent's SSE stream; panics unless it answers 200.
     pub async fn open_stream(&self, agent_id: &str) -> EventStream {
         let response = self

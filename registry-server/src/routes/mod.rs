@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 
 use crate::auth;
 use crate::error::ApiError;
+use crate::limits;
 use crate::metrics::track_requests;
 use crate::state::AppState;
 
@@ -80,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(limits::check_head_size))
         .with_state(state)
 }
 
