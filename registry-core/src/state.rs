@@ -713,7 +713,8 @@ fn deliver(
     now: Instant,
     journal: &mut Journal,
 ) {
-    let Some(stream) = &agent.stream else {
+    // A stream being closed (the server shutting down) takes nothing more.
+    let Some(stream) = agent.stream.as_ref().filter(|slot| !slot.closer.is_cancelled()) else {
         return;
     };
     match stream.sender.try_send(command.event(&journal.clock)) {

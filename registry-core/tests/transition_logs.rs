@@ -1,0 +1,153 @@
+//! Tests of the logging rule of SPEC section 2: every lifecycle transition is
+//! logged at info level with agentId, from and to. It runs in its own test
+//! binary, alone in its process, because `tracing` caches per call site whether
+//! anyone listens, and a test thread without a subscriber racing this one can
+//! leave the call site disabled.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use registry_core::{Clock, Registration, RegistrationRequest, Registry, RegistryGuard, Settings};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Metadata, span};
+
+const STALE_MS: u64 = 90_000;
+const DEAD_MS: u64 = 300_000;
+
+/// A registry with its scheduler task; keep the guard alive for the whole test.
+fn start() -> (RegistryGuard, Registry) {
+    let settings = Settings {
+        stale_after: Duration::from_millis(STALE_MS),
+        dead_after: Duration::from_millis(DEAD_MS),
+        ..Settings::default()
+    };
+    let clock = Clock::starting_at(UNIX_EPOCH + Duration::from_secs(1_773_252_615));
+    let guard = Registry::start_with_clock(settings, clock);
+    let registry = guard.registry();
+    (guard, registry)
+}
+
+async fn advance_ms(ms: u64) {
+    tokio::time::advance(Duration::from_millis(ms)).await;
+}
+
+/// Lets the scheduler task run without letting time move.
+async fn yield_a_few_times() {
+    for _ in 0..5 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn registration(agent_id: &str, group: &str) -> Registration {
+    RegistrationRequest {
+        agent_id: agent_id.to_owned(),
+        name: "order-service".to_owned(),
+        group: group.to_owned(),
+        version: None,
+        route_ids: None,
+        capabilities: None,
+    }
+    .validate()
+    .unwrap()
+}
+
+/// One event as a test subscriber saw it: its level and its fields, printed.
+type Logged = (Level, BTreeMap<String, String>);
+
+/// A `tracing` subscriber that keeps every event, for the logging rule.
+#[derive(Clone, Default)]
+struct Recorder {
+    events: Arc<Mutex<Vec<Logged>>>,
+}
+
+struct Fields(BTreeMap<String, String>);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl tracing::Subscriber for Recorder {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+        span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        let mut fields = Fields(BTreeMap::new());
+        event.record(&mut fields);
+        self.events
+            .lock()
+            .unwrap()
+            .push((*event.metadata().level(), fields.0));
+    }
+
+    fn enter(&self, _: &span::Id) {}
+
+    fn exit(&self, _: &span::Id) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_transition_is_logged_at_info_level_with_agent_id_from_and_to() {
+    let recorder = Recorder::default();
+    // The test runtime is single-threaded: the scheduler task logs on this thread too.
+    let _default = tracing::subscriber::set_default(recorder.clone());
+    let (_guard, registry) = start();
+    registry.register(registration("order-7f3a", "order-prod"));
+
+    advance_ms(STALE_MS).await;
+    yield_a_few_times().await;
+    registry.heartbeat("order-7f3a").unwrap();
+    advance_ms(STALE_MS + DEAD_MS).await;
+    registry.register(registration("order-7f3a", "order-prod"));
+
+    let transitions: Vec<(Level, String, String, String)> = recorder
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, fields)| fields.contains_key("from"))
+        .map(|(level, fields)| {
+            (
+                *level,
+                fields["agent_id"].clone(),
+                fields["from"].clone(),
+                fields["to"].clone(),
+            )
+        })
+        .collect();
+    let expected: Vec<(Level, String, String, String)> = [
+        ("LIVE", "STALE"),
+        ("STALE", "LIVE"),
+        ("LIVE", "STALE"),
+        ("STALE", "DEAD"),
+        ("DEAD", "LIVE"),
+    ]
+    .into_iter()
+    .map(|(from, to)| {
+        (
+            Level::INFO,
+            "order-7f3a".to_owned(),
+            from.to_owned(),
+            to.to_owned(),
+        )
+    })
+    .collect();
+    assert_eq!(transitions, expected);
+    let counted: u64 = registry.stats().transitions.iter().flatten().sum();
+    assert_eq!(counted, 5, "each logged transition is counted");
+}
