@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use futures_util::{FutureExt, StreamExt};
-use registry_core::{Clock, CommandRequest, Registry, RegistrationRequest, Settings, Subscription};
+use registry_core::{Clock, CommandRequest, RegistrationRequest, Registry, Settings, Subscription};
 
 fn registration(agent_id: &str) -> registry_core::Registration {
     RegistrationRequest {
@@ -62,7 +62,9 @@ fn heartbeat(c: &mut Criterion) {
     c.bench_function("heartbeat (100k registered)", |b| {
         b.iter(|| {
             next = (next + 7919) % ids.len();
-            registry.heartbeat(black_box(&ids[next])).expect("a known agent")
+            registry
+                .heartbeat(black_box(&ids[next]))
+                .expect("a known agent")
         });
     });
 }
@@ -82,7 +84,11 @@ fn fleet_command(c: &mut Criterion) {
     };
     let registry = fleet(100_000, settings);
     let mut streams: Vec<Subscription> = (0..100_000)
-        .map(|n| registry.open_stream(&format!("agent-{n:07}")).expect("a stream"))
+        .map(|n| {
+            registry
+                .open_stream(&format!("agent-{n:07}"))
+                .expect("a stream")
+        })
         .collect();
     let mut group = c.benchmark_group("fleet");
     group.sample_size(10);
@@ -123,20 +129,25 @@ fn idle_tick(c: &mut Criterion) {
 }
 
 fn expire_commands(c: &mut Criterion) {
+    // A paused clock lets the setup take its time without any command expiring
+    // before the measured tick.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    let _clock = runtime.enter();
     let mut group = c.benchmark_group("expiry");
     group.sample_size(10);
     group.bench_function("expire 1M commands in one tick", |b| {
         b.iter_batched(
             || {
-                let settings = Settings {
-                    command_expiry: Duration::from_millis(1),
-                    ..Settings::default()
-                };
-                let registry = fleet(1_000, settings);
+                let registry = fleet(1_000, Settings::default());
                 for _ in 0..1_000 {
                     registry.send_to_fleet(replay()).expect("a known type");
                 }
-                std::thread::sleep(Duration::from_millis(2));
+                let expiry = registry.settings().command_expiry;
+                runtime.block_on(tokio::time::advance(expiry));
                 registry
             },
             |registry| {
@@ -150,5 +161,12 @@ fn expire_commands(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, register, heartbeat, fleet_command, idle_tick, expire_commands);
+criterion_group!(
+    benches,
+    register,
+    heartbeat,
+    fleet_command,
+    idle_tick,
+    expire_commands
+);
 criterion_main!(benches);
