@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use axum::extract::rejection::RawPathParamsRejection;
 use axum::extract::{RawPathParams, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
@@ -174,12 +175,16 @@ pub async fn enrollment(
 /// Middleware for an agent's own routes: the token must be that agent's.
 pub async fn agent(
     State(app): State<AppState>,
-    params: RawPathParams,
+    params: Result<RawPathParams, RawPathParamsRejection>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    // A path that can't be decoded names no agent: the token is still checked
+    // first, and the handler then answers 400 for the path.
+    let params = params.ok();
     let agent_id = params
         .iter()
+        .flat_map(RawPathParams::iter)
         .find(|(name, _)| *name == "agent_id")
         .map(|(_, value)| value)
         .unwrap_or_default();

@@ -112,8 +112,17 @@ async fn body_bytes(request: Request, state: &AppState) -> Result<Bytes, ApiErro
         })
 }
 
-/// Parses JSON, naming the field at fault when the shape is wrong.
+/// Parses a JSON object, naming the field at fault when the shape is wrong.
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // Every body of the API is an object; serde would also read an array by position.
+    let first = body.iter().find(|byte| !byte.is_ascii_whitespace());
+    if first.is_some_and(|byte| *byte != b'{')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+    {
+        return Err(ApiError::BadRequest(
+            "invalid body: expected a JSON object".into(),
+        ));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
@@ -125,12 +134,12 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 
 /// Describes a JSON error; `path` is where in the document it is (`.` for the root).
 fn json_error(path: &str, err: &serde_json::Error) -> ApiError {
-    let detail = if err.is_syntax() || err.is_eof() || err.is_io() {
-        format!("malformed JSON: {err}")
-    } else if path == "." {
-        format!("invalid body: {err}")
-    } else {
-        format!("{path}: {err}")
+    let malformed = err.is_syntax() || err.is_eof() || err.is_io();
+    let detail = match (malformed, path) {
+        (true, ".") => format!("malformed JSON: {err}"),
+        (true, path) => format!("malformed JSON at {path}: {err}"),
+        (false, ".") => format!("invalid body: {err}"),
+        (false, path) => format!("{path}: {err}"),
     };
     ApiError::BadRequest(detail)
 }
