@@ -244,7 +244,7 @@ impl Registry {
 
     /// Ends every open stream and refuses new ones: the first step of shutting down.
     pub fn close_all_streams(&self) {
-        self.shared.streams.cancel();
+        self.with_state(|state, _| state.close_all_streams(&self.shared.streams));
     }
 
     /// Every lifecycle transition from now on.

@@ -3,8 +3,8 @@
 //! Every operation first applies the deadlines due at `now`, so no read ever
 //! shows a status a late timer has not caught up with yet.
 
+use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -23,6 +23,11 @@ use crate::error::{InvalidField, RegistryError};
 use crate::schedule::{DeadlineKey, Schedule};
 use crate::settings::Settings;
 use crate::stats::Stats;
+
+/// Maps keyed by agent ids, which clients choose, so seeded against flooding;
+/// foldhash is as safe for that here as the standard SipHash and several times faster.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 
 /// What a deadline is for. The entity's own status says which of its rules
 /// applies: a LIVE agent goes STALE, a STALE one DEAD; an open command
@@ -194,6 +199,8 @@ pub(crate) struct State {
     journal: Journal,
     /// Orders commands within an agent and tells streams apart.
     next_seq: u64,
+    /// Set when every stream is being closed (shutdown): no stream opens or takes a command.
+    closing: bool,
 }
 
 impl State {
@@ -210,10 +217,10 @@ impl State {
         Self {
             settings,
             command_types,
-            agents: HashMap::new(),
-            groups: HashMap::new(),
-            commands: HashMap::new(),
-            credentials: HashMap::new(),
+            agents: HashMap::default(),
+            groups: HashMap::default(),
+            commands: HashMap::default(),
+            credentials: HashMap::default(),
             deadlines: Deadlines {
                 schedule: Schedule::new(),
                 wake: false,
@@ -224,6 +231,7 @@ impl State {
                 changes,
             },
             next_seq: 0,
+            closing: false,
         }
     }
 
@@ -572,7 +580,9 @@ impl State {
         self.journal.stats.commands[CommandStatus::Pending.index()] += 1;
         if let Some(agent) = self.agents.get_mut(agent_id) {
             agent.commands.insert(seq, id);
-            deliver(agent, &mut command, now, &mut self.journal);
+            if !self.closing {
+                deliver(agent, &mut command, now, &mut self.journal);
+            }
         }
         let view = command.view(&self.journal.clock);
         self.commands.insert(id, command);
@@ -634,7 +644,7 @@ impl State {
         agent_id: &str,
         streams: &CancellationToken,
     ) -> Result<OpenedStream, RegistryError> {
-        if streams.is_cancelled() {
+        if self.closing {
             return Err(RegistryError::ShuttingDown);
         }
         let limit = self.settings.max_streams;
@@ -696,6 +706,12 @@ impl State {
         }
     }
 
+    /// Ends every open stream and refuses new ones.
+    pub(crate) fn close_all_streams(&mut self, streams: &CancellationToken) {
+        self.closing = true;
+        streams.cancel();
+    }
+
     pub(crate) fn stats(&self) -> Stats {
         Stats {
             scheduled_deadlines: self.deadlines.schedule.len(),
@@ -713,8 +729,7 @@ fn deliver(
     now: Instant,
     journal: &mut Journal,
 ) {
-    // A stream being closed (the server shutting down) takes nothing more.
-    let Some(stream) = agent.stream.as_ref().filter(|slot| !slot.closer.is_cancelled()) else {
+    let Some(stream) = &agent.stream else {
         return;
     };
     match stream.sender.try_send(command.event(&journal.clock)) {
