@@ -80,6 +80,11 @@ macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[cfg_attr(
+            feature = "openapi",
+            derive(utoipa::ToSchema),
+            schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,128}$")
+        )]
         #[serde(transparent)]
         pub struct $name(Arc<str>);
 
@@ -137,21 +142,42 @@ impl GroupName {
 
 /// The body of `POST /api/v1/agents/register`, as received; [`validate`](Self::validate) checks it.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(description = "The body of a registration. Unknown fields are ignored.")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct RegistrationRequest {
-    /// The agent's persistent id.
+    /// The agent's persistent id: 1 to 128 characters from `A-Z a-z 0-9 . _ - :`;
+    /// `register`, `commands`, `groups` and `events` are reserved.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[A-Za-z0-9._:-]{1,128}$", examples("order-7f3a"))
+    )]
     pub agent_id: String,
-    /// The service's name.
+    /// The service's name, 1 to 256 characters.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 256, examples("order-service"))
+    )]
     pub name: String,
-    /// The group the agent belongs to.
+    /// The group the agent belongs to, by the same rule as `agentId`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[A-Za-z0-9._:-]{1,128}$", examples("order-service-prod"))
+    )]
     pub group: String,
-    /// The agent's version, if it says.
+    /// The agent's version, if it says; at most 256 characters.
+    #[cfg_attr(feature = "openapi", schema(max_length = 256, examples("1.4.2")))]
     #[serde(default)]
     pub version: Option<String>,
-    /// The routes the agent serves.
+    /// The routes the agent serves: at most 1024, each at most 256 characters.
+    #[cfg_attr(feature = "openapi", schema(max_items = 1024, max_length = 256))]
     #[serde(default)]
     pub route_ids: Option<Vec<String>>,
-    /// What the agent can do.
+    /// What the agent can do: at most 1024, each at most 256 characters.
+    #[cfg_attr(feature = "openapi", schema(max_items = 1024, max_length = 256))]
     #[serde(default)]
     pub capabilities: Option<Vec<String>>,
 }
@@ -219,6 +245,7 @@ impl fmt::Debug for Credential {
 
 /// What an agent declares about itself at registration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AgentMetadata {
     /// The service's name.
@@ -235,6 +262,7 @@ pub struct AgentMetadata {
 
 /// Where an agent is in its lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum AgentStatus {
     /// Heartbeating.
@@ -288,6 +316,7 @@ impl FromStr for AgentStatus {
 
 /// An agent as operators see it (SPEC 3.2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AgentView {
     /// The agent's id.
@@ -298,10 +327,13 @@ pub struct AgentView {
     /// Its lifecycle status now.
     pub status: AgentStatus,
     /// When it first registered; kept across re-registrations.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub registered_at: Timestamp,
     /// Its last registration or heartbeat.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub last_heartbeat_at: Timestamp,
     /// When its status last changed (or it registered, or revived).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub status_changed_at: Timestamp,
     /// Whether a stream is open for it now.
     pub connected: bool,

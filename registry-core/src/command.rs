@@ -14,6 +14,7 @@ use crate::clock::Timestamp;
 
 /// A command's unique id: a UUID v7, so ids sort by creation time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct CommandId(Uuid);
 
@@ -39,6 +40,7 @@ impl FromStr for CommandId {
 
 /// Where a command is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum CommandStatus {
     /// Created, not yet written to an open stream of the agent.
@@ -82,17 +84,21 @@ impl CommandStatus {
 
 /// What an operator asks to send: `{"type": "config-update", "payload": {...}}`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommandRequest {
-    /// One of the configured command types.
+    /// One of the configured command types (`commands.types`).
+    #[cfg_attr(feature = "openapi", schema(examples("config-update")))]
     #[serde(rename = "type")]
     pub kind: String,
-    /// Any JSON value; `{}` when absent.
+    /// Any JSON value; `{}` when absent or null.
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     #[serde(default)]
     pub payload: Option<Value>,
 }
 
 /// How the agent says the command went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum AckResult {
     /// It worked (the default).
@@ -104,6 +110,7 @@ pub enum AckResult {
 
 /// The optional body of an acknowledgement.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Ack {
     /// `SUCCESS` unless said otherwise.
     #[serde(default)]
@@ -115,6 +122,7 @@ pub struct Ack {
 
 /// A command as operators and agents read it (SPEC 4).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CommandView {
     /// Its id.
@@ -122,19 +130,25 @@ pub struct CommandView {
     /// The agent it is for.
     pub agent_id: AgentId,
     /// Its type.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     #[serde(rename = "type")]
     pub kind: Arc<str>,
     /// What the operator sent.
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     pub payload: Arc<Value>,
     /// Where it is in its life.
     pub status: CommandStatus,
     /// When it was created.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: Timestamp,
     /// When it expires unless acknowledged.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub expires_at: Timestamp,
     /// When it was written to the agent's stream.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub delivered_at: Option<Timestamp>,
     /// When the agent acknowledged it.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub acknowledged_at: Option<Timestamp>,
     /// What the agent said of the outcome.
     pub result: Option<AckResult>,
@@ -144,6 +158,7 @@ pub struct CommandView {
 
 /// What an agent's stream carries for one command; serialized as the event's `data`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CommandEvent {
     /// The command's id, also the event's `id`.
@@ -151,13 +166,17 @@ pub struct CommandEvent {
     /// The agent it is for.
     pub agent_id: AgentId,
     /// Its type, also the event's `event` name.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     #[serde(rename = "type")]
     pub kind: Arc<str>,
     /// What the operator sent.
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     pub payload: Arc<Value>,
     /// When it was created.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: Timestamp,
     /// When it expires unless acknowledged.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub expires_at: Timestamp,
 }
 

@@ -12,6 +12,8 @@
 //! - `connections`: the accept loop, socket options, head timeouts, graceful shutdown.
 //! - [`state`]: [`AppState`], what every handler shares.
 //! - [`metrics`]: `/metrics` in Prometheus text format.
+//! - [`openapi`]: the OpenAPI 3.1 document, built from the handlers' annotations
+//!   and served at `/api/v1/openapi.json`.
 //! - [`limits`]: the open-file limit, raised at start.
 
 pub mod auth;
@@ -21,6 +23,7 @@ pub mod error;
 pub mod extract;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod state;
 

@@ -6,6 +6,7 @@ mod commands;
 mod errors;
 mod hardening;
 mod lifecycle;
+mod openapi;
 mod probes;
 mod smoke;
 mod streams;

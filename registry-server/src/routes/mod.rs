@@ -1,5 +1,9 @@
 //! The route table of SPEC section 3, in one place, and the fallbacks that make
 //! an unknown path 404 and a wrong method 405 in problem+json.
+//!
+//! Each route is added with `utoipa_axum`'s `routes!` from its handler's
+//! `#[utoipa::path]` annotation, which gives both the route and its entry in the
+//! OpenAPI document ([`crate::openapi`]), served at `GET /api/v1/openapi.json`.
 
 mod agents;
 mod events;
@@ -10,63 +14,78 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::middleware;
-use axum::routing::{get, post};
+use registry_core::{AgentId, CommandId, GroupName};
+use serde::Deserialize;
+use utoipa::{IntoParams, OpenApi};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::auth;
 use crate::error::ApiError;
 use crate::limits;
 use crate::metrics::track_requests;
+use crate::openapi::{self, ApiDoc, Document};
 use crate::state::AppState;
 
+/// The path of an agent's routes.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct AgentPath {
+    /// The agent's id.
+    #[param(value_type = AgentId)]
+    agent_id: String,
+}
+
+/// The path of one command of an agent.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct CommandPath {
+    /// The agent's id.
+    #[param(value_type = AgentId)]
+    agent_id: String,
+    /// The command's id.
+    #[param(value_type = CommandId)]
+    command_id: String,
+}
+
+/// The path of a group's routes.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct GroupPath {
+    /// The group's name.
+    #[param(value_type = GroupName)]
+    group: String,
+}
+
 /// The whole HTTP API over `state`. Each role's routes sit behind the check of
-/// that role's token (a no-op while no token is configured).
+/// that role's token (a no-op while no token is configured); the probes and the
+/// OpenAPI document are open.
 pub fn router(state: AppState) -> Router {
     let max_body_bytes = state.config().server.max_body_bytes;
-    let enrollment = Router::new()
-        .route("/api/v1/agents/register", post(agents::register))
+    let enrollment = OpenApiRouter::new()
+        .routes(routes!(agents::register))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::enrollment,
         ));
-    let agent = Router::new()
-        .route(
-            "/api/v1/agents/{agent_id}/heartbeat",
-            post(agents::heartbeat),
-        )
-        .route("/api/v1/agents/{agent_id}/events", get(events::stream))
-        .route(
-            "/api/v1/agents/{agent_id}/commands/{command_id}/ack",
-            post(agents::ack),
-        )
+    let agent = OpenApiRouter::new()
+        .routes(routes!(agents::heartbeat))
+        .routes(routes!(events::stream))
+        .routes(routes!(agents::ack))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::agent));
-    let operator = Router::new()
-        .route(
-            "/api/v1/agents",
-            get(operators::list).delete(operators::delete_dead),
-        )
-        .route(
-            "/api/v1/agents/{agent_id}",
-            get(operators::agent).delete(operators::delete),
-        )
-        .route(
-            "/api/v1/agents/{agent_id}/commands",
-            post(operators::send_to_agent).get(operators::commands_of),
-        )
-        .route(
-            "/api/v1/agents/{agent_id}/commands/{command_id}",
-            get(operators::command),
-        )
-        .route(
-            "/api/v1/agents/groups/{group}/commands",
-            post(operators::send_to_group),
-        )
-        .route("/api/v1/agents/commands", post(operators::send_to_fleet))
-        .route("/metrics", get(probes::metrics))
+    let operator = OpenApiRouter::new()
+        .routes(routes!(operators::list, operators::delete_dead))
+        .routes(routes!(operators::agent, operators::delete))
+        .routes(routes!(operators::send_to_agent, operators::commands_of))
+        .routes(routes!(operators::command))
+        .routes(routes!(operators::send_to_group))
+        .routes(routes!(operators::send_to_fleet))
+        .routes(routes!(probes::metrics))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::operator,
         ));
-    let api = Router::new()
+    let api = OpenApiRouter::new()
         .merge(enrollment)
         .merge(agent)
         .merge(operator)
@@ -74,10 +93,21 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             track_requests,
         ));
-    Router::new()
-        .route("/livez", get(probes::livez))
-        .route("/readyz", get(probes::readyz))
+    // The document route serves what the split below collects, itself included.
+    let document = Document::default();
+    let document_route: UtoipaMethodRouter<Document> = routes!(openapi::serve);
+    let (router, api_doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(probes::livez))
+        .routes(routes!(probes::readyz))
+        .routes(document_route.with_state(document.clone()))
         .merge(api)
+        .split_for_parts();
+    document.set(
+        api_doc,
+        state.auth().enabled(),
+        &state.config().commands.types,
+    );
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

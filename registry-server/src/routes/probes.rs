@@ -5,14 +5,34 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
 use crate::error::ApiError;
+use crate::openapi::{Forbidden, ServiceUnavailable, Unauthorized};
 use crate::state::AppState;
 
 /// `GET /livez`: 200 while the process serves HTTP, whatever else is true.
+#[utoipa::path(
+    get,
+    path = "/livez",
+    operation_id = "livez",
+    tag = "probes",
+    summary = "Liveness",
+    responses((status = 200, description = "The process serves HTTP", body = String, content_type = "text/plain", example = "ok\n")),
+)]
 pub(super) async fn livez() -> &'static str {
     "ok\n"
 }
 
 /// `GET /readyz`: 200 while the registry accepts work, 503 while starting or shutting down.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "probes",
+    summary = "Readiness",
+    responses(
+        (status = 200, description = "The registry accepts work", body = String, content_type = "text/plain", example = "ready\n"),
+        (status = 503, response = ServiceUnavailable),
+    ),
+)]
 pub(super) async fn readyz(State(app): State<AppState>) -> Result<&'static str, ApiError> {
     if app.is_ready() {
         Ok("ready\n")
@@ -22,6 +42,21 @@ pub(super) async fn readyz(State(app): State<AppState>) -> Result<&'static str, 
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operator",
+    summary = "Metrics, in Prometheus text format",
+    description = "Agents by status, open streams, commands by status, transitions, heartbeats, \
+        request latencies by route.",
+    responses(
+        (status = 200, description = "Every metric", body = String, content_type = "application/openmetrics-text"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+    ),
+    security(("operatorToken" = [])),
+)]
 pub(super) async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     match app.metrics().render() {
         Ok(text) => (
