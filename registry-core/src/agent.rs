@@ -43,6 +43,13 @@ fn check_id(field: &'static str, value: &str) -> Result<(), InvalidField> {
             format!("may only hold A-Z a-z 0-9 . _ - : (found {bad:?})"),
         ));
     }
+    // Ids are path segments, and clients resolve `.` and `..` away before sending.
+    if value == "." || value == ".." {
+        return Err(InvalidField::new(
+            field,
+            format!("'{value}' can't be used: URLs resolve it as a path step"),
+        ));
+    }
     Ok(())
 }
 
@@ -389,6 +396,16 @@ mod tests {
         for bad in ["a b", "a/b", "é", "a\nb", "a\0b", "a%2F"] {
             assert!(AgentId::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn ids_that_urls_resolve_away_are_refused() {
+        for id in [".", ".."] {
+            assert_eq!(AgentId::parse(id).unwrap_err().field, "agentId");
+            assert_eq!(GroupName::parse(id).unwrap_err().field, "group");
+        }
+        assert!(AgentId::parse("...").is_ok());
+        assert!(AgentId::parse(".hidden").is_ok());
     }
 
     #[test]
