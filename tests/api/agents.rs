@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use registry_tests::{PROMPTLY, TestServer, eventually};
+use registry_tests::{PROMPTLY, TestServer, assert_problem, eventually};
 use reqwest::{Response, StatusCode, header};
 use serde_json::{Value, json};
 
@@ -22,25 +22,10 @@ async fn register_body(server: &TestServer, body: &Value) -> (StatusCode, Value)
     (status, response.json().await.expect("a JSON body"))
 }
 
-/// Asserts `response` is an RFC 9457 problem with `status`; returns its `detail`.
+/// Asserts `response` is a problem with `status`; returns its `detail`.
 async fn problem(response: Response, status: StatusCode) -> String {
-    assert_eq!(response.status(), status);
-    let content_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .expect("a Content-Type")
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert!(
-        content_type.starts_with("application/problem+json"),
-        "Content-Type {content_type}"
-    );
-    let body: Value = response.json().await.expect("a JSON problem");
-    assert_eq!(body["type"], "about:blank");
-    assert_eq!(body["status"], status.as_u16());
-    assert_eq!(body["title"], status.canonical_reason().unwrap());
-    body["detail"].as_str().expect("a detail").to_owned()
+    let problem = assert_problem(response, status).await;
+    problem["detail"].as_str().expect("a detail").to_owned()
 }
 
 /// Registers `body` and asserts a 400 problem whose `detail` names `field`.

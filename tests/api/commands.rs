@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use registry_tests::{TestServer, eventually};
+use registry_tests::{TestServer, assert_problem, eventually};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
@@ -164,22 +164,10 @@ async fn send_many(server: &TestServer, path: &str, body: &Value) -> (StatusCode
     (status, response.json().await.expect("a JSON body"))
 }
 
-/// Asserts that `response` is an RFC 9457 problem with `status`; returns its `detail`.
-async fn assert_problem(response: Response, status: StatusCode) -> String {
-    assert_eq!(response.status(), status);
-    let content_type = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        content_type.starts_with("application/problem+json"),
-        "Content-Type {content_type:?}"
-    );
-    let body: Value = response.json().await.expect("a JSON problem");
-    assert_eq!(body["status"], status.as_u16(), "{body}");
-    body["detail"].as_str().expect("a detail").to_owned()
+/// Asserts `response` is a problem with `status`; returns its `detail`.
+async fn problem_detail(response: Response, status: StatusCode) -> String {
+    let problem = assert_problem(response, status).await;
+    problem["detail"].as_str().expect("a detail").to_owned()
 }
 
 /// Heartbeats `keep` until `target` is STALE.
@@ -311,7 +299,7 @@ async fn a_command_for_an_unknown_agent_is_404() {
             &json!({"type": "replay", "payload": {}}),
         )
         .await;
-    let detail = assert_problem(response, StatusCode::NOT_FOUND).await;
+    let detail = problem_detail(response, StatusCode::NOT_FOUND).await;
     assert!(detail.contains("ghost-1"), "{detail}");
 }
 
@@ -325,7 +313,7 @@ async fn an_unknown_type_is_400_naming_the_allowed_types() {
             &json!({"type": "reboot", "payload": {}}),
         )
         .await;
-    let detail = assert_problem(response, StatusCode::BAD_REQUEST).await;
+    let detail = problem_detail(response, StatusCode::BAD_REQUEST).await;
     for allowed in ["type", "config-update", "deep-trace", "replay"] {
         assert!(detail.contains(allowed), "{allowed} not in {detail:?}");
     }
@@ -349,7 +337,7 @@ async fn the_configured_command_types_are_the_ones_allowed() {
             &json!({"type": "deep-trace"}),
         )
         .await;
-    let detail = assert_problem(response, StatusCode::BAD_REQUEST).await;
+    let detail = problem_detail(response, StatusCode::BAD_REQUEST).await;
     assert!(
         detail.contains("restart") && detail.contains("config-update"),
         "{detail:?}"
@@ -455,7 +443,7 @@ async fn a_group_no_agent_has_is_404() {
             &json!({"type": "replay"}),
         )
         .await;
-    let detail = assert_problem(response, StatusCode::NOT_FOUND).await;
+    let detail = problem_detail(response, StatusCode::NOT_FOUND).await;
     assert!(detail.contains("unknown-group"), "{detail}");
 }
 
@@ -472,7 +460,7 @@ async fn an_agent_that_re_registers_in_another_group_leaves_its_old_group() {
             &json!({"type": "replay"}),
         )
         .await;
-    assert_problem(response, StatusCode::NOT_FOUND).await;
+    problem_detail(response, StatusCode::NOT_FOUND).await;
 
     let (status, body) = send_many(
         &server,
@@ -556,7 +544,7 @@ async fn group_and_fleet_commands_refuse_an_unknown_type_with_400() {
         "/api/v1/agents/commands",
     ] {
         let response = server.post_json(path, &json!({"type": "reboot"})).await;
-        let detail = assert_problem(response, StatusCode::BAD_REQUEST).await;
+        let detail = problem_detail(response, StatusCode::BAD_REQUEST).await;
         assert!(detail.contains("config-update"), "{path}: {detail}");
     }
     assert!(list(&server, "many-1").await.is_empty());
@@ -589,7 +577,7 @@ async fn an_agents_commands_are_listed_newest_first() {
 async fn the_command_list_of_an_unknown_agent_is_404() {
     let server = TestServer::start().await;
     let response = server.get("/api/v1/agents/ghost-2/commands").await;
-    assert_problem(response, StatusCode::NOT_FOUND).await;
+    problem_detail(response, StatusCode::NOT_FOUND).await;
 }
 
 #[tokio::test]
@@ -614,10 +602,10 @@ async fn an_unknown_a_malformed_or_another_agents_command_id_is_404() {
         theirs.as_str(),
     ] {
         let response = server.get(&command_path("mine-1", command_id)).await;
-        assert_problem(response, StatusCode::NOT_FOUND).await;
+        problem_detail(response, StatusCode::NOT_FOUND).await;
     }
     let response = server.get(&command_path("ghost-3", &theirs)).await;
-    assert_problem(response, StatusCode::NOT_FOUND).await;
+    problem_detail(response, StatusCode::NOT_FOUND).await;
 }
 
 #[tokio::test]
@@ -711,7 +699,7 @@ async fn an_ack_for_another_agents_an_unknown_command_or_an_unknown_agent_is_404
     let theirs = id_of(&send(&server, "ack-6", "replay", json!({})).await);
 
     let response = ack(&server, "ack-5", &theirs, &json!({})).await;
-    assert_problem(response, StatusCode::NOT_FOUND).await;
+    problem_detail(response, StatusCode::NOT_FOUND).await;
     assert_eq!(
         status_of_command(&server, "ack-6", &theirs).await,
         "PENDING",
@@ -719,9 +707,9 @@ async fn an_ack_for_another_agents_an_unknown_command_or_an_unknown_agent_is_404
     );
     let unknown = "0190f0c2-0000-7000-8000-000000000001";
     let response = ack(&server, "ack-5", unknown, &json!({})).await;
-    assert_problem(response, StatusCode::NOT_FOUND).await;
+    problem_detail(response, StatusCode::NOT_FOUND).await;
     let response = ack(&server, "ghost-4", &theirs, &json!({})).await;
-    assert_problem(response, StatusCode::NOT_FOUND).await;
+    problem_detail(response, StatusCode::NOT_FOUND).await;
 }
 
 #[tokio::test]
@@ -736,7 +724,7 @@ async fn an_ack_after_expiry_is_409() {
     })
     .await;
     let response = ack(&server, "late-1", id, &json!({"result": "SUCCESS"})).await;
-    let detail = assert_problem(response, StatusCode::CONFLICT).await;
+    let detail = problem_detail(response, StatusCode::CONFLICT).await;
     assert!(detail.contains(id), "{detail}");
     let (_, stored) = get_command(&server, "late-1", id).await;
     assert_eq!(stored["status"], "EXPIRED");
@@ -769,7 +757,7 @@ async fn an_ack_with_a_body_that_is_not_json_is_415() {
         .send()
         .await
         .unwrap();
-    assert_problem(response, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+    problem_detail(response, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
     assert_eq!(status_of_command(&server, "ack-8", &id).await, "PENDING");
 }
 
@@ -779,7 +767,7 @@ async fn an_ack_with_an_unknown_result_is_400_naming_result() {
     register(&server, "ack-9", "g").await;
     let id = id_of(&send(&server, "ack-9", "replay", json!({})).await);
     let response = ack(&server, "ack-9", &id, &json!({"result": "MAYBE"})).await;
-    let detail = assert_problem(response, StatusCode::BAD_REQUEST).await;
+    let detail = problem_detail(response, StatusCode::BAD_REQUEST).await;
     assert!(detail.contains("result"), "{detail:?}");
     assert_eq!(status_of_command(&server, "ack-9", &id).await, "PENDING");
 }
@@ -843,7 +831,7 @@ async fn an_acknowledged_command_is_dropped_after_the_retention() {
     let listed: Vec<String> = list(&server, "ret-1").await.iter().map(id_of).collect();
     assert_eq!(listed, [kept], "gone from the list too");
     let response = ack(&server, "ret-1", id, &json!({})).await;
-    assert_problem(response, StatusCode::NOT_FOUND).await;
+    problem_detail(response, StatusCode::NOT_FOUND).await;
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
-use registry_tests::{Event, PROMPTLY, RawStream, TestServer, eventually};
+use registry_tests::{Event, PROMPTLY, RawStream, TestServer, assert_problem, eventually};
 use reqwest::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
@@ -97,26 +97,6 @@ async fn connected(server: &TestServer, agent_id: &str) -> bool {
     server.agent(agent_id).await.expect("a registered agent")["connected"]
         .as_bool()
         .expect("connected is a boolean")
-}
-
-/// Asserts that `response` is an RFC 9457 problem with `status`, and returns its body.
-async fn assert_problem(response: Response, status: StatusCode) -> Value {
-    assert_eq!(response.status(), status);
-    let content_type = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        content_type.starts_with("application/problem+json"),
-        "Content-Type {content_type:?}"
-    );
-    let body: Value = response.json().await.expect("a JSON problem");
-    assert_eq!(body["status"], status.as_u16());
-    assert!(body["title"].is_string(), "{body}");
-    assert!(body["detail"].is_string(), "{body}");
-    body
 }
 
 #[tokio::test]

@@ -301,6 +301,33 @@ impl RawStream {
     }
 }
 
+/// Asserts that `response` is an RFC 9457 problem (`application/problem+json`,
+/// `type` about:blank, the status's `title`, `status`, a `detail`) answering
+/// `status`; returns the problem.
+pub async fn assert_problem(response: Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status);
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/problem+json"),
+        "Content-Type {content_type:?}"
+    );
+    let body: Value = response.json().await.expect("a JSON problem");
+    assert_eq!(body["type"], "about:blank", "{body}");
+    assert_eq!(body["status"], status.as_u16(), "{body}");
+    assert_eq!(
+        body["title"],
+        status.canonical_reason().unwrap_or_default(),
+        "{body}"
+    );
+    assert!(body["detail"].is_string(), "{body}");
+    body
+}
+
 /// Polls `condition` every few milliseconds until it holds; panics after `within`.
 /// For what happens on the server's own clock (a deadline passing), where there
 /// is no event to wait for.
