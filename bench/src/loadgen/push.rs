@@ -1,0 +1,108 @@
+//! One timed push: the operator's request is sent on a connection opened
+//! just before the clock starts, and the shards report when each stream of
+//! its audience received the event that carries its marker.
+
+use std::io;
+use std::time::Duration;
+
+use super::http::HttpConnection;
+use super::latency::PushLatency;
+use super::protocol::{Audience, now_us};
+use super::results::{Phase, PushResult};
+use super::shards::Shards;
+
+/// A push to send.
+pub(crate) struct PushRequest<'a> {
+    /// Its number, also its marker in the message.
+    pub(crate) number: u32,
+    /// Whom it is for.
+    pub(crate) audience: Audience,
+    /// What to call it in the results.
+    pub(crate) label: &'a str,
+    /// When in the run.
+    pub(crate) phase: Phase,
+    /// The request's path.
+    pub(crate) path: String,
+    /// The request's body.
+    pub(crate) body: Vec<u8>,
+    /// How long the streams have to receive it.
+    pub(crate) timeout: Duration,
+}
+
+/// Sends `request` and measures its arrival on every stream of its audience.
+pub(crate) async fn timed_push(
+    operator: &mut HttpConnection,
+    shards: &mut Shards,
+    request: PushRequest<'_>,
+) -> io::Result<PushResult> {
+    // A fresh connection, opened before the clock starts: the server may
+    // have closed an idle one since the last push.
+    operator.close();
+    operator.warm_up().await?;
+    let sent_us = now_us();
+    operator
+        .write_request("POST", &request.path, Some(&request.body))
+        .await?;
+    let response = operator.read_response(false).await?;
+    let response_us = now_us().saturating_sub(sent_us);
+    let deadline_us = sent_us + u64::try_from(request.timeout.as_micros()).unwrap_or(u64::MAX);
+    let arrivals = shards
+        .collect(request.number, request.audience, deadline_us)
+        .await?;
+    let latency = PushLatency::of(sent_us, arrivals.expected, &arrivals.arrivals_us);
+    Ok(PushResult {
+        audience: request.label.to_owned(),
+        phase: request.phase,
+        targeted: targeted_of(&response.body),
+        status: response.status,
+        response_us,
+        data_bytes: arrivals.data_bytes,
+        latency,
+    })
+}
+
+/// `targeted` of a group or fleet command's answer, read from the start of the
+/// body without parsing the (possibly megabytes of) commands after it.
+fn targeted_of(body: &[u8]) -> Option<usize> {
+    const KEY: &[u8] = b"\"targeted\":";
+    let head = &body[..body.len().min(256)];
+    let start = super::sse::find(head, KEY)? + KEY.len();
+    let digits: Vec<u8> = head[start..]
+        .iter()
+        .copied()
+        .skip_while(u8::is_ascii_whitespace)
+        .take_while(u8::is_ascii_digit)
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// Prints a one-line summary of a push to stderr.
+pub(crate) fn log_push(push: &PushResult) {
+    let latency = &push.latency;
+    eprintln!(
+        "  {} push ({:?}): status {}, reached {}/{}, p50 {:.1} ms, p99 {:.1} ms, 100% {:.1} ms (response {:.1} ms)",
+        push.audience,
+        push.phase,
+        push.status,
+        latency.received,
+        latency.expected,
+        latency.p50_us as f64 / 1000.0,
+        latency.p99_us as f64 / 1000.0,
+        latency.max_us as f64 / 1000.0,
+        push.response_us as f64 / 1000.0,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_targeted_from_the_start() {
+        assert_eq!(
+            targeted_of(b"{\"targeted\":19000,\"commands\":[{}]}"),
+            Some(19_000)
+        );
+        assert_eq!(targeted_of(b"{\"commandId\":\"x\"}"), None);
+    }
+}

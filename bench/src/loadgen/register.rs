@@ -1,0 +1,88 @@
+//! Registers a fleet: `POST /api/v1/agents/register` for every agent, over a
+//! bounded number of keep-alive connections, which are closed afterwards.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use super::fleet;
+use super::http::{HttpConnection, Server};
+
+/// How a registration went.
+#[derive(Debug, Default)]
+pub(crate) struct Registered {
+    /// Agents answered 201 or 200.
+    pub(crate) ok: usize,
+    /// Agents answered otherwise, or not answered.
+    pub(crate) failed: usize,
+    /// The first unexpected answer.
+    pub(crate) first_error: Option<String>,
+    /// How long it took, in seconds.
+    pub(crate) seconds: f64,
+}
+
+/// Registers agents `0..count` (ids `{prefix}{index:06}`, spread over `groups`
+/// groups) with `concurrency` requests in flight.
+pub(crate) async fn register_fleet(
+    server: &Server,
+    prefix: &str,
+    count: usize,
+    groups: usize,
+    concurrency: usize,
+) -> io::Result<Registered> {
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.clamp(1, count.max(1)) {
+        let next = next.clone();
+        let server = server.clone();
+        let prefix = prefix.to_owned();
+        workers.push(tokio::spawn(async move {
+            let mut connection = HttpConnection::new(server);
+            let mut outcome = Registered::default();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= count {
+                    break;
+                }
+                let body = fleet::registration_body(&prefix, index, groups);
+                match connection
+                    .send("POST", "/api/v1/agents/register", Some(&body))
+                    .await
+                {
+                    Ok(response) if response.status == 201 || response.status == 200 => {
+                        outcome.ok += 1;
+                    }
+                    Ok(response) => {
+                        outcome.failed += 1;
+                        outcome.first_error.get_or_insert_with(|| {
+                            format!(
+                                "answered {}: {}",
+                                response.status,
+                                String::from_utf8_lossy(&response.body)
+                            )
+                        });
+                    }
+                    Err(err) => {
+                        outcome.failed += 1;
+                        outcome.first_error.get_or_insert_with(|| err.to_string());
+                    }
+                }
+            }
+            connection.close();
+            outcome
+        }));
+    }
+    let mut total = Registered::default();
+    for worker in workers {
+        let outcome = worker.await.map_err(io::Error::other)?;
+        total.ok += outcome.ok;
+        total.failed += outcome.failed;
+        if total.first_error.is_none() {
+            total.first_error = outcome.first_error;
+        }
+    }
+    total.seconds = started.elapsed().as_secs_f64();
+    Ok(total)
+}
