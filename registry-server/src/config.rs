@@ -69,6 +69,11 @@ pub struct ServerConfig {
     /// How long a client may take to send a request's body.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How long a connection may go without a complete request head: idle
+    /// between requests, or sending a head slowly. Longer than the heartbeat
+    /// interval, so that agents can keep their connection alive between heartbeats.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// How long shutdown waits for requests in flight before it exits anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -82,6 +87,7 @@ impl Default for ServerConfig {
             max_body_bytes: 262_144,
             max_streams: 0,
             request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
             shutdown_grace: Duration::from_secs(5),
         }
     }
@@ -278,6 +284,7 @@ impl Config {
         }
         for (key, value) in [
             ("server.request_timeout", self.server.request_timeout),
+            ("server.idle_timeout", self.server.idle_timeout),
             (
                 "lifecycle.heartbeat_interval",
                 self.lifecycle.heartbeat_interval,

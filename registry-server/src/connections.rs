@@ -33,17 +33,20 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Serves `app` on every connection `listener` accepts until `stopping` is
-/// cancelled; then waits for open connections to finish, at most `grace`.
+/// cancelled; then waits for open connections to finish, at most `grace`. A
+/// connection without a complete request head for `idle_timeout` is closed.
 pub(crate) async fn serve_connections(
     listener: TcpListener,
     app: Router,
-    request_timeout: Duration,
+    idle_timeout: Duration,
     stopping: CancellationToken,
     grace: Duration,
 ) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(request_timeout)
+        // hyper's head timer also runs while a kept-alive connection waits for
+        // its next request, so it is the idle timeout too.
+        .header_read_timeout(idle_timeout)
         .max_buf_size(MAX_HEAD_BYTES);
     let graceful = GracefulShutdown::new();
     let mut accept_errors = AcceptErrors::default();

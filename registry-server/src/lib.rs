@@ -86,8 +86,8 @@ pub async fn serve(
     let shutdown_task = tokio::spawn(begin_shutdown);
     state.set_ready(true);
     info!("listening on http://{local_addr}");
-    let request_timeout = state.config().server.request_timeout;
-    connections::serve_connections(listener, app, request_timeout, stopping, grace).await;
+    let idle_timeout = state.config().server.idle_timeout;
+    connections::serve_connections(listener, app, idle_timeout, stopping, grace).await;
     let _ = shutdown_task.await;
     drop(guard);
     info!("stopped");

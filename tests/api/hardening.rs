@@ -68,9 +68,9 @@ async fn a_last_event_id_of_one_mebibyte_is_refused_with_431() {
 }
 
 #[tokio::test]
-async fn a_request_head_that_never_finishes_is_cut_off_after_the_request_timeout() {
+async fn a_request_head_that_never_finishes_is_cut_off_after_the_idle_timeout() {
     let server =
-        TestServer::start_with(|c| c.server.request_timeout = Duration::from_millis(300)).await;
+        TestServer::start_with(|c| c.server.idle_timeout = Duration::from_millis(300)).await;
     let mut tcp = server.connect().await;
     tcp.write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\n")
         .await
@@ -248,4 +248,27 @@ async fn ten_thousand_register_delete_cycles_leave_no_agent_command_or_deadline_
         StatusCode::NOT_FOUND,
         "the emptied group is gone"
     );
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_outlives_the_request_timeout_between_requests() {
+    let server = TestServer::start_with(|c| {
+        c.server.request_timeout = Duration::from_millis(100);
+        c.server.idle_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let mut tcp = server.connect().await;
+    let request = b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut answer = vec![0; 1024];
+    tcp.write_all(request).await.unwrap();
+    let read = tcp.read(&mut answer).await.unwrap();
+    assert_eq!(status_of(&String::from_utf8_lossy(&answer[..read])), 200);
+    // Idle for longer than the request timeout, as an agent between heartbeats.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    tcp.write_all(request).await.unwrap();
+    let read = tokio::time::timeout(PROMPTLY, tcp.read(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(status_of(&String::from_utf8_lossy(&answer[..read])), 200);
 }
