@@ -18,7 +18,11 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// Middleware refusing request heads past the limits above.
 pub async fn check_head_size(request: Request, next: Next) -> Result<Response, ApiError> {
-    if request.uri().to_string().len() > MAX_URI_BYTES {
+    let target_bytes = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |target| target.as_str().len());
+    if target_bytes > MAX_URI_BYTES {
         return Err(ApiError::UriTooLong(MAX_URI_BYTES));
     }
     let header_bytes: usize = request

@@ -85,7 +85,7 @@ pub(super) struct Registered {
     ),
     security(("enrollmentToken" = [])),
 )]
-#[instrument(skip_all, fields(agent_id = %request.agent_id))]
+#[instrument(level = "debug", skip_all, fields(agent_id = %request.agent_id))]
 pub(super) async fn register(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -143,7 +143,7 @@ pub(super) async fn register(
     ),
     security(("agentToken" = [])),
 )]
-#[instrument(skip_all, fields(agent_id = %agent_id))]
+#[instrument(level = "debug", skip_all, fields(agent_id = %agent_id))]
 pub(super) async fn heartbeat(
     State(app): State<AppState>,
     ApiPath(AgentPath { agent_id }): ApiPath<AgentPath>,
@@ -180,7 +180,7 @@ pub(super) async fn heartbeat(
     ),
     security(("agentToken" = [])),
 )]
-#[instrument(skip_all, fields(agent_id = %agent_id, command_id = %command_id))]
+#[instrument(level = "debug", skip_all, fields(agent_id = %agent_id, command_id = %command_id))]
 pub(super) async fn ack(
     State(app): State<AppState>,
     ApiPath(CommandPath {

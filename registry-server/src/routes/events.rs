@@ -57,7 +57,7 @@ const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering
     ),
     security(("agentToken" = [])),
 )]
-#[instrument(skip_all, fields(agent_id = %agent_id))]
+#[instrument(level = "debug", skip_all, fields(agent_id = %agent_id))]
 pub(super) async fn stream(
     State(app): State<AppState>,
     ApiPath(AgentPath { agent_id }): ApiPath<AgentPath>,

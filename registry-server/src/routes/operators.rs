@@ -95,7 +95,7 @@ fn parse_status(status: &str) -> Result<AgentStatus, ApiError> {
     ),
     security(("operatorToken" = [])),
 )]
-#[instrument(skip_all)]
+#[instrument(level = "debug", skip_all)]
 pub(super) async fn list(
     State(app): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
@@ -124,7 +124,7 @@ pub(super) async fn list(
     ),
     security(("operatorToken" = [])),
 )]
-#[instrument(skip_all, fields(agent_id = %agent_id))]
+#[instrument(level = "debug", skip_all, fields(agent_id = %agent_id))]
 pub(super) async fn agent(
     State(app): State<AppState>,
     ApiPath(AgentPath { agent_id }): ApiPath<AgentPath>,
@@ -150,7 +150,7 @@ pub(super) async fn agent(
     ),
     security(("operatorToken" = [])),
 )]
-#[instrument(skip_all, fields(agent_id = %agent_id))]
+#[instrument(level = "debug", skip_all, fields(agent_id = %agent_id))]
 pub(super) async fn delete(
     State(app): State<AppState>,
     ApiPath(AgentPath { agent_id }): ApiPath<AgentPath>,
@@ -177,7 +177,7 @@ pub(super) async fn delete(
     ),
     security(("operatorToken" = [])),
 )]
-#[instrument(skip_all)]
+#[instrument(level = "debug", skip_all)]
 pub(super) async fn delete_dead(
     State(app): State<AppState>,
     ApiQuery(query): ApiQuery<BulkDeleteQuery>,
@@ -228,7 +228,7 @@ pub(super) async fn delete_dead(
     ),
     security(("operatorToken" = [])),
 )]
-#[instrument(skip_all, fields(agent_id = %agent_id))]
+#[instrument(level = "debug", skip_all, fields(agent_id = %agent_id))]
 pub(super) async fn send_to_agent(
     State(app): State<AppState>,
     ApiPath(AgentPath { agent_id }): ApiPath<AgentPath>,
@@ -259,7 +259,7 @@ pub(super) async fn send_to_agent(
     ),
     security(("operatorToken" = [])),
 )]
-#[instrument(skip_all, fields(group = %group))]
+#[instrument(level = "debug", skip_all, fields(group = %group))]
 pub(super) async fn send_to_group(
     State(app): State<AppState>,
     ApiPath(GroupPath { group }): ApiPath<GroupPath>,
@@ -288,7 +288,7 @@ pub(super) async fn send_to_group(
     ),
     security(("operatorToken" = [])),
 )]
-#[instrument(skip_all)]
+#[instrument(level = "debug", skip_all)]
 pub(super) async fn send_to_fleet(
     State(app): State<AppState>,
     ApiJson(request): ApiJson<CommandRequest>,
@@ -315,7 +315,7 @@ pub(super) async fn send_to_fleet(
     ),
     security(("operatorToken" = [])),
 )]
-#[instrument(skip_all, fields(agent_id = %agent_id))]
+#[instrument(level = "debug", skip_all, fields(agent_id = %agent_id))]
 pub(super) async fn commands_of(
     State(app): State<AppState>,
     ApiPath(AgentPath { agent_id }): ApiPath<AgentPath>,
@@ -340,7 +340,7 @@ pub(super) async fn commands_of(
     ),
     security(("operatorToken" = [])),
 )]
-#[instrument(skip_all, fields(agent_id = %agent_id, command_id = %command_id))]
+#[instrument(level = "debug", skip_all, fields(agent_id = %agent_id, command_id = %command_id))]
 pub(super) async fn command(
     State(app): State<AppState>,
     ApiPath(CommandPath {
