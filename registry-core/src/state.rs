@@ -98,7 +98,9 @@ impl Journal {
 /// The stream an agent has open: where its commands go, and how to end it.
 struct StreamSlot {
     id: u64,
-    sender: mpsc::Sender<CommandEvent>,
+    /// Boxed so that the queue's slots are a pointer wide: every open stream
+    /// allocates a block of them.
+    sender: mpsc::Sender<Box<CommandEvent>>,
     closer: CancellationToken,
 }
 
@@ -182,7 +184,7 @@ impl CommandEntry {
 pub(crate) struct OpenedStream {
     pub(crate) agent_id: AgentId,
     pub(crate) stream_id: u64,
-    pub(crate) receiver: mpsc::Receiver<CommandEvent>,
+    pub(crate) receiver: mpsc::Receiver<Box<CommandEvent>>,
     pub(crate) closer: CancellationToken,
 }
 
@@ -732,7 +734,10 @@ fn deliver(
     let Some(stream) = &agent.stream else {
         return;
     };
-    match stream.sender.try_send(command.event(&journal.clock)) {
+    match stream
+        .sender
+        .try_send(Box::new(command.event(&journal.clock)))
+    {
         Ok(()) => {
             command.delivered_at = Some(now);
             journal.command_status(command, CommandStatus::Delivered);

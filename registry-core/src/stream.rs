@@ -21,7 +21,7 @@ use crate::state::OpenedStream;
 pub struct Subscription {
     agent_id: AgentId,
     stream_id: u64,
-    receiver: mpsc::Receiver<CommandEvent>,
+    receiver: mpsc::Receiver<Box<CommandEvent>>,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
     ended: bool,
     registry: Registry,
@@ -53,7 +53,9 @@ impl Stream for Subscription {
             self.ended = true;
             return Poll::Ready(None);
         }
-        self.receiver.poll_recv(cx)
+        self.receiver
+            .poll_recv(cx)
+            .map(|event| event.map(|event| *event))
     }
 }
 
