@@ -2,13 +2,17 @@
 //! from its snapshot, and request latencies by route, method and status.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabel, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
@@ -24,11 +28,44 @@ pub struct Metrics {
     requests: Family<RequestLabels, Histogram>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// The labels of one request's latency. Built on every request, so it holds
+/// cheap clones (a `Method`, the matched route's shared string) rather than
+/// newly allocated strings.
+#[derive(Clone, Debug)]
 struct RequestLabels {
-    method: String,
-    route: String,
+    method: Method,
+    route: Option<MatchedPath>,
     status: u16,
+}
+
+impl RequestLabels {
+    fn route(&self) -> &str {
+        self.route.as_ref().map_or("unmatched", MatchedPath::as_str)
+    }
+}
+
+impl PartialEq for RequestLabels {
+    fn eq(&self, other: &Self) -> bool {
+        self.method == other.method && self.route() == other.route() && self.status == other.status
+    }
+}
+
+impl Eq for RequestLabels {}
+
+impl Hash for RequestLabels {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.method.hash(state);
+        self.route().hash(state);
+        self.status.hash(state);
+    }
+}
+
+impl EncodeLabelSet for RequestLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> fmt::Result {
+        ("method", self.method.as_str()).encode(encoder.encode_label())?;
+        ("route", self.route()).encode(encoder.encode_label())?;
+        ("status", self.status).encode(encoder.encode_label())
+    }
 }
 
 impl Metrics {
@@ -66,11 +103,8 @@ impl Metrics {
 /// Middleware that times every routed request.
 pub async fn track_requests(State(app): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let response = next.run(request).await;
     let labels = RequestLabels {
         method,
