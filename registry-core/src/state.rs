@@ -2,6 +2,12 @@
 //! open streams and the deadline schedule, with every rule that changes them.
 //! Every operation first applies the deadlines due at `now`, so no read ever
 //! shows a status a late timer has not caught up with yet.
+//!
+//! This file holds the state, the deadlines and the agents' rules; `commands`
+//! and `streams` hold the rules of commands and of streams.
+
+mod commands;
+mod streams;
 
 use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
@@ -11,15 +17,15 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::agent::{
     AgentFilter, AgentId, AgentMetadata, AgentStatus, AgentView, Credential, GroupName,
     Registration, StatusChange,
 };
 use crate::clock::Clock;
-use crate::command::{Ack, CommandEvent, CommandId, CommandRequest, CommandStatus, CommandView};
-use crate::error::{InvalidField, RegistryError};
+use crate::command::{Ack, CommandEvent, CommandId, CommandStatus, CommandView};
+use crate::error::RegistryError;
 use crate::schedule::{DeadlineKey, Schedule};
 use crate::settings::Settings;
 use crate::stats::Stats;
@@ -456,302 +462,11 @@ impl State {
         info!(agent_id = %agent.id, "agent deleted");
     }
 
-    /// Checks a command request against the configured types; returns the type and payload.
-    fn command_parts(
-        &self,
-        request: CommandRequest,
-    ) -> Result<(Arc<str>, Arc<Value>), InvalidField> {
-        let kind = self
-            .command_types
-            .iter()
-            .find(|kind| ***kind == *request.kind)
-            .cloned()
-            .ok_or_else(|| {
-                InvalidField::new(
-                    "type",
-                    format!(
-                        "'{}' is not one of the allowed types: {}",
-                        request.kind,
-                        self.settings.command_types.join(", ")
-                    ),
-                )
-            })?;
-        let payload = request
-            .payload
-            .unwrap_or_else(|| Value::Object(Default::default()));
-        Ok((kind, Arc::new(payload)))
-    }
-
-    /// Sends a command to one agent, whatever its status.
-    pub(crate) fn send_to_agent(
-        &mut self,
-        agent_id: &str,
-        request: CommandRequest,
-        now: Instant,
-    ) -> Result<CommandView, RegistryError> {
-        let (kind, payload) = self.command_parts(request)?;
-        let agent_id = self
-            .agents
-            .get(agent_id)
-            .map(|agent| agent.id.clone())
-            .ok_or_else(|| unknown_agent(agent_id))?;
-        Ok(self.create_command(&agent_id, &kind, &payload, now))
-    }
-
-    /// Sends one command to each LIVE agent of a group.
-    pub(crate) fn send_to_group(
-        &mut self,
-        group: &str,
-        request: CommandRequest,
-        now: Instant,
-    ) -> Result<Vec<CommandView>, RegistryError> {
-        let (kind, payload) = self.command_parts(request)?;
-        let members = self
-            .groups
-            .get(group)
-            .ok_or_else(|| RegistryError::UnknownGroup(group.to_owned()))?;
-        let targets = self.live(members.iter());
-        Ok(self.create_commands(targets, &kind, &payload, now))
-    }
-
-    /// Sends one command to each LIVE agent.
-    pub(crate) fn send_to_fleet(
-        &mut self,
-        request: CommandRequest,
-        now: Instant,
-    ) -> Result<Vec<CommandView>, RegistryError> {
-        let (kind, payload) = self.command_parts(request)?;
-        let targets = self.live(self.agents.keys());
-        Ok(self.create_commands(targets, &kind, &payload, now))
-    }
-
-    /// The LIVE agents among `ids`, ordered by id.
-    fn live<'a>(&self, ids: impl Iterator<Item = &'a AgentId>) -> Vec<AgentId> {
-        let mut live: Vec<AgentId> = ids
-            .filter(|id| {
-                self.agents
-                    .get(*id)
-                    .is_some_and(|agent| agent.status == AgentStatus::Live)
-            })
-            .cloned()
-            .collect();
-        live.sort_unstable();
-        live
-    }
-
-    fn create_commands(
-        &mut self,
-        targets: Vec<AgentId>,
-        kind: &Arc<str>,
-        payload: &Arc<Value>,
-        now: Instant,
-    ) -> Vec<CommandView> {
-        targets
-            .iter()
-            .map(|agent_id| self.create_command(agent_id, kind, payload, now))
-            .collect()
-    }
-
-    /// Creates a command for a known agent and, if it has a stream open, delivers it at once.
-    fn create_command(
-        &mut self,
-        agent_id: &AgentId,
-        kind: &Arc<str>,
-        payload: &Arc<Value>,
-        now: Instant,
-    ) -> CommandView {
-        let seq = self.next_seq();
-        let id = CommandId::new();
-        let expires_at = now + self.settings.command_expiry;
-        let deadline = self.deadlines.insert(expires_at, Due::Command(id));
-        let mut command = CommandEntry {
-            seq,
-            id,
-            agent_id: agent_id.clone(),
-            kind: kind.clone(),
-            payload: payload.clone(),
-            status: CommandStatus::Pending,
-            created_at: now,
-            expires_at,
-            delivered_at: None,
-            acknowledged_at: None,
-            ack: None,
-            deadline,
-        };
-        self.journal.stats.commands_created += 1;
-        self.journal.stats.commands[CommandStatus::Pending.index()] += 1;
-        if let Some(agent) = self.agents.get_mut(agent_id) {
-            agent.commands.insert(seq, id);
-            if !self.closing {
-                deliver(agent, &mut command, now, &mut self.journal);
-            }
-        }
-        let view = command.view(&self.journal.clock);
-        self.commands.insert(id, command);
-        view
-    }
-
-    /// The agent's retained commands, newest first.
-    pub(crate) fn commands_of(&self, agent_id: &str) -> Result<Vec<CommandView>, RegistryError> {
-        let agent = self
-            .agents
-            .get(agent_id)
-            .ok_or_else(|| unknown_agent(agent_id))?;
-        Ok(agent
-            .commands
-            .values()
-            .rev()
-            .filter_map(|id| self.commands.get(id))
-            .map(|command| command.view(&self.journal.clock))
-            .collect())
-    }
-
-    pub(crate) fn command(
-        &mut self,
-        agent_id: &str,
-        command_id: &str,
-    ) -> Result<CommandView, RegistryError> {
-        let command = find_command(&self.agents, &mut self.commands, agent_id, command_id)?;
-        Ok(command.view(&self.journal.clock))
-    }
-
-    /// Acknowledges a PENDING or DELIVERED command; a second ack keeps the first result.
-    pub(crate) fn ack(
-        &mut self,
-        agent_id: &str,
-        command_id: &str,
-        ack: Ack,
-        now: Instant,
-    ) -> Result<CommandView, RegistryError> {
-        let command = find_command(&self.agents, &mut self.commands, agent_id, command_id)?;
-        match command.status {
-            CommandStatus::Expired => return Err(RegistryError::CommandExpired(command.id)),
-            CommandStatus::Acknowledged => {}
-            CommandStatus::Pending | CommandStatus::Delivered => {
-                command.acknowledged_at = Some(now);
-                command.ack = Some(ack);
-                self.deadlines.schedule.remove(command.deadline);
-                let purge_at = now + self.settings.command_retention;
-                command.deadline = self.deadlines.insert(purge_at, Due::Command(command.id));
-                self.journal
-                    .command_status(command, CommandStatus::Acknowledged);
-            }
-        }
-        Ok(command.view(&self.journal.clock))
-    }
-
-    /// Opens a stream for an agent, closing the one it had open.
-    pub(crate) fn open_stream(
-        &mut self,
-        agent_id: &str,
-        streams: &CancellationToken,
-    ) -> Result<OpenedStream, RegistryError> {
-        if self.closing {
-            return Err(RegistryError::ShuttingDown);
-        }
-        let limit = self.settings.max_streams;
-        let open = self.journal.stats.open_streams;
-        let stream_id = self.next_seq();
-        let agent = self
-            .agents
-            .get_mut(agent_id)
-            .ok_or_else(|| unknown_agent(agent_id))?;
-        if agent.stream.is_none() && limit > 0 && open >= limit {
-            return Err(RegistryError::TooManyStreams { limit });
-        }
-        let (sender, receiver) = mpsc::channel(self.settings.stream_queue.max(1));
-        let closer = streams.child_token();
-        let slot = StreamSlot {
-            id: stream_id,
-            sender,
-            closer: closer.clone(),
-        };
-        match agent.stream.replace(slot) {
-            Some(old) => {
-                debug!(agent_id, "a new stream replaces the open one");
-                old.closer.cancel();
-            }
-            None => self.journal.stats.open_streams += 1,
-        }
-        Ok(OpenedStream {
-            agent_id: agent.id.clone(),
-            stream_id,
-            receiver,
-            closer,
-        })
-    }
-
-    /// Unregisters a stream whose reader went away; commands it had queued but
-    /// not written go back to PENDING.
-    pub(crate) fn stream_closed(
-        &mut self,
-        agent_id: &str,
-        stream_id: u64,
-        unwritten: &[CommandId],
-    ) {
-        if let Some(agent) = self.agents.get_mut(agent_id)
-            && agent
-                .stream
-                .as_ref()
-                .is_some_and(|slot| slot.id == stream_id)
-        {
-            agent.stream = None;
-            self.journal.stats.open_streams -= 1;
-        }
-        for id in unwritten {
-            if let Some(command) = self.commands.get_mut(id)
-                && command.status == CommandStatus::Delivered
-            {
-                command.delivered_at = None;
-                self.journal.command_status(command, CommandStatus::Pending);
-            }
-        }
-    }
-
-    /// Ends every open stream and refuses new ones.
-    pub(crate) fn close_all_streams(&mut self, streams: &CancellationToken) {
-        self.closing = true;
-        streams.cancel();
-    }
-
     pub(crate) fn stats(&self) -> Stats {
         Stats {
             scheduled_deadlines: self.deadlines.schedule.len(),
             ..self.journal.stats.clone()
         }
-    }
-}
-
-/// Hands a command to the agent's open stream, if it has one. A reader that has
-/// fallen a whole queue behind loses its stream: the agent reconnects, and the
-/// command stays PENDING rather than be reported DELIVERED and never written.
-fn deliver(
-    agent: &mut AgentEntry,
-    command: &mut CommandEntry,
-    now: Instant,
-    journal: &mut Journal,
-) {
-    let Some(stream) = &agent.stream else {
-        return;
-    };
-    match stream
-        .sender
-        .try_send(Box::new(command.event(&journal.clock)))
-    {
-        Ok(()) => {
-            command.delivered_at = Some(now);
-            journal.command_status(command, CommandStatus::Delivered);
-        }
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            warn!(agent_id = %agent.id, "stream reader fell a whole queue behind; closing its stream");
-            if let Some(stream) = agent.stream.take() {
-                stream.closer.cancel();
-            }
-            journal.stats.open_streams -= 1;
-            journal.stats.slow_streams_closed += 1;
-        }
-        // The reader is gone and its guard is about to unregister the stream.
-        Err(mpsc::error::TrySendError::Closed(_)) => {}
     }
 }
 
@@ -773,28 +488,6 @@ fn unindex(
             groups.remove(group);
         }
     }
-}
-
-/// The command `command_id` of the agent `agent_id`; a malformed id, or one of
-/// another agent's commands, is as unknown as a missing one.
-fn find_command<'a>(
-    agents: &HashMap<AgentId, AgentEntry>,
-    commands: &'a mut HashMap<CommandId, CommandEntry>,
-    agent_id: &str,
-    command_id: &str,
-) -> Result<&'a mut CommandEntry, RegistryError> {
-    if !agents.contains_key(agent_id) {
-        return Err(unknown_agent(agent_id));
-    }
-    command_id
-        .parse::<CommandId>()
-        .ok()
-        .and_then(|id| commands.get_mut(&id))
-        .filter(|command| command.agent_id.as_str() == agent_id)
-        .ok_or_else(|| RegistryError::UnknownCommand {
-            agent_id: agent_id.to_owned(),
-            command_id: command_id.to_owned(),
-        })
 }
 
 fn unknown_agent(agent_id: &str) -> RegistryError {
