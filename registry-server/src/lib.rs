@@ -14,7 +14,7 @@
 //! - [`metrics`]: `/metrics` in Prometheus text format.
 //! - [`openapi`]: the OpenAPI 3.1 document, built from the handlers' annotations
 //!   and served at `/api/v1/openapi.json`.
-//! - [`limits`]: the open-file limit, raised at start.
+//! - [`limits`]: the open-file limit, raised at start, and the size of request heads.
 
 pub mod auth;
 pub mod config;
