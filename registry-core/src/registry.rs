@@ -108,8 +108,8 @@ impl Registry {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Every operation leaves the state consistent before it can panic, so a
-        // poisoned lock is still safe to use, and better than failing every request.
+        // No operation is known to panic; if one ever did, serving on with the
+        // state as it left it beats failing every request that follows.
         self.shared
             .state
             .lock()

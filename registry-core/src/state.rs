@@ -85,7 +85,10 @@ impl Journal {
         self.stats.agents[to.index()] += 1;
         self.stats.transitions[from.index()][to.index()] += 1;
         info!(agent_id = %agent.id, %from, %to, "agent status changed");
-        // Nobody listening is fine: the change is already logged and counted.
+        if self.changes.receiver_count() == 0 {
+            return;
+        }
+        // A subscriber gone since is fine: the change is already logged and counted.
         let _ = self.changes.send(StatusChange {
             agent_id: agent.id.clone(),
             from,

@@ -253,7 +253,7 @@ impl Config {
         let config: Self = builder
             .build()
             .and_then(config::Config::try_deserialize)
-            .map_err(|err| ConfigError(err.to_string()))?;
+            .map_err(|err| ConfigError(without_secrets(&err.to_string())))?;
         config.validate()?;
         Ok(config)
     }
@@ -345,6 +345,24 @@ impl Config {
     }
 }
 
+/// A config-rs error, with the value it quotes left out when the key holds
+/// tokens: a token written where a list was expected must not reach the log.
+fn without_secrets(message: &str) -> String {
+    let Some((_, key)) = message.split_once("for key `") else {
+        return message.to_owned();
+    };
+    let key = key.split('`').next().unwrap_or_default();
+    if !(key.starts_with("auth.") && key.contains("token")) {
+        return message.to_owned();
+    }
+    let expected = message
+        .split_once(", expected ")
+        .and_then(|(_, rest)| rest.split(" for key").next())
+        .map(|expected| format!(": expected {expected}"))
+        .unwrap_or_default();
+    format!("{key}: invalid value (not shown, it may be a token){expected}")
+}
+
 /// The configuration key of an environment variable: `REGISTRY_SSE__KEEPALIVE` is `sse.keepalive`.
 fn env_key(name: &str) -> String {
     name.trim_start_matches(ENV_PREFIX)
@@ -432,6 +450,25 @@ mod tests {
             let err = load(&[(name, value)]).unwrap_err().to_string();
             assert!(err.contains(key), "{name}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn an_invalid_auth_setting_is_named_without_its_value() {
+        let dir = std::env::temp_dir().join(format!("registry-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("registry.toml");
+        std::fs::write(&file, "[auth]\noperator_tokens = \"s3cr3t-token\"\n").unwrap();
+        let cli = Cli {
+            config: Some(file),
+            bind: None,
+        };
+        let err = Config::load_from(&cli, std::iter::empty())
+            .unwrap_err()
+            .to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err.contains("auth.operator_tokens"), "{err}");
+        assert!(err.contains("expected a sequence"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
     }
 
     #[test]
