@@ -2,17 +2,18 @@
 //! and targeting, delivery on an open stream, acknowledgement, expiry and
 //! retention to the millisecond, and the life of each agent's stream.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use registry_core::{
-    Ack, AckResult, AgentStatus, Clock, CommandRequest, CommandStatus, CommandView, Registration,
-    RegistrationRequest, Registry, RegistryError, RegistryGuard, Settings, Subscription,
+    Ack, AckResult, AgentStatus, CommandRequest, CommandStatus, CommandView, Registry,
+    RegistryError, RegistryGuard, Settings, Subscription,
 };
 use serde_json::json;
 
-/// The wall time the test clock starts at: 2026-03-11T18:10:15.000Z.
-const T0_MS: u64 = 1_773_252_615_000;
+mod common;
+use common::{advance_ms, at, registration, start_with, test_clock};
+
 const STALE_MS: u64 = 90_000;
 const DEAD_MS: u64 = 300_000;
 const EXPIRY_MS: u64 = 60_000;
@@ -30,42 +31,8 @@ fn settings() -> Settings {
     }
 }
 
-fn test_clock() -> Clock {
-    Clock::starting_at(UNIX_EPOCH + Duration::from_millis(T0_MS))
-}
-
-/// A registry with its scheduler task; keep the guard alive for the whole test.
-fn start_with(settings: Settings) -> (RegistryGuard, Registry) {
-    let guard = Registry::start_with_clock(settings, test_clock());
-    let registry = guard.registry();
-    (guard, registry)
-}
-
 fn start() -> (RegistryGuard, Registry) {
     start_with(settings())
-}
-
-/// The Unix milliseconds of `ms` after the test clock's start.
-fn at(ms: u64) -> u64 {
-    T0_MS + ms
-}
-
-async fn advance_ms(ms: u64) {
-    tokio::time::advance(Duration::from_millis(ms)).await;
-}
-
-/// A registration as an agent sends it, validated by the crate's own rules.
-fn registration(agent_id: &str, group: &str) -> Registration {
-    RegistrationRequest {
-        agent_id: agent_id.to_owned(),
-        name: "order-service".to_owned(),
-        group: group.to_owned(),
-        version: None,
-        route_ids: None,
-        capabilities: None,
-    }
-    .validate()
-    .unwrap()
 }
 
 fn request(kind: &str) -> CommandRequest {

@@ -13,8 +13,9 @@ use registry_core::{
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::TryRecvError;
 
-/// The wall time the test clock starts at: 2026-03-11T18:10:15.000Z.
-const T0_MS: u64 = 1_773_252_615_000;
+mod common;
+use common::{advance_ms, at, start_with, test_clock, yield_a_few_times};
+
 const STALE_MS: u64 = 90_000;
 const DEAD_MS: u64 = 300_000;
 
@@ -27,31 +28,9 @@ fn settings() -> Settings {
     }
 }
 
-fn test_clock() -> Clock {
-    Clock::starting_at(UNIX_EPOCH + Duration::from_millis(T0_MS))
-}
-
 /// A registry with its scheduler task; keep the guard alive for the whole test.
 fn start() -> (RegistryGuard, Registry) {
-    let guard = Registry::start_with_clock(settings(), test_clock());
-    let registry = guard.registry();
-    (guard, registry)
-}
-
-/// The Unix milliseconds of `ms` after the test clock's start.
-fn at(ms: u64) -> u64 {
-    T0_MS + ms
-}
-
-async fn advance_ms(ms: u64) {
-    tokio::time::advance(Duration::from_millis(ms)).await;
-}
-
-/// Lets the scheduler task run without letting time move.
-async fn yield_a_few_times() {
-    for _ in 0..5 {
-        tokio::task::yield_now().await;
-    }
+    start_with(settings())
 }
 
 fn metadata(group: &str, version: Option<&str>, routes: &[&str], caps: &[&str]) -> AgentMetadata {

@@ -7,11 +7,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
-use registry_core::{Clock, Registration, RegistrationRequest, Registry, RegistryGuard, Settings};
+use registry_core::{Registry, RegistryGuard, Settings};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Metadata, span};
+
+mod common;
+use common::{advance_ms, registration, start_with, yield_a_few_times};
 
 const STALE_MS: u64 = 90_000;
 const DEAD_MS: u64 = 300_000;
@@ -23,34 +26,7 @@ fn start() -> (RegistryGuard, Registry) {
         dead_after: Duration::from_millis(DEAD_MS),
         ..Settings::default()
     };
-    let clock = Clock::starting_at(UNIX_EPOCH + Duration::from_secs(1_773_252_615));
-    let guard = Registry::start_with_clock(settings, clock);
-    let registry = guard.registry();
-    (guard, registry)
-}
-
-async fn advance_ms(ms: u64) {
-    tokio::time::advance(Duration::from_millis(ms)).await;
-}
-
-/// Lets the scheduler task run without letting time move.
-async fn yield_a_few_times() {
-    for _ in 0..5 {
-        tokio::task::yield_now().await;
-    }
-}
-
-fn registration(agent_id: &str, group: &str) -> Registration {
-    RegistrationRequest {
-        agent_id: agent_id.to_owned(),
-        name: "order-service".to_owned(),
-        group: group.to_owned(),
-        version: None,
-        route_ids: None,
-        capabilities: None,
-    }
-    .validate()
-    .unwrap()
+    start_with(settings)
 }
 
 /// One event as a test subscriber saw it: its level and its fields, printed.
