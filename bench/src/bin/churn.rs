@@ -9,6 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use registry_bench::memory;
 
 #[derive(Parser)]
 #[command(about = "Churn streams and agents on a running registry and report memory and leftovers")]
@@ -213,13 +214,9 @@ fn percent(before: u64, after: u64) -> f64 {
 
 /// VmRSS of `pid`, in KiB.
 fn resident_kib(pid: u32) -> u64 {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the server's /proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("a VmRSS line")
+    memory::of_process(pid)
+        .expect("the server's /proc status")
+        .rss_kib
 }
 
 /// One request on its own connection: the status and the body.

@@ -6,7 +6,7 @@ pub(crate) mod chunked;
 pub(crate) mod fleet;
 pub(crate) mod http;
 pub(crate) mod latency;
-pub(crate) mod memory;
+pub(crate) use registry_bench::memory;
 pub(crate) mod nchan_run;
 pub(crate) mod protocol;
 pub(crate) mod push;

@@ -9,15 +9,15 @@ use serde::{Deserialize, Serialize};
 
 /// Memory of one process or a group of them, in KiB.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) struct Memory {
+pub struct Memory {
     /// Resident set: `VmRSS` (summed over the group's processes).
-    pub(crate) rss_kib: u64,
+    pub rss_kib: u64,
     /// Proportional set: `Pss` (summed over the group's processes).
-    pub(crate) pss_kib: u64,
+    pub pss_kib: u64,
 }
 
 /// The memory of process `pid`.
-pub(crate) fn of_process(pid: u32) -> io::Result<Memory> {
+pub fn of_process(pid: u32) -> io::Result<Memory> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let rss_kib = kib_field(&status, "VmRSS:").unwrap_or(0);
     let pss_kib = fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
@@ -29,7 +29,7 @@ pub(crate) fn of_process(pid: u32) -> io::Result<Memory> {
 
 /// The memory of nginx's workers (the children of master process `master`):
 /// their `VmRSS` added up, and the `Pss` of the master and its workers added up.
-pub(crate) fn of_nginx(master: u32) -> io::Result<Memory> {
+pub fn of_nginx(master: u32) -> io::Result<Memory> {
     let workers = children_of(master)?;
     let mut total = Memory {
         rss_kib: 0,
@@ -45,7 +45,7 @@ pub(crate) fn of_nginx(master: u32) -> io::Result<Memory> {
 }
 
 /// The ids of the processes whose parent is `parent`.
-pub(crate) fn children_of(parent: u32) -> io::Result<Vec<u32>> {
+pub fn children_of(parent: u32) -> io::Result<Vec<u32>> {
     let mut children = Vec::new();
     for entry in fs::read_dir("/proc")? {
         let Ok(entry) = entry else { continue };
@@ -85,7 +85,7 @@ fn kib_field(text: &str, name: &str) -> Option<u64> {
 }
 
 /// Bytes per item of the growth from `before` to `after` over `items`.
-pub(crate) fn per_item_bytes(before_kib: u64, after_kib: u64, items: usize) -> f64 {
+pub fn per_item_bytes(before_kib: u64, after_kib: u64, items: usize) -> f64 {
     if items == 0 {
         return 0.0;
     }
