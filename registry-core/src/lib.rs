@@ -15,6 +15,7 @@
 //! - [`agent`]: agent ids, registration, status and the agent view.
 //! - [`command`]: command ids, statuses, requests, acks, views and stream events.
 //! - [`stream`]: the per-agent delivery channel, [`Subscription`].
+//! - [`fleet`]: what changes in the fleet, broadcast to [`FleetSubscription`]s.
 //! - [`clock`]: monotonic instants and their wall-clock [`Timestamp`]s.
 //! - [`settings`]: timings and limits.
 //! - [`stats`]: counts for metrics.
@@ -24,6 +25,7 @@ pub mod agent;
 pub mod clock;
 pub mod command;
 pub mod error;
+pub mod fleet;
 pub mod registry;
 mod schedule;
 pub mod settings;
@@ -40,6 +42,7 @@ pub use command::{
     Ack, AckResult, CommandEvent, CommandId, CommandRequest, CommandStatus, CommandView,
 };
 pub use error::{InvalidField, RegistryError};
+pub use fleet::{AgentEvent, FleetEvent, FleetSubscription, StatusChanges};
 pub use registry::{Registry, RegistryGuard, Tick};
 pub use settings::Settings;
 pub use stats::Stats;

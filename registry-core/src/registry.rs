@@ -7,17 +7,15 @@ use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{AgentFilter, AgentId, AgentView, Credential, Registration, StatusChange};
+use crate::agent::{AgentFilter, AgentId, AgentView, Credential, Registration};
 use crate::clock::Clock;
 use crate::command::{Ack, CommandRequest, CommandView};
 use crate::error::RegistryError;
+use crate::fleet::{FleetEvent, FleetSubscription, StatusChanges};
 use crate::settings::Settings;
 use crate::state::State;
 use crate::stats::Stats;
 use crate::stream::Subscription;
-
-/// Lifecycle transitions kept for a slow subscriber before it starts missing some.
-const STATUS_CHANGE_BACKLOG: usize = 4096;
 
 /// A handle to the registry. Cloning it is cheap; every clone sees the same agents.
 #[derive(Clone)]
@@ -31,7 +29,8 @@ struct Shared {
     wake_scheduler: Notify,
     /// Parent of every stream's closer: cancelling it ends every stream.
     streams: CancellationToken,
-    changes: broadcast::Sender<StatusChange>,
+    /// What changes in the fleet, for every reader of the fleet's events.
+    events: broadcast::Sender<FleetEvent>,
     settings: Arc<Settings>,
     clock: Clock,
 }
@@ -83,14 +82,14 @@ impl Registry {
     /// or [`tick`](Self::tick) runs. For benchmarks that drive ticks themselves.
     pub fn new(settings: Settings, clock: Clock) -> Self {
         let settings = Arc::new(settings);
-        let (changes, _) = broadcast::channel(STATUS_CHANGE_BACKLOG);
-        let state = State::new(settings.clone(), clock, changes.clone());
+        let (events, _) = broadcast::channel(settings.fleet_queue.max(1));
+        let state = State::new(settings.clone(), clock, events.clone());
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
                 wake_scheduler: Notify::new(),
                 streams: CancellationToken::new(),
-                changes,
+                events,
                 settings,
                 clock,
             }),
@@ -171,12 +170,12 @@ impl Registry {
 
     /// Deletes an agent, ends its stream and drops its commands.
     pub fn delete_agent(&self, agent_id: &str) -> Result<(), RegistryError> {
-        self.with_state(|state, _| state.delete(agent_id))
+        self.with_state(|state, now| state.delete(agent_id, now))
     }
 
     /// Deletes every DEAD agent; returns how many.
     pub fn delete_dead_agents(&self) -> usize {
-        self.with_state(|state, _| state.delete_dead())
+        self.with_state(|state, now| state.delete_dead(now))
     }
 
     /// Sends a command to one agent, in any status.
@@ -247,9 +246,25 @@ impl Registry {
         self.with_state(|state, _| state.close_all_streams(&self.shared.streams));
     }
 
+    /// Every change in the fleet from now on, until the reader falls more than
+    /// `fleet_queue` events behind or the registry shuts down.
+    pub fn fleet_events(&self) -> Result<FleetSubscription, RegistryError> {
+        // Subscribing under the lock orders it with the changes: none made
+        // after the answer is missed.
+        self.with_state(|state, _| {
+            if state.is_closing() {
+                return Err(RegistryError::ShuttingDown);
+            }
+            Ok(FleetSubscription::new(
+                self.shared.events.subscribe(),
+                self.shared.streams.child_token().cancelled_owned(),
+            ))
+        })
+    }
+
     /// Every lifecycle transition from now on.
-    pub fn status_changes(&self) -> broadcast::Receiver<StatusChange> {
-        self.shared.changes.subscribe()
+    pub fn status_changes(&self) -> StatusChanges {
+        StatusChanges::new(self.shared.events.subscribe())
     }
 
     /// Counts for metrics.

@@ -19,6 +19,9 @@ pub struct Settings {
     /// Commands queued for one stream and not yet written; a stream that falls
     /// this far behind is closed and its queued commands return to PENDING.
     pub stream_queue: usize,
+    /// Fleet events kept for a reader of the fleet's events that is behind; one
+    /// that falls further behind loses its subscription.
+    pub fleet_queue: usize,
     /// Open streams at most; 0 means no limit. A stream that replaces its
     /// agent's own open stream does not count.
     pub max_streams: usize,
@@ -35,6 +38,7 @@ impl Default for Settings {
                 .map(String::from)
                 .to_vec(),
             stream_queue: 64,
+            fleet_queue: 16_384,
             max_streams: 0,
         }
     }

@@ -21,11 +21,12 @@ use tracing::{debug, info};
 
 use crate::agent::{
     AgentFilter, AgentId, AgentMetadata, AgentStatus, AgentView, Credential, GroupName,
-    Registration, StatusChange,
+    Registration,
 };
 use crate::clock::Clock;
 use crate::command::{Ack, CommandEvent, CommandId, CommandStatus, CommandView};
 use crate::error::RegistryError;
+use crate::fleet::{AgentEvent, FleetEvent};
 use crate::schedule::{DeadlineKey, Schedule};
 use crate::settings::Settings;
 use crate::stats::Stats;
@@ -66,11 +67,12 @@ impl Deadlines {
     }
 }
 
-/// Counts and logs every change of status, and broadcasts lifecycle transitions.
+/// Counts and logs every change of status, and tells the fleet's readers
+/// what changed.
 struct Journal {
     clock: Clock,
     stats: Stats,
-    changes: broadcast::Sender<StatusChange>,
+    events: broadcast::Sender<FleetEvent>,
 }
 
 impl Journal {
@@ -85,16 +87,36 @@ impl Journal {
         self.stats.agents[to.index()] += 1;
         self.stats.transitions[from.index()][to.index()] += 1;
         info!(agent_id = %agent.id, %from, %to, "agent status changed");
-        if self.changes.receiver_count() == 0 {
+        self.agent_event(agent, Some(from), Some(to), at);
+    }
+
+    /// Sends an `agent` event about `agent`, if anyone reads the fleet's events.
+    fn agent_event(
+        &self,
+        agent: &AgentEntry,
+        from: Option<AgentStatus>,
+        to: Option<AgentStatus>,
+        at: Instant,
+    ) {
+        if self.events.receiver_count() == 0 {
             return;
         }
-        // A subscriber gone since is fine: the change is already logged and counted.
-        let _ = self.changes.send(StatusChange {
+        // A reader gone since is fine: the change is already logged and counted.
+        let _ = self.events.send(FleetEvent::Agent(AgentEvent {
             agent_id: agent.id.clone(),
+            group: agent.metadata.group.clone(),
             from,
             to,
             at: self.clock.timestamp(at),
-        });
+            connected: to.is_some() && agent.stream.is_some(),
+        }));
+    }
+
+    /// An `agent` event for a change that kept the agent's status: its
+    /// connection or its metadata.
+    fn agent_changed(&self, agent: &AgentEntry) {
+        let status = Some(agent.status);
+        self.agent_event(agent, status, status, agent.status_changed_at);
     }
 
     fn command_status(&mut self, command: &mut CommandEntry, to: CommandStatus) {
@@ -218,7 +240,7 @@ impl State {
     pub(crate) fn new(
         settings: Arc<Settings>,
         clock: Clock,
-        changes: broadcast::Sender<StatusChange>,
+        events: broadcast::Sender<FleetEvent>,
     ) -> Self {
         let command_types = settings
             .command_types
@@ -239,7 +261,7 @@ impl State {
             journal: Journal {
                 clock,
                 stats: Stats::default(),
-                changes,
+                events,
             },
             next_seq: 0,
             closing: false,
@@ -329,8 +351,15 @@ impl State {
                     unindex(&mut self.groups, &agent.metadata.group, &agent_id);
                     index(&mut self.groups, &metadata.group, &agent_id);
                 }
+                let metadata_changed = agent.metadata != metadata;
                 agent.metadata = metadata;
-                self.journal.agent_status(agent, AgentStatus::Live, now);
+                if agent.status == AgentStatus::Live {
+                    if metadata_changed {
+                        self.journal.agent_changed(agent);
+                    }
+                } else {
+                    self.journal.agent_status(agent, AgentStatus::Live, now);
+                }
                 (agent, true)
             }
             Entry::Vacant(entry) => {
@@ -349,6 +378,8 @@ impl State {
                     credential: None,
                     commands: BTreeMap::new(),
                 });
+                self.journal
+                    .agent_event(agent, None, Some(AgentStatus::Live), now);
                 (agent, false)
             }
         };
@@ -418,17 +449,17 @@ impl State {
     }
 
     /// Deletes an agent: ends its stream and drops its commands and deadlines.
-    pub(crate) fn delete(&mut self, agent_id: &str) -> Result<(), RegistryError> {
+    pub(crate) fn delete(&mut self, agent_id: &str, now: Instant) -> Result<(), RegistryError> {
         let agent = self
             .agents
             .remove(agent_id)
             .ok_or_else(|| unknown_agent(agent_id))?;
-        self.forget(agent);
+        self.forget(agent, now);
         Ok(())
     }
 
     /// Deletes every DEAD agent; returns how many.
-    pub(crate) fn delete_dead(&mut self) -> usize {
+    pub(crate) fn delete_dead(&mut self, now: Instant) -> usize {
         let dead: Vec<AgentId> = self
             .agents
             .values()
@@ -437,13 +468,15 @@ impl State {
             .collect();
         for id in &dead {
             if let Some(agent) = self.agents.remove(id) {
-                self.forget(agent);
+                self.forget(agent, now);
             }
         }
         dead.len()
     }
 
-    fn forget(&mut self, agent: AgentEntry) {
+    fn forget(&mut self, agent: AgentEntry, now: Instant) {
+        self.journal
+            .agent_event(&agent, Some(agent.status), None, now);
         unindex(&mut self.groups, &agent.metadata.group, &agent.id);
         if let Some(credential) = agent.credential {
             self.credentials.remove(&credential);

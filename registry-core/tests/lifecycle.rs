@@ -8,9 +8,8 @@ use futures_util::StreamExt;
 use registry_core::{
     AgentFilter, AgentId, AgentMetadata, AgentStatus, AgentView, Clock, CommandRequest,
     CommandStatus, GroupName, Registration, RegistrationRequest, Registry, RegistryError,
-    RegistryGuard, Settings, StatusChange,
+    RegistryGuard, Settings, StatusChange, StatusChanges,
 };
-use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::TryRecvError;
 
 mod common;
@@ -95,7 +94,7 @@ fn list(registry: &Registry, status: Option<AgentStatus>, group: Option<&str>) -
 
 /// The next status change, letting the paused clock run to the next timer; a
 /// missing scheduler fails the test after an hour of paused time instead of hanging it.
-async fn next_change(changes: &mut broadcast::Receiver<StatusChange>) -> StatusChange {
+async fn next_change(changes: &mut StatusChanges) -> StatusChange {
     tokio::time::timeout(Duration::from_secs(3_600), changes.recv())
         .await
         .expect("no status change within an hour")

@@ -11,6 +11,9 @@ use serde::Deserialize;
 
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "config/registry.toml";
+
+/// The largest `sse.fleet_queue`: about 100 MB of events held for the slowest reader.
+const MAX_FLEET_QUEUE: usize = 1 << 20;
 /// Descriptors kept back from streams, at least, when `max_streams` is 0.
 const MIN_DESCRIPTOR_RESERVE: u64 = 256;
 /// What every environment variable of the configuration starts with.
@@ -152,6 +155,9 @@ pub struct SseConfig {
     pub keepalive: Duration,
     /// Commands queued for a stream; a reader this far behind loses its stream.
     pub queue: usize,
+    /// Events kept for a reader of the fleet stream (`/api/v1/events`); a
+    /// reader this far behind loses its stream.
+    pub fleet_queue: usize,
 }
 
 impl Default for SseConfig {
@@ -159,6 +165,7 @@ impl Default for SseConfig {
         Self {
             keepalive: Duration::from_secs(15),
             queue: registry_core::Settings::default().stream_queue,
+            fleet_queue: registry_core::Settings::default().fleet_queue,
         }
     }
 }
@@ -277,10 +284,18 @@ impl Config {
         for (key, value) in [
             ("server.max_body_bytes", self.server.max_body_bytes),
             ("sse.queue", self.sse.queue),
+            ("sse.fleet_queue", self.sse.fleet_queue),
         ] {
             if value == 0 {
                 return Err(ConfigError::key(key, "must be more than 0"));
             }
+        }
+        // The fleet stream's queue is allocated whole, once: keep it reasonable.
+        if self.sse.fleet_queue > MAX_FLEET_QUEUE {
+            return Err(ConfigError::key(
+                "sse.fleet_queue",
+                format!("must be at most {MAX_FLEET_QUEUE}"),
+            ));
         }
         for (key, value) in [
             ("server.request_timeout", self.server.request_timeout),
@@ -337,6 +352,7 @@ impl Config {
             command_retention: self.commands.retention,
             command_types: self.commands.types.clone(),
             stream_queue: self.sse.queue,
+            fleet_queue: self.sse.fleet_queue,
             max_streams: match self.server.max_streams {
                 0 => default_max_streams(open_file_limit),
                 limit => limit,

@@ -55,7 +55,7 @@ pub const AGENT_TOKEN: &str = "agentToken";
         license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0"),
     ),
     components(
-        schemas(Problem, registry_core::CommandEvent),
+        schemas(Problem, registry_core::CommandEvent, registry_core::AgentEvent),
         responses(
             BadRequest,
             Unauthorized,

@@ -71,6 +71,7 @@ const OPERATOR_ROUTES: &[(&str, &str)] = &[
         "GET",
         "/api/v1/agents/alpha/commands/0190f0c2-0000-7000-8000-000000000000",
     ),
+    ("GET", "/api/v1/events"),
     ("GET", "/metrics"),
 ];
 

@@ -4,6 +4,7 @@ mod agents;
 mod auth;
 mod commands;
 mod errors;
+mod fleet;
 mod hardening;
 mod lifecycle;
 mod openapi;

@@ -31,6 +31,7 @@ const SPEC_ROUTES: &[(&str, &[&str])] = &[
     ("/livez", &["get"]),
     ("/readyz", &["get"]),
     ("/metrics", &["get"]),
+    ("/api/v1/events", &["get"]),
 ];
 
 const HTTP_METHODS: [&str; 8] = [
@@ -225,6 +226,13 @@ async fn errors_are_problem_json_and_the_stream_is_an_event_stream() {
     assert!(response(&document, stream, "404").is_some());
     let busy = response(&document, stream, "503").expect("503 when at max_streams");
     assert!(busy["headers"]["Retry-After"].is_object(), "{busy}");
+    let fleet = &document["paths"]["/api/v1/events"]["get"];
+    let open = response(&document, fleet, "200").expect("a 200 stream");
+    assert!(open["content"]["text/event-stream"].is_object(), "{open}");
+    let agent_event = &document["components"]["schemas"]["AgentEvent"]["properties"];
+    for field in ["agentId", "group", "from", "to", "at"] {
+        assert!(agent_event[field].is_object(), "AgentEvent.{field}");
+    }
 
     for (path, method) in [
         ("/api/v1/agents/register", "post"),

@@ -205,21 +205,31 @@ impl TestServer {
 
     /// Opens the agent's SSE stream; panics unless it answers 200.
     pub async fn open_stream(&self, agent_id: &str) -> EventStream {
+        self.open_event_stream(&format!("/api/v1/agents/{agent_id}/events"))
+            .await
+    }
+
+    /// Opens the fleet event stream (`/api/v1/events`); panics unless it answers 200.
+    pub async fn open_fleet_stream(&self) -> EventStream {
+        self.open_event_stream("/api/v1/events").await
+    }
+
+    async fn open_event_stream(&self, path: &str) -> EventStream {
         let response = self
             .client
-            .get(self.url(&format!("/api/v1/agents/{agent_id}/events")))
+            .get(self.url(path))
             .timeout(Duration::from_secs(3600))
             .send()
             .await
             .expect("GET events");
-        assert_eq!(response.status(), StatusCode::OK, "stream for {agent_id}");
+        assert_eq!(response.status(), StatusCode::OK, "stream at {path}");
         EventStream::new(response)
     }
 }
 
 type Events = Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>;
 
-/// One agent's open SSE stream, parsed by `eventsource-stream`.
+/// An open SSE stream (an agent's or the fleet's), parsed by `eventsource-stream`.
 pub struct EventStream {
     /// The response headers.
     pub headers: HeaderMap,
@@ -264,7 +274,7 @@ impl EventStream {
     }
 }
 
-/// One agent's open SSE stream, read as raw text: comments included.
+/// An open SSE stream, read as raw text: comments included.
 pub struct RawStream {
     chunks: Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
     /// Everything read so far.
@@ -274,9 +284,14 @@ pub struct RawStream {
 impl RawStream {
     /// Opens the agent's stream for raw reading.
     pub async fn open(server: &TestServer, agent_id: &str) -> Self {
+        Self::open_path(server, &format!("/api/v1/agents/{agent_id}/events")).await
+    }
+
+    /// Opens the stream at `path` for raw reading.
+    pub async fn open_path(server: &TestServer, path: &str) -> Self {
         let response = server
             .client
-            .get(server.url(&format!("/api/v1/agents/{agent_id}/events")))
+            .get(server.url(path))
             .timeout(Duration::from_secs(3600))
             .send()
             .await

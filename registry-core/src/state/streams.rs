@@ -41,7 +41,10 @@ impl State {
                 debug!(agent_id, "a new stream replaces the open one");
                 old.closer.cancel();
             }
-            None => self.journal.stats.open_streams += 1,
+            None => {
+                self.journal.stats.open_streams += 1;
+                self.journal.agent_changed(agent);
+            }
         }
         Ok(OpenedStream {
             agent_id: agent.id.clone(),
@@ -67,6 +70,7 @@ impl State {
         {
             agent.stream = None;
             self.journal.stats.open_streams -= 1;
+            self.journal.agent_changed(agent);
         }
         for id in unwritten {
             if let Some(command) = self.commands.get_mut(id)
@@ -76,6 +80,11 @@ impl State {
                 self.journal.command_status(command, CommandStatus::Pending);
             }
         }
+    }
+
+    /// Whether every stream is being closed: the registry is shutting down.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing
     }
 
     /// Ends every open stream and refuses new ones.

@@ -7,6 +7,7 @@
 
 mod agents;
 mod events;
+mod fleet;
 mod operators;
 mod probes;
 
@@ -74,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(operators::command))
         .routes(routes!(operators::send_to_group))
         .routes(routes!(operators::send_to_fleet))
+        .routes(routes!(fleet::stream))
         .routes(routes!(probes::metrics));
     // With no token configured every check would pass: leave them out of the way.
     if state.auth().enabled() {

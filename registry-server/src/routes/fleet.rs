@@ -1,0 +1,84 @@
+//! The fleet event stream (SPEC 11): what changes in the fleet, as SSE, for
+//! dashboards, scripts and the web page. No replay: a client lists first, then
+//! follows. A reader that falls `sse.fleet_queue` events behind loses its
+//! stream; shutdown ends it.
+
+use std::convert::Infallible;
+use std::future::ready;
+
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::{StreamExt, stream};
+use registry_core::FleetEvent;
+use tracing::{error, instrument};
+
+use crate::error::ApiError;
+use crate::openapi::{Forbidden, ServiceUnavailable, Unauthorized};
+use crate::state::AppState;
+
+/// Tells nginx and other proxies not to buffer the stream.
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
+/// `GET /api/v1/events`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    operation_id = "followFleet",
+    tag = "operator",
+    summary = "Follow the fleet's changes (SSE)",
+    description = "A Server-Sent Events stream that stays open. It starts with the comment \
+        `: open`; then each change in the fleet arrives as one event. `event: agent`, data an \
+        `AgentEvent`: for every lifecycle transition (`from` and `to` the statuses), a new agent \
+        (`from` null), a deleted one (`to` null), and a change of an agent's metadata or of \
+        `connected` (`from` = `to` = its status). When nothing else is sent, a comment is sent \
+        at least every `sse.keepalive`. Nothing is replayed: list first, then follow. A reader \
+        that falls `sse.fleet_queue` events behind loses its stream (list again, then \
+        reconnect); shutting the server down ends it. Clients ignore fields and events they \
+        don't know.",
+    responses(
+        (status = 200, description = "The stream, open until closed by either side",
+            content_type = "text/event-stream", body = String,
+            headers(
+                ("Cache-Control" = String, description = "`no-cache`"),
+                ("X-Accel-Buffering" = String, description = "`no`: proxies must not buffer the stream"),
+            ),
+        ),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 503, response = ServiceUnavailable),
+    ),
+    security(("operatorToken" = [])),
+)]
+#[instrument(level = "debug", skip_all)]
+pub(super) async fn stream(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let subscription = app.registry().fleet_events()?;
+    // A first comment lets the reader know at once that it follows the fleet.
+    let opened = stream::once(ready(Ok::<_, Infallible>(Event::default().comment("open"))));
+    let events = stream::unfold(subscription, |mut subscription| async move {
+        let event = subscription.next().await?;
+        Some((event, subscription))
+    })
+    .filter_map(|event| ready(to_event(&event).map(Ok)));
+    let keep_alive = KeepAlive::new()
+        .interval(app.config().sse.keepalive)
+        .text("keepalive");
+    let sse = Sse::new(opened.chain(events)).keep_alive(keep_alive);
+    Ok(([(X_ACCEL_BUFFERING, HeaderValue::from_static("no"))], sse).into_response())
+}
+
+/// The SSE event of one fleet event: its kind as the event name, its data as
+/// compact JSON (which escapes control characters), no id (nothing is replayed).
+fn to_event(event: &FleetEvent) -> Option<Event> {
+    let (name, data) = match event {
+        FleetEvent::Agent(agent) => ("agent", serde_json::to_string(agent)),
+    };
+    match data {
+        Ok(data) => Some(Event::default().event(name).data(data)),
+        Err(err) => {
+            error!(%err, "a fleet event could not be serialized");
+            None
+        }
+    }
+}
