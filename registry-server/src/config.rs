@@ -11,11 +11,29 @@ use serde::Deserialize;
 
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "config/registry.toml";
-
 /// The largest `sse.fleet_queue`: about 100 MB of events held for the slowest reader.
 const MAX_FLEET_QUEUE: usize = 1 << 20;
-/// Descriptors kept back from streams, at least, when `max_streams` is 0.
-const MIN_DESCRIPTOR_RESERVE: u64 = 256;
+/// Descriptors kept back from connections for files and Redis when
+/// `max_connections` is 0.
+const FILE_DESCRIPTOR_RESERVE: u64 = 64;
+/// The longest duration any setting accepts: one year as humantime counts it
+/// (365.25 days, so `1y` itself is accepted). Past it an expiry could overflow
+/// a clock or a timestamp (RFC 3339 stops at year 9999).
+pub const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
+/// The shortest duration accepted where zero makes no sense: below a
+/// millisecond a timer would only spin.
+const MIN_DURATION: Duration = Duration::from_millis(1);
+/// The largest `server.max_body_bytes`: a body is held in memory whole.
+const MAX_BODY_BYTES: usize = 1 << 30;
+/// The longest `sse.queue`: commands held per stream for a slow reader.
+const MAX_STREAM_QUEUE: usize = 65_536;
+/// Keys whose values may hold a secret, never quoted in an error, with what
+/// each must be.
+const SECRET_KEYS: [(&str, &str); 3] = [
+    ("auth.operator_tokens", "a list of strings"),
+    ("auth.enrollment_tokens", "a list of strings"),
+    ("storage.redis_url", "a redis:// URL"),
+];
 /// What every environment variable of the configuration starts with.
 const ENV_PREFIX: &str = "REGISTRY_";
 /// Keys whose environment variables hold comma-separated lists.
@@ -67,13 +85,19 @@ pub struct ServerConfig {
     pub public_url: String,
     /// The largest request body accepted; larger is 413.
     pub max_body_bytes: usize,
-    /// Open streams at most; 0: the open-file limit less a reserve.
+    /// Open streams at most; 0: `max_connections` less 1/32 of it.
     pub max_streams: usize,
+    /// Open connections at most; 0: the open-file limit less 64. At the
+    /// limit a new connection closes the one idle longest, or is closed.
+    pub max_connections: usize,
     /// How long a client may take to send a request's body.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// How long a connection may go without a complete request head: idle
-    /// between requests, or sending a head slowly. Longer than the heartbeat
+    /// A request head must arrive whole within this of its first byte.
+    #[serde(with = "humantime_serde")]
+    pub head_timeout: Duration,
+    /// How long a connection may stay idle (no request in progress, no byte
+    /// of a next head) before it is closed. Longer than the heartbeat
     /// interval, so that agents can keep their connection alive between heartbeats.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -89,7 +113,9 @@ impl Default for ServerConfig {
             public_url: String::new(),
             max_body_bytes: 262_144,
             max_streams: 0,
+            max_connections: 0,
             request_timeout: Duration::from_secs(10),
+            head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(75),
             shutdown_grace: Duration::from_secs(5),
         }
@@ -260,15 +286,26 @@ impl Config {
         let config: Self = builder
             .build()
             .and_then(config::Config::try_deserialize)
-            .map_err(|err| ConfigError(without_secrets(&err.to_string())))?;
+            .map_err(describe)?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Checks what types alone can't: positive durations, well-formed addresses and names.
+    /// Checks what types alone can't, section by section: durations within
+    /// [`MAX_DURATION`] (and positive where zero makes no sense), numbers in
+    /// their ranges, well-formed addresses and names.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_server()?;
+        self.validate_lifecycle()?;
+        self.validate_commands()?;
+        self.validate_sse()?;
+        Ok(())
+    }
+
+    fn validate_server(&self) -> Result<(), ConfigError> {
+        let server = &self.server;
         self.bind_addr()?;
-        let url = &self.server.public_url;
+        let url = &server.public_url;
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return Err(ConfigError::key(
                 "server.public_url",
@@ -281,47 +318,42 @@ impl Config {
                 "must not hold white space",
             ));
         }
-        for (key, value) in [
-            ("server.max_body_bytes", self.server.max_body_bytes),
-            ("sse.queue", self.sse.queue),
-            ("sse.fleet_queue", self.sse.fleet_queue),
-        ] {
-            if value == 0 {
-                return Err(ConfigError::key(key, "must be more than 0"));
-            }
-        }
-        // The fleet stream's queue is allocated whole, once: keep it reasonable.
-        if self.sse.fleet_queue > MAX_FLEET_QUEUE {
-            return Err(ConfigError::key(
-                "sse.fleet_queue",
-                format!("must be at most {MAX_FLEET_QUEUE}"),
-            ));
-        }
-        for (key, value) in [
-            ("server.request_timeout", self.server.request_timeout),
-            ("server.idle_timeout", self.server.idle_timeout),
-            (
-                "lifecycle.heartbeat_interval",
-                self.lifecycle.heartbeat_interval,
-            ),
-            ("lifecycle.stale_after", self.lifecycle.stale_after),
-            ("lifecycle.dead_after", self.lifecycle.dead_after),
-            ("commands.expiry", self.commands.expiry),
-            ("commands.retention", self.commands.retention),
-            ("sse.keepalive", self.sse.keepalive),
-        ] {
-            if value.is_zero() {
-                return Err(ConfigError::key(key, "must be more than 0"));
-            }
-        }
-        if self.commands.types.is_empty() {
+        check_range(
+            "server.max_body_bytes",
+            server.max_body_bytes,
+            1..=MAX_BODY_BYTES,
+        )?;
+        check_positive_duration("server.request_timeout", server.request_timeout)?;
+        check_positive_duration("server.head_timeout", server.head_timeout)?;
+        check_positive_duration("server.idle_timeout", server.idle_timeout)?;
+        // Zero is meaningful here: exit without waiting.
+        check_duration("server.shutdown_grace", server.shutdown_grace)?;
+        Ok(())
+    }
+
+    fn validate_lifecycle(&self) -> Result<(), ConfigError> {
+        let lifecycle = &self.lifecycle;
+        check_positive_duration(
+            "lifecycle.heartbeat_interval",
+            lifecycle.heartbeat_interval,
+        )?;
+        check_positive_duration("lifecycle.stale_after", lifecycle.stale_after)?;
+        check_positive_duration("lifecycle.dead_after", lifecycle.dead_after)?;
+        Ok(())
+    }
+
+    fn validate_commands(&self) -> Result<(), ConfigError> {
+        let commands = &self.commands;
+        check_positive_duration("commands.expiry", commands.expiry)?;
+        check_positive_duration("commands.retention", commands.retention)?;
+        if commands.types.is_empty() {
             return Err(ConfigError::key(
                 "commands.types",
                 "must name at least one type",
             ));
         }
         // A type is written as the SSE `event:` field, so it must be a plain token.
-        if let Some(bad) = self.commands.types.iter().find(|kind| {
+        if let Some(bad) = commands.types.iter().find(|kind| {
             kind.is_empty()
                 || kind.len() > 64
                 || !kind
@@ -336,6 +368,14 @@ impl Config {
         Ok(())
     }
 
+    fn validate_sse(&self) -> Result<(), ConfigError> {
+        check_positive_duration("sse.keepalive", self.sse.keepalive)?;
+        check_range("sse.queue", self.sse.queue, 1..=MAX_STREAM_QUEUE)?;
+        // The fleet stream's queue is allocated whole, once: keep it reasonable.
+        check_range("sse.fleet_queue", self.sse.fleet_queue, 1..=MAX_FLEET_QUEUE)?;
+        Ok(())
+    }
+
     /// `server.bind` as a socket address.
     pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.server.bind.parse().map_err(|err| {
@@ -343,8 +383,38 @@ impl Config {
         })
     }
 
-    /// The core's settings, with `max_streams` resolved against the open-file limit.
-    pub fn core_settings(&self, open_file_limit: u64) -> registry_core::Settings {
+    /// `server.max_connections` and `server.max_streams`, with each 0
+    /// resolved: connections from the open-file limit less 64 for files and
+    /// Redis, streams from the connections less 1/32 of them (for heartbeats,
+    /// acks and operators). More streams than connections is invalid.
+    pub fn connection_limits(&self, open_file_limit: u64) -> Result<ConnectionLimits, ConfigError> {
+        let connections = match self.server.max_connections {
+            0 => default_max_connections(open_file_limit),
+            limit => limit,
+        };
+        let streams = match self.server.max_streams {
+            0 => default_max_streams(connections),
+            limit if limit > connections => {
+                return Err(ConfigError::key(
+                    "server.max_streams",
+                    format!(
+                        "{limit} is more than the {connections} connections allowed \
+                         (server.max_connections, or the open-file limit less 64): \
+                         every stream holds a connection"
+                    ),
+                ));
+            }
+            limit => limit,
+        };
+        Ok(ConnectionLimits {
+            connections,
+            streams,
+        })
+    }
+
+    /// The core's settings, with `max_streams` resolved as in
+    /// [`connection_limits`](Self::connection_limits).
+    pub fn core_settings(&self, limits: ConnectionLimits) -> registry_core::Settings {
         registry_core::Settings {
             stale_after: self.lifecycle.stale_after,
             dead_after: self.lifecycle.dead_after,
@@ -353,30 +423,104 @@ impl Config {
             command_types: self.commands.types.clone(),
             stream_queue: self.sse.queue,
             fleet_queue: self.sse.fleet_queue,
-            max_streams: match self.server.max_streams {
-                0 => default_max_streams(open_file_limit),
-                limit => limit,
-            },
+            max_streams: limits.streams,
         }
     }
 }
 
-/// A config-rs error, with the value it quotes left out when the key holds
-/// tokens: a token written where a list was expected must not reach the log.
-fn without_secrets(message: &str) -> String {
-    let Some((_, key)) = message.split_once("for key `") else {
-        return message.to_owned();
-    };
-    let key = key.split('`').next().unwrap_or_default();
-    if !(key.starts_with("auth.") && key.contains("token")) {
-        return message.to_owned();
+/// How many connections and streams the server holds open at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Open connections at most, streams included.
+    pub connections: usize,
+    /// Open streams at most.
+    pub streams: usize,
+}
+
+/// Fails unless `value` is at most [`MAX_DURATION`].
+fn check_duration(key: &str, value: Duration) -> Result<(), ConfigError> {
+    if value > MAX_DURATION {
+        return Err(ConfigError::key(
+            key,
+            format!(
+                "{} is more than the longest allowed, one year",
+                humantime::format_duration(value)
+            ),
+        ));
     }
-    let expected = message
-        .split_once(", expected ")
-        .and_then(|(_, rest)| rest.split(" for key").next())
-        .map(|expected| format!(": expected {expected}"))
-        .unwrap_or_default();
-    format!("{key}: invalid value (not shown, it may be a token){expected}")
+    Ok(())
+}
+
+/// Fails unless `value` is at least a millisecond and at most [`MAX_DURATION`].
+fn check_positive_duration(key: &str, value: Duration) -> Result<(), ConfigError> {
+    if value < MIN_DURATION {
+        return Err(ConfigError::key(key, "must be at least 1ms"));
+    }
+    check_duration(key, value)
+}
+
+/// Fails unless `value` is in `range`.
+fn check_range(
+    key: &str,
+    value: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<(), ConfigError> {
+    if !range.contains(&value) {
+        return Err(ConfigError::key(
+            key,
+            format!(
+                "{value} is out of range: {} to {}",
+                range.start(),
+                range.end()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A config-rs error as the operator should read it, with the value left out
+/// when its key may hold a secret (a token written where a list was
+/// expected, a Redis URL with a password), and a TOML syntax error given by
+/// line only, since the line it would quote may hold one.
+fn describe(err: config::ConfigError) -> ConfigError {
+    use config::ConfigError as Source;
+    match err {
+        // config-rs quotes the value in the error it wraps: name the key alone.
+        Source::Type { key: Some(key), .. } | Source::At { key: Some(key), .. }
+            if secret_key(&key).is_some() =>
+        {
+            let expected = secret_key(&key).map_or("", |(_, expected)| expected);
+            ConfigError::key(
+                &key,
+                format!("invalid value (not shown, it may be a secret): expected {expected}"),
+            )
+        }
+        Source::FileParse { uri, cause } => {
+            let file = uri.unwrap_or_else(|| "the configuration file".into());
+            let reason = match cause.downcast_ref::<toml::de::Error>() {
+                Some(toml) => match (toml.span(), std::fs::read_to_string(&file)) {
+                    (Some(span), Ok(text)) => {
+                        let before = text.get(..span.start).unwrap_or(&text);
+                        let line = before.matches('\n').count() + 1;
+                        format!("not valid TOML at line {line}: {}", toml.message())
+                    }
+                    _ => format!("not valid TOML: {}", toml.message()),
+                },
+                None => "cannot be read".into(),
+            };
+            ConfigError(format!("{file}: {reason}"))
+        }
+        other => ConfigError(other.to_string()),
+    }
+}
+
+/// The entry of [`SECRET_KEYS`] that `key` (`auth.operator_tokens[2]`
+/// included) falls under, if any.
+fn secret_key(key: &str) -> Option<(&'static str, &'static str)> {
+    SECRET_KEYS.into_iter().find(|(secret, _)| {
+        key.strip_prefix(secret)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
+    })
 }
 
 /// The configuration key of an environment variable: `REGISTRY_SSE__KEEPALIVE` is `sse.keepalive`.
@@ -386,13 +530,17 @@ fn env_key(name: &str) -> String {
         .replace("__", ".")
 }
 
-/// The open-file limit less a reserve for heartbeats, acks, operators and the
-/// process's own files: a thirty-second of the limit, and never under 256.
-fn default_max_streams(open_file_limit: u64) -> usize {
-    let reserve = (open_file_limit / 32).max(MIN_DESCRIPTOR_RESERVE);
-    usize::try_from(open_file_limit.saturating_sub(reserve))
+/// The open-file limit less [`FILE_DESCRIPTOR_RESERVE`], and at least 1.
+fn default_max_connections(open_file_limit: u64) -> usize {
+    usize::try_from(open_file_limit.saturating_sub(FILE_DESCRIPTOR_RESERVE))
         .unwrap_or(usize::MAX)
         .max(1)
+}
+
+/// `max_connections` less a thirty-second of it, kept for heartbeats, acks and
+/// operators; at least 1.
+fn default_max_streams(max_connections: usize) -> usize {
+    (max_connections - max_connections / 32).max(1)
 }
 
 #[cfg(test)]
@@ -462,10 +610,38 @@ mod tests {
                 "server.public_url",
             ),
             ("REGISTRY_SERVER__COLOUR", "blue", "colour"),
+            ("REGISTRY_COMMANDS__EXPIRY", "10000y", "commands.expiry"),
+            ("REGISTRY_COMMANDS__EXPIRY", "300000000000y", "commands.expiry"),
+            ("REGISTRY_SERVER__HEAD_TIMEOUT", "0s", "server.head_timeout"),
+            ("REGISTRY_SSE__KEEPALIVE", "100us", "sse.keepalive"),
+            ("REGISTRY_SERVER__MAX_BODY_BYTES", "0", "server.max_body_bytes"),
+            ("REGISTRY_SSE__QUEUE", "65537", "sse.queue"),
         ] {
             let err = load(&[(name, value)]).unwrap_err().to_string();
             assert!(err.contains(key), "{name}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn a_year_is_the_longest_duration_and_a_millisecond_the_shortest() {
+        let config = load(&[
+            ("REGISTRY_COMMANDS__EXPIRY", "1y"),
+            ("REGISTRY_COMMANDS__RETENTION", "365d"),
+            ("REGISTRY_SSE__KEEPALIVE", "1ms"),
+            ("REGISTRY_SERVER__SHUTDOWN_GRACE", "0s"),
+        ])
+        .unwrap();
+        assert_eq!(config.commands.expiry, MAX_DURATION);
+        assert!(load(&[("REGISTRY_COMMANDS__EXPIRY", "1y 1s")]).is_err());
+    }
+
+    #[test]
+    fn secret_keys_are_told_by_their_name_not_their_value() {
+        assert!(secret_key("auth.operator_tokens").is_some());
+        assert!(secret_key("auth.enrollment_tokens[3]").is_some());
+        assert!(secret_key("storage.redis_url").is_some());
+        assert!(secret_key("auth.operator_tokens_file").is_none());
+        assert!(secret_key("server.public_url").is_none());
     }
 
     #[test]
@@ -483,14 +659,26 @@ mod tests {
             .to_string();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(err.contains("auth.operator_tokens"), "{err}");
-        assert!(err.contains("expected a sequence"), "{err}");
+        assert!(err.contains("expected a list of strings"), "{err}");
         assert!(!err.contains("s3cr3t"), "{err}");
     }
 
     #[test]
-    fn max_streams_zero_leaves_a_reserve_of_the_open_file_limit() {
-        assert_eq!(default_max_streams(20_000), 20_000 - 625);
-        assert_eq!(default_max_streams(1_024), 1_024 - 256);
-        assert_eq!(default_max_streams(100), 1);
+    fn zero_limits_leave_reserves_of_the_open_file_limit() {
+        let limits = |connections, streams| {
+            let mut config = Config::default();
+            config.server.max_connections = connections;
+            config.server.max_streams = streams;
+            config.connection_limits(20_000)
+        };
+        let derived = limits(0, 0).unwrap();
+        assert_eq!(derived.connections, 20_000 - 64);
+        assert_eq!(derived.streams, 19_936 - 623);
+        assert_eq!(limits(100, 0).unwrap().streams, 100 - 3);
+        assert_eq!(limits(0, 500).unwrap().streams, 500);
+        let err = limits(100, 101).unwrap_err().to_string();
+        assert!(err.contains("server.max_streams"), "{err}");
+        assert_eq!(default_max_connections(10), 1);
+        assert_eq!(default_max_streams(1), 1);
     }
 }

@@ -63,8 +63,13 @@ pub async fn serve(
     let auth = Auth::load(&config.auth)?;
     auth.check_exposure(local_addr, config.auth.allow_open)?;
     let open_file_limit = limits::raise_open_file_limit();
-    let settings = config.core_settings(open_file_limit);
-    info!(max_streams = settings.max_streams, "stream limit");
+    let limits = config.connection_limits(open_file_limit)?;
+    info!(
+        max_connections = limits.connections,
+        max_streams = limits.streams,
+        "connection limits"
+    );
+    let settings = config.core_settings(limits);
     let grace = config.server.shutdown_grace;
     let guard = Registry::start(settings);
     let state = AppState::new(guard.registry(), config, auth);

@@ -77,13 +77,27 @@ fn an_invalid_setting_stops_the_start_with_a_message_naming_its_key() {
         ),
         ("REGISTRY_SSE__KEEPALIVE", "-1s", "sse.keepalive"),
         ("REGISTRY_COMMANDS__TYPES", "a b", "commands.types"),
+        // Durations over a year: accepted, they would panic a later request.
+        ("REGISTRY_COMMANDS__EXPIRY", "10000y", "commands.expiry"),
+        ("REGISTRY_COMMANDS__EXPIRY", "300000000000y", "commands.expiry"),
+        ("REGISTRY_COMMANDS__RETENTION", "367d", "commands.retention"),
+        ("REGISTRY_LIFECYCLE__STALE_AFTER", "2y", "lifecycle.stale_after"),
+        ("REGISTRY_SERVER__HEAD_TIMEOUT", "0s", "server.head_timeout"),
+        ("REGISTRY_SERVER__IDLE_TIMEOUT", "400d", "server.idle_timeout"),
+        ("REGISTRY_SERVER__SHUTDOWN_GRACE", "10000y", "server.shutdown_grace"),
+        // Ranges.
+        ("REGISTRY_SERVER__MAX_BODY_BYTES", "0", "server.max_body_bytes"),
+        ("REGISTRY_SERVER__MAX_CONNECTIONS", "-1", "server.max_connections"),
+        ("REGISTRY_SSE__QUEUE", "0", "sse.queue"),
+        ("REGISTRY_SSE__QUEUE", "4611686018427387904", "sse.queue"),
     ] {
         let mut process =
             Process::spawn(WorkDir::new(), &["--bind", "127.0.0.1:0"], &[(name, value)]);
         let status = process.wait_exit();
         let log = process.log();
-        assert!(
-            !status.success(),
+        assert_eq!(
+            status.code(),
+            Some(2),
             "{name}={value}: exit status {status}; output:\n{log}"
         );
         assert!(
@@ -219,4 +233,51 @@ fn ansi_sequences_are_stripped_and_the_address_is_parsed() {
         Some("127.0.0.1:4321".parse().unwrap())
     );
     assert!(Path::new(env!("CARGO_BIN_EXE_registry-server")).is_file());
+}
+
+#[test]
+fn more_streams_than_connections_stops_the_start_naming_server_max_streams() {
+    let mut process = Process::spawn(
+        WorkDir::new(),
+        &["--bind", "127.0.0.1:0"],
+        &[
+            ("REGISTRY_SERVER__MAX_CONNECTIONS", "100"),
+            ("REGISTRY_SERVER__MAX_STREAMS", "101"),
+        ],
+    );
+    let status = process.wait_exit();
+    let log = process.log();
+    assert_eq!(status.code(), Some(2), "output:\n{log}");
+    assert!(log.contains("server.max_streams"), "{log}");
+}
+
+#[test]
+fn a_config_error_never_prints_a_token() {
+    for (file, key) in [
+        // A token where a list belongs.
+        (
+            "[auth]\noperator_tokens = \"s3cr3t-token\"\n",
+            "auth.operator_tokens",
+        ),
+        // A list item that is not a string.
+        (
+            "[auth]\nenrollment_tokens = [{ s3cr3t-token = 1 }]\n",
+            "auth.enrollment_tokens",
+        ),
+        // A TOML syntax error on the token's own line: named by line only.
+        (
+            "[auth]\noperator_tokens = [\"s3cr3t-token\"\n",
+            "line 2",
+        ),
+    ] {
+        let dir = WorkDir::new();
+        let path = dir.write("registry.toml", file);
+        let path = path.to_str().expect("a UTF-8 path").to_owned();
+        let mut process = Process::spawn(dir, &["--bind", "127.0.0.1:0", "--config", &path], &[]);
+        let status = process.wait_exit();
+        let log = process.log();
+        assert_eq!(status.code(), Some(2), "{file:?}: output:\n{log}");
+        assert!(log.contains(key), "{file:?}: names {key}:\n{log}");
+        assert!(!log.contains("s3cr3t"), "{file:?}: printed the token:\n{log}");
+    }
 }
