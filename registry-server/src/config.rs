@@ -333,10 +333,7 @@ impl Config {
 
     fn validate_lifecycle(&self) -> Result<(), ConfigError> {
         let lifecycle = &self.lifecycle;
-        check_positive_duration(
-            "lifecycle.heartbeat_interval",
-            lifecycle.heartbeat_interval,
-        )?;
+        check_positive_duration("lifecycle.heartbeat_interval", lifecycle.heartbeat_interval)?;
         check_positive_duration("lifecycle.stale_after", lifecycle.stale_after)?;
         check_positive_duration("lifecycle.dead_after", lifecycle.dead_after)?;
         Ok(())
@@ -611,10 +608,18 @@ mod tests {
             ),
             ("REGISTRY_SERVER__COLOUR", "blue", "colour"),
             ("REGISTRY_COMMANDS__EXPIRY", "10000y", "commands.expiry"),
-            ("REGISTRY_COMMANDS__EXPIRY", "300000000000y", "commands.expiry"),
+            (
+                "REGISTRY_COMMANDS__EXPIRY",
+                "300000000000y",
+                "commands.expiry",
+            ),
             ("REGISTRY_SERVER__HEAD_TIMEOUT", "0s", "server.head_timeout"),
             ("REGISTRY_SSE__KEEPALIVE", "100us", "sse.keepalive"),
-            ("REGISTRY_SERVER__MAX_BODY_BYTES", "0", "server.max_body_bytes"),
+            (
+                "REGISTRY_SERVER__MAX_BODY_BYTES",
+                "0",
+                "server.max_body_bytes",
+            ),
             ("REGISTRY_SSE__QUEUE", "65537", "sse.queue"),
         ] {
             let err = load(&[(name, value)]).unwrap_err().to_string();

@@ -1,20 +1,34 @@
-//! Accepts TCP connections and serves HTTP/1.1 on each: socket options that
-//! notice a vanished peer, a deadline for request heads, a cap on their size,
-//! a descriptor shortage survived rather than spun on, and graceful shutdown.
+//! Accepts TCP connections and serves HTTP/1.1 on each: at most
+//! `server.max_connections` open (the one idle longest closed to admit a new
+//! one), a request head due within `server.head_timeout` of its first byte, an
+//! idle connection closed after `server.idle_timeout`, a cap on head size,
+//! socket options that notice a vanished peer, a descriptor shortage survived
+//! rather than spun on, and graceful shutdown.
+//!
+//! # Layout
+//!
+//! - `slots`: the cap, and the index of idle connections by age.
+//! - `tracked`: the socket and service wrappers that tell a connection its phase.
 
-use std::io;
+mod slots;
+mod tracked;
+
 use std::time::Duration;
 
 use axum::Router;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
+use hyper_util::rt::TokioIo;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
+
+use crate::metrics::{CloseReason, ConnectionMetrics};
+pub(crate) use slots::Timeouts;
+use slots::{Admission, Connection, Phase, Slots};
+use tracked::{TrackedService, WatchedSocket};
 
 /// The largest request head (request line and headers); larger is 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -32,24 +46,35 @@ const UNACKED_DATA_TIMEOUT: Duration = Duration::from_secs(60);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// How connections are served.
+pub(crate) struct ConnectionSettings {
+    /// Open connections at most.
+    pub(crate) max_connections: usize,
+    /// The head and idle timeouts.
+    pub(crate) timeouts: Timeouts,
+    /// How long shutdown waits for open connections.
+    pub(crate) grace: Duration,
+}
+
 /// Serves `app` on every connection `listener` accepts until `stopping` is
-/// cancelled; then waits for open connections to finish, at most `grace`. A
-/// connection without a complete request head for `idle_timeout` is closed.
+/// cancelled; then closes idle connections, lets the others finish the
+/// request they are receiving or answering, and waits for them at most
+/// `settings.grace`.
 pub(crate) async fn serve_connections(
     listener: TcpListener,
     app: Router,
-    idle_timeout: Duration,
+    settings: ConnectionSettings,
     stopping: CancellationToken,
-    grace: Duration,
+    metrics: ConnectionMetrics,
 ) {
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        // hyper's head timer also runs while a kept-alive connection waits for
-        // its next request, so it is the idle timeout too.
-        .header_read_timeout(idle_timeout)
-        .max_buf_size(MAX_HEAD_BYTES);
-    let graceful = GracefulShutdown::new();
-    let mut accept_errors = AcceptErrors::default();
+    // Heads are timed here, from their first byte: hyper's own timer would
+    // also run while a kept-alive connection waits for its next request.
+    http.header_read_timeout(None).max_buf_size(MAX_HEAD_BYTES);
+    let slots = Slots::new(settings.max_connections);
+    let tasks = TaskTracker::new();
+    let mut accept_errors = Throttled::default();
+    let mut refusals = Throttled::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -58,32 +83,121 @@ pub(crate) async fn serve_connections(
         let tcp = match accepted {
             Ok((tcp, _peer)) => tcp,
             Err(err) => {
-                accept_errors.record(&err);
+                accept_errors.log(|unlogged| {
+                    error!(%err, since_last_logged = unlogged, "cannot accept connections; serving those open, retrying");
+                });
                 // Out of descriptors, most often: serve what is open, and try
                 // again once some have been freed.
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
-        configure(&tcp);
-        let service = TowerToHyperService::new(app.clone());
-        let connection = http.serve_connection(TokioIo::new(tcp), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                debug!(%err, "connection ended with an error");
+        let connection = match slots.admit() {
+            Admission::Admitted(connection) => connection,
+            Admission::AdmittedByEviction(connection) => {
+                metrics.closed(CloseReason::Evicted);
+                connection
             }
+            Admission::Refused => {
+                metrics.closed(CloseReason::Refused);
+                refusals.log(|unlogged| {
+                    warn!(
+                        max_connections = settings.max_connections,
+                        since_last_logged = unlogged,
+                        "connection limit reached with every connection busy; closing new connections"
+                    );
+                });
+                drop(tcp);
+                continue;
+            }
+        };
+        metrics.set_open(slots.open());
+        configure(&tcp);
+        let served = http.serve_connection(
+            TokioIo::new(WatchedSocket::new(tcp, connection.clone())),
+            TrackedService::new(app.clone(), connection.clone()),
+        );
+        let stopping = stopping.clone();
+        let metrics = metrics.clone();
+        let slots = slots.clone();
+        tasks.spawn(async move {
+            if let Some(reason) = serve_one(served, &connection, settings.timeouts, &stopping).await
+            {
+                metrics.closed(reason);
+            }
+            connection.release();
+            metrics.set_open(slots.open());
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
+    tasks.close();
+    if tokio::time::timeout(settings.grace, tasks.wait())
         .await
         .is_err()
     {
         warn!(
-            ?grace,
+            grace = ?settings.grace,
             "connections still open after the grace period; exiting anyway"
         );
+    }
+}
+
+/// Serves one connection until it ends, is evicted, times out, or shutdown
+/// finds it idle; returns why the server closed it, if it did.
+async fn serve_one(
+    served: http1::Connection<TokioIo<WatchedSocket>, TrackedService>,
+    connection: &Connection,
+    timeouts: Timeouts,
+    stopping: &CancellationToken,
+) -> Option<CloseReason> {
+    tokio::pin!(served);
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    let mut shutting_down = false;
+    loop {
+        let deadline = connection.deadline(timeouts);
+        if let Some(deadline) = deadline {
+            timer.as_mut().reset(deadline);
+        }
+        tokio::select! {
+            // The connection first, so what it has to write is flushed before
+            // it is closed for any of the reasons below.
+            biased;
+            ended = served.as_mut() => {
+                if let Err(err) = ended {
+                    debug!(%err, "connection ended with an error");
+                }
+                return None;
+            }
+            () = connection.evict.cancelled() => {
+                debug!("closed, idle longest, to admit a new connection");
+                // Counted when the new connection was admitted.
+                return None;
+            }
+            () = stopping.cancelled(), if !shutting_down => {
+                shutting_down = true;
+                if let Phase::Idle { .. } = connection.phase() {
+                    return None;
+                }
+                // Finish the request in progress, or begun (bounded by the
+                // head timeout), then close.
+                served.as_mut().graceful_shutdown();
+            }
+            () = connection.changed.notified() => {}
+            () = &mut timer, if deadline.is_some() => {
+                match connection.phase() {
+                    Phase::Idle { since } if Instant::now() >= since + timeouts.idle => {
+                        debug!("closed after server.idle_timeout idle");
+                        return Some(CloseReason::IdleTimeout);
+                    }
+                    Phase::Head { since } if Instant::now() >= since + timeouts.head => {
+                        debug!("closed: the request head did not arrive within server.head_timeout");
+                        return Some(CloseReason::HeadTimeout);
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 }
 
@@ -107,16 +221,17 @@ fn configure(tcp: &TcpStream) {
     }
 }
 
-/// Logs accept failures at most once every `ACCEPT_ERROR_LOG_EVERY`, with a
-/// count of those not logged, so that a descriptor shortage does not flood the log.
+/// Logs a recurring failure at most once every `ACCEPT_ERROR_LOG_EVERY`, with
+/// a count of those not logged, so that a descriptor shortage or a full
+/// connection table does not flood the log.
 #[derive(Default)]
-struct AcceptErrors {
+struct Throttled {
     last_logged: Option<Instant>,
     unlogged: u64,
 }
 
-impl AcceptErrors {
-    fn record(&mut self, err: &io::Error) {
+impl Throttled {
+    fn log(&mut self, log: impl FnOnce(u64)) {
         let now = Instant::now();
         if self
             .last_logged
@@ -125,7 +240,7 @@ impl AcceptErrors {
             self.unlogged += 1;
             return;
         }
-        error!(%err, since_last_logged = self.unlogged, "cannot accept connections; serving those open, retrying");
+        log(self.unlogged);
         self.last_logged = Some(now);
         self.unlogged = 0;
     }

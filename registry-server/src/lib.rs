@@ -9,7 +9,9 @@
 //! - [`routes`]: the route table and the handlers, one module per side.
 //! - [`extract`]: JSON, path and query extractors that reject with [`ApiError`].
 //! - [`error`]: [`ApiError`], written as problem+json.
-//! - `connections`: the accept loop, socket options, head timeouts, graceful shutdown.
+//! - [`host`]: the `Host` header, checked to be `host[:port]`.
+//! - `connections`: the accept loop, the connection cap, head and idle timeouts,
+//!   socket options, graceful shutdown.
 //! - [`state`]: [`AppState`], what every handler shares.
 //! - [`metrics`]: `/metrics` in Prometheus text format.
 //! - [`openapi`]: the OpenAPI 3.1 document, built from the handlers' annotations
@@ -21,6 +23,7 @@ pub mod config;
 mod connections;
 pub mod error;
 pub mod extract;
+pub mod host;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
@@ -91,8 +94,17 @@ pub async fn serve(
     let shutdown_task = tokio::spawn(begin_shutdown);
     state.set_ready(true);
     info!("listening on http://{local_addr}");
-    let idle_timeout = state.config().server.idle_timeout;
-    connections::serve_connections(listener, app, idle_timeout, stopping, grace).await;
+    let server = &state.config().server;
+    let settings = connections::ConnectionSettings {
+        max_connections: limits.connections,
+        timeouts: connections::Timeouts {
+            head: server.head_timeout,
+            idle: server.idle_timeout,
+        },
+        grace,
+    };
+    let metrics = state.metrics().connections().clone();
+    connections::serve_connections(listener, app, settings, stopping, metrics).await;
     let _ = shutdown_task.await;
     drop(guard);
     info!("stopped");

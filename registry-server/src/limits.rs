@@ -1,8 +1,10 @@
-//! Limits the server holds itself to: the open-file limit (every SSE stream
+//! Limits the server holds itself to: the open-file limit (every connection
 //! holds a descriptor, so the soft limit is raised to the hard one at start and
-//! `max_streams` is sized from it), and the size of a request's head.
+//! `max_connections` and `max_streams` are sized from it), the size of a
+//! request's head, and a body declared larger than `server.max_body_bytes`.
 
-use axum::extract::Request;
+use axum::extract::{Request, State};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::{info, warn};
@@ -32,6 +34,28 @@ pub async fn check_head_size(request: Request, next: Next) -> Result<Response, A
         .sum();
     if header_bytes > MAX_HEADER_BYTES {
         return Err(ApiError::HeadersTooLarge(MAX_HEADER_BYTES));
+    }
+    Ok(next.run(request).await)
+}
+
+/// Middleware answering 413 at once to a request whose `Content-Length` is
+/// over `max_body_bytes`, before any of its body is read: with `Expect:
+/// 100-continue` the client is never told to send it.
+pub async fn refuse_declared_oversize(
+    State(max_body_bytes): State<usize>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    // hyper has already refused a malformed or repeated Content-Length.
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max_body_bytes as u64) {
+        return Err(ApiError::PayloadTooLarge {
+            limit: max_body_bytes,
+        });
     }
     Ok(next.run(request).await)
 }

@@ -14,9 +14,9 @@ use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabel, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
 };
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use registry_core::{AgentStatus, CommandStatus, Registry};
 
@@ -26,6 +26,68 @@ use crate::state::AppState;
 pub struct Metrics {
     registry: prometheus_client::registry::Registry,
     requests: Family<RequestLabels, Histogram>,
+    connections: ConnectionMetrics,
+}
+
+/// What the connection layer counts, shared with the accept loop.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    open: Gauge,
+    closed: Family<[(&'static str, &'static str); 1], Counter>,
+}
+
+/// Why the server closed a connection itself.
+#[derive(Debug, Clone, Copy)]
+pub enum CloseReason {
+    /// Idle longest when a new connection arrived at `server.max_connections`.
+    Evicted,
+    /// Arrived at `server.max_connections` with no connection idle.
+    Refused,
+    /// Its request head did not arrive whole within `server.head_timeout`.
+    HeadTimeout,
+    /// Idle for `server.idle_timeout`.
+    IdleTimeout,
+}
+
+impl ConnectionMetrics {
+    const REASONS: [CloseReason; 4] = [
+        CloseReason::Evicted,
+        CloseReason::Refused,
+        CloseReason::HeadTimeout,
+        CloseReason::IdleTimeout,
+    ];
+
+    /// Every series at 0, so that each is listed before its first count.
+    fn new() -> Self {
+        let metrics = Self {
+            open: Gauge::default(),
+            closed: Family::default(),
+        };
+        for reason in Self::REASONS {
+            let _ = metrics.closed.get_or_create(&Self::labels(reason));
+        }
+        metrics
+    }
+
+    fn labels(reason: CloseReason) -> [(&'static str, &'static str); 1] {
+        let reason = match reason {
+            CloseReason::Evicted => "evicted",
+            CloseReason::Refused => "refused",
+            CloseReason::HeadTimeout => "head_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
+        };
+        [("reason", reason)]
+    }
+
+    /// Sets the number of open connections.
+    pub fn set_open(&self, open: usize) {
+        self.open.set(as_i64(open));
+    }
+
+    /// Counts a connection the server closed.
+    pub fn closed(&self, reason: CloseReason) {
+        self.closed.get_or_create(&Self::labels(reason)).inc();
+    }
 }
 
 /// The labels of one request's latency. Built on every request, so it holds
@@ -82,10 +144,27 @@ impl Metrics {
             requests.clone(),
         );
         metrics.register_collector(Box::new(CoreCollector(registry)));
+        let connections = ConnectionMetrics::new();
+        metrics.register(
+            "registry_connections",
+            "Connections open now",
+            connections.open.clone(),
+        );
+        metrics.register(
+            "registry_connections_closed",
+            "Connections the server closed itself, by reason",
+            connections.closed.clone(),
+        );
         Self {
             registry: metrics,
             requests,
+            connections,
         }
+    }
+
+    /// The connection layer's metrics.
+    pub fn connections(&self) -> &ConnectionMetrics {
+        &self.connections
     }
 
     /// The Prometheus text exposition of every metric.

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use registry_core::{AgentId, Registry};
 
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::host;
 use crate::metrics::Metrics;
 
 /// A cheap handle to everything the handlers need.
@@ -71,16 +72,16 @@ impl AppState {
     }
 
     /// The absolute URL of an agent's stream: `server.public_url` when set, else
-    /// `http://` and the request's Host (or the bind address, if it sent none).
+    /// `http://` and the request's Host (or the bind address, if it sent none:
+    /// an HTTP/1.0 request). A Host that is not `host[:port]` never gets here
+    /// ([`crate::host`]), and is never echoed.
     pub fn sse_endpoint(&self, headers: &HeaderMap, agent_id: &AgentId) -> String {
         let public_url = self.config().server.public_url.trim_end_matches('/');
         let base = if public_url.is_empty() {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|host| host.to_str().ok())
-                .filter(|host| !host.is_empty())
-                .unwrap_or(&self.config().server.bind);
-            format!("http://{host}")
+            match host::request_host(headers) {
+                Some(host) => format!("http://{host}"),
+                None => format!("http://{}", self.config().server.bind),
+            }
         } else {
             public_url.to_owned()
         };

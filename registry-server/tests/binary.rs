@@ -79,15 +79,39 @@ fn an_invalid_setting_stops_the_start_with_a_message_naming_its_key() {
         ("REGISTRY_COMMANDS__TYPES", "a b", "commands.types"),
         // Durations over a year: accepted, they would panic a later request.
         ("REGISTRY_COMMANDS__EXPIRY", "10000y", "commands.expiry"),
-        ("REGISTRY_COMMANDS__EXPIRY", "300000000000y", "commands.expiry"),
+        (
+            "REGISTRY_COMMANDS__EXPIRY",
+            "300000000000y",
+            "commands.expiry",
+        ),
         ("REGISTRY_COMMANDS__RETENTION", "367d", "commands.retention"),
-        ("REGISTRY_LIFECYCLE__STALE_AFTER", "2y", "lifecycle.stale_after"),
+        (
+            "REGISTRY_LIFECYCLE__STALE_AFTER",
+            "2y",
+            "lifecycle.stale_after",
+        ),
         ("REGISTRY_SERVER__HEAD_TIMEOUT", "0s", "server.head_timeout"),
-        ("REGISTRY_SERVER__IDLE_TIMEOUT", "400d", "server.idle_timeout"),
-        ("REGISTRY_SERVER__SHUTDOWN_GRACE", "10000y", "server.shutdown_grace"),
+        (
+            "REGISTRY_SERVER__IDLE_TIMEOUT",
+            "400d",
+            "server.idle_timeout",
+        ),
+        (
+            "REGISTRY_SERVER__SHUTDOWN_GRACE",
+            "10000y",
+            "server.shutdown_grace",
+        ),
         // Ranges.
-        ("REGISTRY_SERVER__MAX_BODY_BYTES", "0", "server.max_body_bytes"),
-        ("REGISTRY_SERVER__MAX_CONNECTIONS", "-1", "server.max_connections"),
+        (
+            "REGISTRY_SERVER__MAX_BODY_BYTES",
+            "0",
+            "server.max_body_bytes",
+        ),
+        (
+            "REGISTRY_SERVER__MAX_CONNECTIONS",
+            "-1",
+            "server.max_connections",
+        ),
         ("REGISTRY_SSE__QUEUE", "0", "sse.queue"),
         ("REGISTRY_SSE__QUEUE", "4611686018427387904", "sse.queue"),
     ] {
@@ -265,10 +289,7 @@ fn a_config_error_never_prints_a_token() {
             "auth.enrollment_tokens",
         ),
         // A TOML syntax error on the token's own line: named by line only.
-        (
-            "[auth]\noperator_tokens = [\"s3cr3t-token\"\n",
-            "line 2",
-        ),
+        ("[auth]\noperator_tokens = [\"s3cr3t-token\"\n", "line 2"),
     ] {
         let dir = WorkDir::new();
         let path = dir.write("registry.toml", file);
@@ -278,6 +299,9 @@ fn a_config_error_never_prints_a_token() {
         let log = process.log();
         assert_eq!(status.code(), Some(2), "{file:?}: output:\n{log}");
         assert!(log.contains(key), "{file:?}: names {key}:\n{log}");
-        assert!(!log.contains("s3cr3t"), "{file:?}: printed the token:\n{log}");
+        assert!(
+            !log.contains("s3cr3t"),
+            "{file:?}: printed the token:\n{log}"
+        );
     }
 }

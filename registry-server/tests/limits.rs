@@ -62,15 +62,17 @@ fn read_until(stream: &mut TcpStream, needle: &str) {
 
 #[test]
 fn past_max_streams_from_the_open_file_limit_a_stream_is_503_while_heartbeats_and_pushes_work() {
-    // 400 descriptors less the reserve of 256 leave 144 streams.
-    let (process, addr) = Process::serve_limited(WorkDir::new(), Some(400), &[], &[]);
+    // 200 descriptors less 64 leave 136 connections, less 1/32 of them 132 streams.
+    let (process, addr) = Process::serve_limited(WorkDir::new(), Some(200), &[], &[]);
     assert!(
-        process.log().contains("max_streams=144"),
+        process
+            .log()
+            .contains("max_connections=136 max_streams=132"),
         "{}",
         process.log()
     );
-    register_many(addr, 150);
-    let mut streams: Vec<TcpStream> = (0..144)
+    register_many(addr, 140);
+    let mut streams: Vec<TcpStream> = (0..132)
         .map(|n| {
             let (tcp, head) = try_open_stream(addr, &format!("agent-{n}"), PROMPTLY);
             let head = head.expect("a head");
@@ -79,7 +81,7 @@ fn past_max_streams_from_the_open_file_limit_a_stream_is_503_while_heartbeats_an
         })
         .collect();
 
-    let (_, refused) = try_open_stream(addr, "agent-144", PROMPTLY);
+    let (_, refused) = try_open_stream(addr, "agent-132", PROMPTLY);
     let refused = refused.expect("an answer");
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
     assert!(refused.to_lowercase().contains("retry-after:"), "{refused}");
@@ -105,7 +107,11 @@ fn at_the_open_file_limit_it_keeps_serving_and_resumes_accepting_when_descriptor
         WorkDir::new(),
         Some(200),
         &[],
-        &[("REGISTRY_SERVER__MAX_STREAMS", "10000")],
+        // Past the open-file limit on purpose, to reach it.
+        &[
+            ("REGISTRY_SERVER__MAX_CONNECTIONS", "10000"),
+            ("REGISTRY_SERVER__MAX_STREAMS", "10000"),
+        ],
     );
     register_many(addr, 250);
     // Opened before the limit is reached, and kept.

@@ -68,9 +68,9 @@ async fn a_last_event_id_of_one_mebibyte_is_refused_with_431() {
 }
 
 #[tokio::test]
-async fn a_request_head_that_never_finishes_is_cut_off_after_the_idle_timeout() {
+async fn a_request_head_that_never_finishes_is_cut_off_after_the_head_timeout() {
     let server =
-        TestServer::start_with(|c| c.server.idle_timeout = Duration::from_millis(300)).await;
+        TestServer::start_with(|c| c.server.head_timeout = Duration::from_millis(300)).await;
     let mut tcp = server.connect().await;
     tcp.write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\n")
         .await

@@ -7,6 +7,7 @@ mod errors;
 mod fleet;
 mod hardening;
 mod lifecycle;
+mod limits;
 mod openapi;
 mod probes;
 mod smoke;

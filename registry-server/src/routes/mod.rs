@@ -23,10 +23,10 @@ use utoipa_axum::routes;
 
 use crate::auth;
 use crate::error::ApiError;
-use crate::limits;
 use crate::metrics::track_requests;
 use crate::openapi::{self, ApiDoc, Document};
 use crate::state::AppState;
+use crate::{host, limits};
 
 /// The path of an agent's routes.
 #[derive(Deserialize, IntoParams)]
@@ -115,6 +115,11 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            max_body_bytes,
+            limits::refuse_declared_oversize,
+        ))
+        .layer(middleware::from_fn(host::check_host))
         .layer(middleware::from_fn(limits::check_head_size))
         .with_state(state)
 }

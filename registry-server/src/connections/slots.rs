@@ -1,0 +1,328 @@
+//! The connection cap: a slot per open connection, and an index of the idle
+//! ones ordered by the moment they became idle, so that admitting a
+//! connection at the cap closes the one idle longest in O(log n), without
+//! looking at any other. Each connection's own state (idle, receiving a head,
+//! busy) and the deadline that follows from it live here too.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Every open connection's slot, and the idle ones by age.
+pub(super) struct Slots {
+    limit: usize,
+    table: Mutex<Table>,
+}
+
+struct Table {
+    /// Connections holding a slot.
+    open: usize,
+    /// Idle connections by the order in which they became idle (a counter,
+    /// which orders them as their idle-since instants would, without ties),
+    /// each with the token that closes it.
+    idle: BTreeMap<u64, CancellationToken>,
+    next_key: u64,
+}
+
+impl Table {
+    fn insert_idle(&mut self, evict: CancellationToken) -> u64 {
+        let key = self.next_key;
+        self.next_key += 1;
+        self.idle.insert(key, evict);
+        key
+    }
+}
+
+/// What admitting a new connection did.
+pub(super) enum Admission {
+    /// Admitted, with a slot of its own.
+    Admitted(Arc<Connection>),
+    /// Admitted after closing the connection idle longest.
+    AdmittedByEviction(Arc<Connection>),
+    /// At the cap with no idle connection: the new one must be closed.
+    Refused,
+}
+
+impl Slots {
+    /// Room for `limit` connections (at least one).
+    pub(super) fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit: limit.max(1),
+            table: Mutex::new(Table {
+                open: 0,
+                idle: BTreeMap::new(),
+                next_key: 0,
+            }),
+        })
+    }
+
+    /// Takes a slot for a connection just accepted, idle (it has sent nothing
+    /// yet); at the cap, closes the connection idle longest to make room.
+    pub(super) fn admit(self: &Arc<Self>) -> Admission {
+        let mut table = self.lock();
+        let mut evicted = false;
+        if table.open >= self.limit {
+            let Some((_, victim)) = table.idle.pop_first() else {
+                return Admission::Refused;
+            };
+            victim.cancel();
+            table.open -= 1;
+            evicted = true;
+        }
+        table.open += 1;
+        let evict = CancellationToken::new();
+        let key = table.insert_idle(evict.clone());
+        drop(table);
+        let connection = Arc::new(Connection {
+            slots: self.clone(),
+            evict,
+            state: Mutex::new(State {
+                phase: Phase::Idle {
+                    since: Instant::now(),
+                },
+                in_flight: 0,
+                idle_key: Some(key),
+                holds_slot: true,
+            }),
+            changed: Notify::new(),
+        });
+        if evicted {
+            Admission::AdmittedByEviction(connection)
+        } else {
+            Admission::Admitted(connection)
+        }
+    }
+
+    /// Connections holding a slot now.
+    pub(super) fn open(&self) -> usize {
+        self.lock().open
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // The table stays consistent at every step, so a panic elsewhere
+        // while it was held leaves nothing to repair.
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One connection's place in [`Slots`], and what it is doing.
+pub(super) struct Connection {
+    slots: Arc<Slots>,
+    /// Cancelled when the connection is closed to make room for a new one.
+    pub(super) evict: CancellationToken,
+    state: Mutex<State>,
+    /// Woken on every change of phase, so the connection's task can move its deadline.
+    pub(super) changed: Notify,
+}
+
+struct State {
+    phase: Phase,
+    /// Requests whose response is not finished (one at a time in HTTP/1.1).
+    in_flight: u32,
+    /// Its key in the idle index while idle.
+    idle_key: Option<u64>,
+    /// False once its slot was given up (evicted, or closed).
+    holds_slot: bool,
+}
+
+/// What a connection is doing, for its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// No request in progress and no byte of a next one.
+    Idle { since: Instant },
+    /// The first bytes of a request head arrived; the head is not complete.
+    Head { since: Instant },
+    /// A request is in progress: its body, its handler, or its response (an
+    /// open stream is a response in progress).
+    Busy,
+}
+
+/// The two timeouts of a connection that is not busy.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    /// From the first byte of a head to its end.
+    pub(crate) head: Duration,
+    /// From the end of the last response (or the accept) to the first byte of the next head.
+    pub(crate) idle: Duration,
+}
+
+impl Connection {
+    /// What it is doing now.
+    pub(super) fn phase(&self) -> Phase {
+        self.lock().phase
+    }
+
+    /// When it is to be closed unless its phase changes first; none while busy.
+    pub(super) fn deadline(&self, timeouts: Timeouts) -> Option<Instant> {
+        match self.phase() {
+            Phase::Idle { since } => Some(since + timeouts.idle),
+            Phase::Head { since } => Some(since + timeouts.head),
+            Phase::Busy => None,
+        }
+    }
+
+    /// Bytes arrived: while idle, they start a head, whose deadline then runs.
+    pub(super) fn bytes_arrived(&self) {
+        let mut state = self.lock();
+        if let Phase::Idle { .. } = state.phase {
+            state.phase = Phase::Head {
+                since: Instant::now(),
+            };
+            drop(state);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A request head was parsed: the connection is busy until its response ends.
+    pub(super) fn request_started(&self) {
+        let mut state = self.lock();
+        state.in_flight += 1;
+        if state.in_flight == 1 {
+            state.phase = Phase::Busy;
+            if let Some(key) = state.idle_key.take() {
+                let mut table = self.slots.lock();
+                if table.idle.remove(&key).is_none() {
+                    // Evicted meanwhile: its slot already went to another.
+                    state.holds_slot = false;
+                }
+            }
+        }
+        drop(state);
+        self.changed.notify_one();
+    }
+
+    /// A response ended (or its request was abandoned): idle again when none is left.
+    pub(super) fn request_finished(&self) {
+        let mut state = self.lock();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if state.in_flight == 0 {
+            state.phase = Phase::Idle {
+                since: Instant::now(),
+            };
+            if state.holds_slot {
+                state.idle_key = Some(self.slots.lock().insert_idle(self.evict.clone()));
+            }
+        }
+        drop(state);
+        self.changed.notify_one();
+    }
+
+    /// The connection closed: gives its slot back, unless an eviction already took it.
+    pub(super) fn release(&self) {
+        let mut state = self.lock();
+        if !std::mem::take(&mut state.holds_slot) {
+            return;
+        }
+        let mut table = self.slots.lock();
+        let still_counted = match state.idle_key.take() {
+            Some(key) => table.idle.remove(&key).is_some(),
+            None => true,
+        };
+        if still_counted {
+            table.open -= 1;
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admitted(admission: Admission) -> Arc<Connection> {
+        match admission {
+            Admission::Admitted(connection) | Admission::AdmittedByEviction(connection) => {
+                connection
+            }
+            Admission::Refused => panic!("refused"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_cap_the_connection_idle_longest_is_evicted_else_the_new_one_refused() {
+        let slots = Slots::new(3);
+        let first = admitted(slots.admit());
+        let second = admitted(slots.admit());
+        let third = admitted(slots.admit());
+        // The first goes busy then idle again: now the second is idle longest.
+        first.request_started();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        first.request_finished();
+        third.request_started();
+
+        let fourth = slots.admit();
+        assert!(matches!(fourth, Admission::AdmittedByEviction(_)));
+        assert!(second.evict.is_cancelled());
+        assert!(!first.evict.is_cancelled());
+        assert_eq!(slots.open(), 3);
+        // The evicted one's task ends later: its slot is not given back twice.
+        second.release();
+        assert_eq!(slots.open(), 3);
+
+        let fourth = admitted(fourth);
+        fourth.request_started();
+        first.request_started();
+        assert!(matches!(slots.admit(), Admission::Refused));
+        for connection in [&first, &third, &fourth] {
+            connection.request_finished();
+            connection.release();
+        }
+        assert_eq!(slots.open(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_evicted_as_its_request_starts_gives_its_slot_once() {
+        let slots = Slots::new(1);
+        let first = admitted(slots.admit());
+        let second = admitted(slots.admit());
+        assert!(first.evict.is_cancelled());
+        first.request_started();
+        first.request_finished();
+        first.release();
+        assert_eq!(slots.open(), 1);
+        second.release();
+        assert_eq!(slots.open(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_follows_the_phase() {
+        let timeouts = Timeouts {
+            head: Duration::from_secs(10),
+            idle: Duration::from_secs(75),
+        };
+        let slots = Slots::new(1);
+        let connection = admitted(slots.admit());
+        let start = Instant::now();
+        assert_eq!(connection.deadline(timeouts), Some(start + timeouts.idle));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        connection.bytes_arrived();
+        let head_start = Instant::now();
+        assert_eq!(
+            connection.deadline(timeouts),
+            Some(head_start + timeouts.head)
+        );
+        // More bytes of the same head do not move it.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        connection.bytes_arrived();
+        assert_eq!(
+            connection.deadline(timeouts),
+            Some(head_start + timeouts.head)
+        );
+        connection.request_started();
+        assert_eq!(connection.deadline(timeouts), None);
+        connection.bytes_arrived();
+        assert_eq!(connection.phase(), Phase::Busy);
+        connection.request_finished();
+        assert_eq!(
+            connection.deadline(timeouts),
+            Some(Instant::now() + timeouts.idle)
+        );
+    }
+}
