@@ -147,6 +147,21 @@ impl GroupName {
     }
 }
 
+/// Ids read back from storage are checked as a request's would be, so a
+/// damaged record is refused rather than served.
+macro_rules! deserialize_checked {
+    ($name:ident) => {
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let value = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                Self::parse(&value).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+deserialize_checked!(AgentId);
+deserialize_checked!(GroupName);
+
 /// The body of `POST /api/v1/agents/register`, as received; [`validate`](Self::validate) checks it.
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(
@@ -243,6 +258,33 @@ impl Registration {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Credential(pub [u8; 32]);
 
+/// Stored as 64 hexadecimal digits.
+impl Serialize for Credential {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut hex = String::with_capacity(64);
+        for byte in self.0 {
+            hex.push_str(&format!("{byte:02x}"));
+        }
+        serializer.serialize_str(&hex)
+    }
+}
+
+impl<'de> Deserialize<'de> for Credential {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let hex = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        let invalid = || serde::de::Error::custom("a credential is 64 hexadecimal digits");
+        if hex.len() != 64 {
+            return Err(invalid());
+        }
+        let mut digest = [0_u8; 32];
+        for (byte, pair) in digest.iter_mut().zip(hex.as_bytes().chunks(2)) {
+            let pair = std::str::from_utf8(pair).map_err(|_| invalid())?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| invalid())?;
+        }
+        Ok(Self(digest))
+    }
+}
+
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Even a digest is kept out of logs.
@@ -251,7 +293,7 @@ impl fmt::Debug for Credential {
 }
 
 /// What an agent declares about itself at registration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AgentMetadata {
@@ -268,7 +310,7 @@ pub struct AgentMetadata {
 }
 
 /// Where an agent is in its lifecycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum AgentStatus {

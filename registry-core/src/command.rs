@@ -13,7 +13,7 @@ use crate::agent::AgentId;
 use crate::clock::Timestamp;
 
 /// A command's unique id: a UUID v7, so ids sort by creation time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct CommandId(Uuid);
@@ -21,6 +21,11 @@ pub struct CommandId(Uuid);
 impl CommandId {
     pub(crate) fn new() -> Self {
         Self(Uuid::now_v7())
+    }
+
+    /// The id as a 128-bit number, which sorts as the id does: a storage key.
+    pub fn as_u128(self) -> u128 {
+        self.0.as_u128()
     }
 }
 
@@ -39,7 +44,7 @@ impl FromStr for CommandId {
 }
 
 /// Where a command is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum CommandStatus {
@@ -109,7 +114,7 @@ pub enum AckResult {
 }
 
 /// The optional body of an acknowledgement.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Ack {
     /// `SUCCESS` unless said otherwise.

@@ -54,4 +54,7 @@ pub enum RegistryError {
     /// The registry is shutting down and opens no new streams.
     #[error("the registry is shutting down")]
     ShuttingDown,
+    /// Storage could not keep the change: nothing of it was kept.
+    #[error("storage is unavailable, nothing was changed: {0}")]
+    StorageUnavailable(String),
 }

@@ -19,6 +19,9 @@
 //! - [`clock`]: monotonic instants and their wall-clock [`Timestamp`]s.
 //! - [`settings`]: timings and limits.
 //! - [`stats`]: counts for metrics.
+//! - [`storage`]: the seam to storage engines: the facts kept, the [`Storage`]
+//!   trait, and the design (restart grace, group commit, write-behind).
+//! - `writer`: the task that commits batches, grouped, and rolls back a failed one.
 //! - [`error`]: [`RegistryError`] and [`InvalidField`].
 
 pub mod agent;
@@ -31,7 +34,9 @@ mod schedule;
 pub mod settings;
 mod state;
 pub mod stats;
+pub mod storage;
 pub mod stream;
+mod writer;
 
 pub use agent::{
     AgentFilter, AgentId, AgentMetadata, AgentStatus, AgentView, Credential, GroupName,
@@ -46,4 +51,5 @@ pub use fleet::{AgentEvent, FleetEvent, FleetSubscription, StatusChanges};
 pub use registry::{Registry, RegistryGuard, Tick};
 pub use settings::Settings;
 pub use stats::Stats;
+pub use storage::{Storage, StorageError};
 pub use stream::Subscription;

@@ -1,11 +1,14 @@
 //! The registry handle: one cheap clone shared by every task, the lock over the
-//! state, and the background task that applies deadlines as they come due.
+//! state, the background task that applies deadlines as they come due, and,
+//! with a storage engine, the tasks that write what changed (see [`crate::storage`]).
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::error;
 
 use crate::agent::{AgentFilter, AgentId, AgentView, Credential, Registration};
 use crate::clock::Clock;
@@ -15,7 +18,9 @@ use crate::fleet::{FleetEvent, FleetSubscription, StatusChanges};
 use crate::settings::Settings;
 use crate::state::State;
 use crate::stats::Stats;
+use crate::storage::{Snapshot, Storage, StorageError, WRITE_BEHIND};
 use crate::stream::Subscription;
+use crate::writer::{self, Submission};
 
 /// A handle to the registry. Cloning it is cheap; every clone sees the same agents.
 #[derive(Clone)]
@@ -33,6 +38,10 @@ struct Shared {
     events: broadcast::Sender<FleetEvent>,
     settings: Arc<Settings>,
     clock: Clock,
+    /// Where batches go to be written; none with the `memory` engine.
+    outbox: Option<mpsc::UnboundedSender<Submission>>,
+    /// Wakes the task that writes behind: something changed that no one waits for.
+    behind: Notify,
 }
 
 /// Owns the registry's scheduler task and stops it when dropped, so that no
@@ -40,6 +49,9 @@ struct Shared {
 pub struct RegistryGuard {
     registry: Registry,
     stop: CancellationToken,
+    /// Stops the writer once the last changes are handed to it.
+    stop_writer: CancellationToken,
+    writer: Option<JoinHandle<()>>,
 }
 
 impl RegistryGuard {
@@ -47,11 +59,25 @@ impl RegistryGuard {
     pub fn registry(&self) -> Registry {
         self.registry.clone()
     }
+
+    /// Stops the background tasks after writing every change not yet written
+    /// (heartbeat times, transitions), and closes the storage engine.
+    pub async fn close(mut self) {
+        self.stop.cancel();
+        if let Err(err) = self.registry.flush().await {
+            error!(%err, "the last changes could not be written");
+        }
+        self.stop_writer.cancel();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.await;
+        }
+    }
 }
 
 impl Drop for RegistryGuard {
     fn drop(&mut self) {
         self.stop.cancel();
+        self.stop_writer.cancel();
     }
 }
 
@@ -70,20 +96,63 @@ impl Registry {
         Self::start_with_clock(settings, Clock::new())
     }
 
-    /// Starts a registry whose timestamps come from `clock`.
+    /// Starts a registry whose timestamps come from `clock`, keeping nothing (the `memory` engine).
     pub fn start_with_clock(settings: Settings, clock: Clock) -> RegistryGuard {
-        let registry = Self::new(settings, clock);
+        let registry = Self::build(settings, clock, None);
         let stop = CancellationToken::new();
         tokio::spawn(run_scheduler(registry.clone(), stop.clone()));
-        RegistryGuard { registry, stop }
+        RegistryGuard {
+            registry,
+            stop,
+            stop_writer: CancellationToken::new(),
+            writer: None,
+        }
     }
 
-    /// A registry with no scheduler task: deadlines apply only when an operation
-    /// or [`tick`](Self::tick) runs. For benchmarks that drive ticks themselves.
+    /// Starts a registry kept in `storage`: loads what it holds (with the
+    /// restart's grace, see [`crate::storage`]) and writes every change to it.
+    pub fn start_with_storage(
+        settings: Settings,
+        clock: Clock,
+        mut storage: Box<dyn Storage>,
+    ) -> Result<RegistryGuard, StorageError> {
+        let snapshot = storage.load()?;
+        let (outbox, inbox) = mpsc::unbounded_channel();
+        let registry = Self::build(settings, clock, Some(outbox));
+        registry.lock().restore(snapshot, clock.now());
+        let stop = CancellationToken::new();
+        let stop_writer = CancellationToken::new();
+        tokio::spawn(run_scheduler(registry.clone(), stop.clone()));
+        tokio::spawn(run_write_behind(registry.clone(), stop.clone()));
+        let writer = tokio::spawn(writer::run_writer(
+            registry.clone(),
+            storage,
+            inbox,
+            stop_writer.clone(),
+        ));
+        Ok(RegistryGuard {
+            registry,
+            stop,
+            stop_writer,
+            writer: Some(writer),
+        })
+    }
+
+    /// A registry with no scheduler task and no storage: deadlines apply only
+    /// when an operation or [`tick`](Self::tick) runs. For benchmarks that
+    /// drive ticks themselves.
     pub fn new(settings: Settings, clock: Clock) -> Self {
+        Self::build(settings, clock, None)
+    }
+
+    fn build(
+        settings: Settings,
+        clock: Clock,
+        outbox: Option<mpsc::UnboundedSender<Submission>>,
+    ) -> Self {
         let settings = Arc::new(settings);
         let (events, _) = broadcast::channel(settings.fleet_queue.max(1));
-        let state = State::new(settings.clone(), clock, events.clone());
+        let state = State::new(settings.clone(), clock, events.clone(), outbox.is_some());
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
@@ -92,6 +161,8 @@ impl Registry {
                 events,
                 settings,
                 clock,
+                outbox,
+                behind: Notify::new(),
             }),
         }
     }
@@ -116,18 +187,122 @@ impl Registry {
     }
 
     /// Runs `operation` on the state after applying the deadlines due now, and
-    /// wakes the scheduler if the operation added an earlier deadline.
+    /// wakes the scheduler if the operation added an earlier deadline. What it
+    /// changed is written behind.
     fn with_state<R>(&self, operation: impl FnOnce(&mut State, Instant) -> R) -> R {
+        self.apply(false, operation)
+    }
+
+    /// Like [`with_state`](Self::with_state), for an operation a request
+    /// answers: its changes go to the writer at once, and a
+    /// [`durably`](Self::durably) around it waits until they are kept.
+    fn with_state_durable<R>(&self, operation: impl FnOnce(&mut State, Instant) -> R) -> R {
+        self.apply(true, operation)
+    }
+
+    fn apply<R>(&self, durable: bool, operation: impl FnOnce(&mut State, Instant) -> R) -> R {
         let mut state = self.lock();
         let now = self.shared.clock.now();
         state.advance(now);
         let result = operation(&mut state, now);
         let wake = state.take_wake();
+        let mut behind = false;
+        if let Some(outbox) = &self.shared.outbox
+            && state.has_changes()
+        {
+            if durable {
+                // Sent under the lock, so batches reach the writer in the order of the state.
+                let (submission, receipt) = Submission::awaited(state.take_changes());
+                // A writer that has stopped drops the submission, and the receipt says so.
+                let _ = outbox.send(submission);
+                writer::keep_receipt(receipt);
+            } else {
+                behind = true;
+            }
+        }
         drop(state);
         if wake {
             self.shared.wake_scheduler.notify_one();
         }
+        if behind {
+            self.shared.behind.notify_one();
+        }
         result
+    }
+
+    /// Runs `operation` and, with a storage engine, waits until every change it
+    /// made is kept: what a request answered 2xx must survive a crash right
+    /// after the answer. If storage fails, nothing of the operation is kept and
+    /// the answer is [`RegistryError::StorageUnavailable`].
+    ///
+    /// `operation` is synchronous: the changes it makes are found on this
+    /// thread while it runs.
+    pub async fn durably<T>(
+        &self,
+        operation: impl FnOnce(&Registry) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let (result, receipts) = writer::capture(|| operation(self));
+        writer::settled(receipts)
+            .await
+            .map_err(|err| RegistryError::StorageUnavailable(err.0))?;
+        result
+    }
+
+    /// Hands every change not written yet to the writer and waits until it,
+    /// and everything handed over before, is kept.
+    pub async fn flush(&self) -> Result<(), StorageError> {
+        let receipt = {
+            let mut state = self.lock();
+            match &self.shared.outbox {
+                // Even with nothing to add: batches are committed in order, so
+                // its receipt says that all before it are kept.
+                Some(outbox) => {
+                    let (submission, receipt) = Submission::awaited(state.take_changes());
+                    let _ = outbox.send(submission);
+                    Some(receipt)
+                }
+                None => None,
+            }
+        };
+        match receipt {
+            Some(receipt) => writer::settled(vec![receipt]).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Hands what changed to the writer without waiting: the write-behind task calls it.
+    fn write_behind(&self) {
+        let mut state = self.lock();
+        if let Some(outbox) = &self.shared.outbox
+            && state.has_changes()
+        {
+            let _ = outbox.send(Submission {
+                changes: state.take_changes(),
+                done: None,
+            });
+        }
+    }
+
+    /// After a failed write: runs `under_lock` (which takes the batches queued
+    /// behind it) and replaces the state with `snapshot`, keeping open streams.
+    pub(crate) fn reload<T>(
+        &self,
+        snapshot: Result<Snapshot, StorageError>,
+        under_lock: impl FnOnce() -> T,
+    ) -> T {
+        let mut state = self.lock();
+        let taken = under_lock();
+        match snapshot {
+            Ok(snapshot) => state.reload(snapshot, self.shared.clock.now()),
+            Err(err) => error!(
+                %err,
+                "storage could not be read again after a failed write: the state in memory \
+                 may hold changes storage does not"
+            ),
+        }
+        drop(state);
+        self.shared.wake_scheduler.notify_one();
+        taken
     }
 
     /// Applies every deadline due now. The scheduler task calls this; tests and
@@ -136,16 +311,33 @@ impl Registry {
         let mut state = self.lock();
         let handled = state.advance(self.shared.clock.now());
         state.take_wake();
-        Tick {
+        let behind = self.shared.outbox.is_some() && state.has_changes();
+        let tick = Tick {
             handled,
             next_due: state.next_due(),
+        };
+        drop(state);
+        if behind {
+            self.shared.behind.notify_one();
         }
+        tick
+    }
+
+    /// A named value kept in storage (with the `memory` engine, kept until the process ends).
+    pub fn meta(&self, key: &str) -> Option<Vec<u8>> {
+        self.lock().meta(key)
+    }
+
+    /// Sets a named value kept in storage; wrap it in [`durably`](Self::durably)
+    /// to wait until it is kept.
+    pub fn set_meta(&self, key: &str, value: Option<Vec<u8>>) {
+        self.with_state_durable(|state, _| state.set_meta(key, value));
     }
 
     /// Registers an agent, or resumes its identity if it is known. Returns its
     /// view and whether it resumed.
     pub fn register(&self, registration: Registration) -> (AgentView, bool) {
-        self.with_state(|state, now| state.register(registration, now))
+        self.with_state_durable(|state, now| state.register(registration, now))
     }
 
     /// Records a heartbeat: the agent is LIVE until `stale_after` from now.
@@ -170,12 +362,12 @@ impl Registry {
 
     /// Deletes an agent, ends its stream and drops its commands.
     pub fn delete_agent(&self, agent_id: &str) -> Result<(), RegistryError> {
-        self.with_state(|state, now| state.delete(agent_id, now))
+        self.with_state_durable(|state, now| state.delete(agent_id, now))
     }
 
     /// Deletes every DEAD agent; returns how many.
     pub fn delete_dead_agents(&self) -> usize {
-        self.with_state(|state, now| state.delete_dead(now))
+        self.with_state_durable(|state, now| state.delete_dead(now))
     }
 
     /// Sends a command to one agent, in any status.
@@ -184,7 +376,7 @@ impl Registry {
         agent_id: &str,
         request: CommandRequest,
     ) -> Result<CommandView, RegistryError> {
-        self.with_state(|state, now| state.send_to_agent(agent_id, request, now))
+        self.with_state_durable(|state, now| state.send_to_agent(agent_id, request, now))
     }
 
     /// Sends one command to each LIVE agent of `group`.
@@ -193,7 +385,7 @@ impl Registry {
         group: &str,
         request: CommandRequest,
     ) -> Result<Vec<CommandView>, RegistryError> {
-        self.with_state(|state, now| state.send_to_group(group, request, now))
+        self.with_state_durable(|state, now| state.send_to_group(group, request, now))
     }
 
     /// Sends one command to each LIVE agent.
@@ -201,7 +393,7 @@ impl Registry {
         &self,
         request: CommandRequest,
     ) -> Result<Vec<CommandView>, RegistryError> {
-        self.with_state(|state, now| state.send_to_fleet(request, now))
+        self.with_state_durable(|state, now| state.send_to_fleet(request, now))
     }
 
     /// The agent's retained commands, newest first.
@@ -221,7 +413,7 @@ impl Registry {
         command_id: &str,
         ack: Ack,
     ) -> Result<CommandView, RegistryError> {
-        self.with_state(|state, now| state.ack(agent_id, command_id, ack, now))
+        self.with_state_durable(|state, now| state.ack(agent_id, command_id, ack, now))
     }
 
     /// Opens the agent's stream, closing any it had open.
@@ -270,6 +462,22 @@ impl Registry {
     /// Counts for metrics.
     pub fn stats(&self) -> Stats {
         self.with_state(|state, _| state.stats())
+    }
+}
+
+/// Once something changed that no one waits for, waits [`WRITE_BEHIND`] and
+/// hands all that changed meanwhile to the writer; sleeps while nothing changes.
+async fn run_write_behind(registry: Registry, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = registry.shared.behind.notified() => {}
+            () = stop.cancelled() => return,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(WRITE_BEHIND) => {}
+            () = stop.cancelled() => return,
+        }
+        registry.write_behind();
     }
 }
 

@@ -7,6 +7,7 @@
 //! and `streams` hold the rules of commands and of streams.
 
 mod commands;
+mod persist;
 mod streams;
 
 use std::collections::BTreeMap;
@@ -67,12 +68,13 @@ impl Deadlines {
     }
 }
 
-/// Counts and logs every change of status, and tells the fleet's readers
-/// what changed.
+/// Counts and logs every change of status, tells the fleet's readers what
+/// changed, and marks what changed for storage.
 struct Journal {
     clock: Clock,
     stats: Stats,
     events: broadcast::Sender<FleetEvent>,
+    dirty: persist::Dirty,
 }
 
 impl Journal {
@@ -83,6 +85,7 @@ impl Journal {
         }
         agent.status = to;
         agent.status_changed_at = at;
+        self.dirty.agent(&agent.id);
         self.stats.agents[from.index()] -= 1;
         self.stats.agents[to.index()] += 1;
         self.stats.transitions[from.index()][to.index()] += 1;
@@ -120,6 +123,7 @@ impl Journal {
     }
 
     fn command_status(&mut self, command: &mut CommandEntry, to: CommandStatus) {
+        self.dirty.command(command.id);
         self.stats.commands[command.status.index()] -= 1;
         self.stats.commands[to.index()] += 1;
         command.status = to;
@@ -234,13 +238,17 @@ pub(crate) struct State {
     next_seq: u64,
     /// Set when every stream is being closed (shutdown): no stream opens or takes a command.
     closing: bool,
+    /// Named values kept in storage (the signing key, the brake).
+    meta: BTreeMap<String, Vec<u8>>,
 }
 
 impl State {
+    /// An empty state; with `recording`, every change is marked for storage.
     pub(crate) fn new(
         settings: Arc<Settings>,
         clock: Clock,
         events: broadcast::Sender<FleetEvent>,
+        recording: bool,
     ) -> Self {
         let command_types = settings
             .command_types
@@ -262,9 +270,11 @@ impl State {
                 clock,
                 stats: Stats::default(),
                 events,
+                dirty: persist::Dirty::new(recording),
             },
             next_seq: 0,
             closing: false,
+            meta: BTreeMap::new(),
         }
     }
 
@@ -324,6 +334,7 @@ impl State {
             return;
         }
         if let Some(command) = self.commands.remove(&id) {
+            self.journal.dirty.command(id);
             self.journal.stats.commands[command.status.index()] -= 1;
             if let Some(agent) = self.agents.get_mut(&command.agent_id) {
                 agent.commands.remove(&command.seq);
@@ -384,6 +395,7 @@ impl State {
             }
         };
         agent.last_heartbeat_at = now;
+        self.journal.dirty.agent(&agent_id);
         if let Some(old) = std::mem::replace(&mut agent.credential, credential) {
             self.credentials.remove(&old);
         }
@@ -403,6 +415,7 @@ impl State {
             .ok_or_else(|| unknown_agent(agent_id))?;
         self.journal.stats.heartbeats += 1;
         agent.last_heartbeat_at = now;
+        self.journal.dirty.heartbeat(&agent.id);
         self.journal.agent_status(agent, AgentStatus::Live, now);
         let stale_at = now + self.settings.stale_after;
         let due = Due::Agent(agent.id.clone());
@@ -475,6 +488,7 @@ impl State {
     }
 
     fn forget(&mut self, agent: AgentEntry, now: Instant) {
+        self.journal.dirty.agent(&agent.id);
         self.journal
             .agent_event(&agent, Some(agent.status), None, now);
         unindex(&mut self.groups, &agent.metadata.group, &agent.id);
@@ -490,6 +504,7 @@ impl State {
         }
         for id in agent.commands.values() {
             if let Some(command) = self.commands.remove(id) {
+                self.journal.dirty.command(*id);
                 self.deadlines.schedule.remove(command.deadline);
                 self.journal.stats.commands[command.status.index()] -= 1;
             }

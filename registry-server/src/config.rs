@@ -73,6 +73,8 @@ pub struct Config {
     pub sse: SseConfig,
     /// `[auth]`
     pub auth: AuthConfig,
+    /// `[storage]`
+    pub storage: StorageConfig,
 }
 
 /// `[server]`: where and how the server listens.
@@ -212,6 +214,43 @@ pub struct AuthConfig {
     pub allow_open: bool,
 }
 
+/// `[storage]`: where the registry keeps its state (SPEC 8).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Which engine keeps the state.
+    pub engine: StorageEngine,
+    /// The embedded engine's file, relative to the working directory.
+    pub path: PathBuf,
+    /// The Redis engine's server (section 9); it may hold a password, never printed.
+    pub redis_url: String,
+    /// What every Redis key and channel starts with.
+    pub redis_prefix: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            engine: StorageEngine::Embedded,
+            path: PathBuf::from("data/registry.redb"),
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            redis_prefix: "registry:".into(),
+        }
+    }
+}
+
+/// `storage.engine`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageEngine {
+    /// One file at `storage.path`: a restart loses nothing but recent heartbeat times.
+    Embedded,
+    /// Nothing on disk: a restart loses everything.
+    Memory,
+    /// Replicas on one Redis (section 9).
+    Redis,
+}
+
 /// A configuration that can't be used, with the key at fault.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -299,6 +338,7 @@ impl Config {
         self.validate_lifecycle()?;
         self.validate_commands()?;
         self.validate_sse()?;
+        self.validate_storage()?;
         Ok(())
     }
 
@@ -361,6 +401,15 @@ impl Config {
                 "commands.types",
                 format!("{bad:?} must be 1 to 64 characters from A-Z a-z 0-9 . _ - :"),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_storage(&self) -> Result<(), ConfigError> {
+        if self.storage.engine == StorageEngine::Embedded
+            && self.storage.path.as_os_str().is_empty()
+        {
+            return Err(ConfigError::key("storage.path", "must name a file"));
         }
         Ok(())
     }

@@ -66,9 +66,9 @@ impl ApiError {
                 | RegistryError::UnknownGroup(_)
                 | RegistryError::UnknownCommand { .. } => StatusCode::NOT_FOUND,
                 RegistryError::CommandExpired(_) => StatusCode::CONFLICT,
-                RegistryError::TooManyStreams { .. } | RegistryError::ShuttingDown => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                RegistryError::TooManyStreams { .. }
+                | RegistryError::ShuttingDown
+                | RegistryError::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -33,13 +33,14 @@ pub mod state;
 use std::future::Future;
 use std::io;
 
-use registry_core::Registry;
+use registry_core::{Clock, Registry, RegistryGuard, Settings, Storage};
+use registry_embedded::Embedded;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub use auth::Auth;
-pub use config::{Cli, Config, ConfigError};
+pub use config::{Cli, Config, ConfigError, StorageEngine};
 pub use error::ApiError;
 pub use state::AppState;
 
@@ -49,17 +50,71 @@ pub enum ServeError {
     /// The configuration can't be served as it is.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The storage can't be used: in use by another process, unreadable, or
+    /// not available. The message names the setting and the file.
+    #[error("{0}")]
+    Storage(String),
     /// The listener failed.
     #[error("serving failed: {0}")]
     Io(#[from] io::Error),
 }
 
+/// The engine `[storage]` asks for, opened: `None` for `memory`. Refuses,
+/// naming `storage.path` and the file, a file another process has open or
+/// one it can't read, and leaves such a file as it is.
+pub fn open_storage(config: &Config) -> Result<Option<Box<dyn Storage>>, ServeError> {
+    match config.storage.engine {
+        StorageEngine::Memory => Ok(None),
+        StorageEngine::Redis => Err(ServeError::Storage(
+            "storage.engine: \"redis\" is not available in this version; use \"embedded\" \
+             or \"memory\""
+                .into(),
+        )),
+        StorageEngine::Embedded => {
+            let engine = Embedded::open(&config.storage.path)
+                .map_err(|err| ServeError::Storage(format!("storage.path: {err}")))?;
+            info!(path = %engine.path().display(), "state kept in the embedded file");
+            Ok(Some(Box::new(engine)))
+        }
+    }
+}
+
+/// Starts the registry over `storage`, loading what it holds.
+fn start_registry(
+    settings: Settings,
+    storage: Option<Box<dyn Storage>>,
+    config: &Config,
+) -> Result<RegistryGuard, ServeError> {
+    match storage {
+        None => Ok(Registry::start(settings)),
+        Some(storage) => {
+            Registry::start_with_storage(settings, Clock::new(), storage).map_err(|err| {
+                ServeError::Storage(format!(
+                    "storage.path: {} can't be loaded, it was left untouched: {err}",
+                    config.storage.path.display()
+                ))
+            })
+        }
+    }
+}
+
 /// Serves the registry on `listener` until `shutdown` completes, then shuts
 /// down gracefully: `/readyz` turns 503, every stream ends, requests in flight
-/// finish, for at most `server.shutdown_grace`.
+/// finish, for at most `server.shutdown_grace`, and what is not written yet is.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let storage = open_storage(&config)?;
+    serve_with_storage(listener, config, storage, shutdown).await
+}
+
+/// Like [`serve`], over a storage engine already opened with [`open_storage`].
+pub async fn serve_with_storage(
+    listener: TcpListener,
+    config: Config,
+    storage: Option<Box<dyn Storage>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let local_addr = listener.local_addr()?;
@@ -74,7 +129,7 @@ pub async fn serve(
     );
     let settings = config.core_settings(limits);
     let grace = config.server.shutdown_grace;
-    let guard = Registry::start(settings);
+    let guard = start_registry(settings, storage, &config)?;
     let state = AppState::new(guard.registry(), config, auth);
     let app = routes::router(state.clone());
 
@@ -106,7 +161,7 @@ pub async fn serve(
     let metrics = state.metrics().connections().clone();
     connections::serve_connections(listener, app, settings, stopping, metrics).await;
     let _ = shutdown_task.await;
-    drop(guard);
+    guard.close().await;
     info!("stopped");
     Ok(())
 }

@@ -27,6 +27,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before the port: a second server on the same file is told so, whatever its port.
+    let storage = match registry_server::open_storage(&config) {
+        Ok(storage) => storage,
+        Err(err) => {
+            error!("{err}");
+            return ExitCode::from(2);
+        }
+    };
     let addr = match config.bind_addr() {
         Ok(addr) => addr,
         Err(err) => {
@@ -41,9 +49,12 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match registry_server::serve(listener, config, shutdown_signal()).await {
+    match registry_server::serve_with_storage(listener, config, storage, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err @ registry_server::ServeError::Config(_)) => {
+        Err(
+            err
+            @ (registry_server::ServeError::Config(_) | registry_server::ServeError::Storage(_)),
+        ) => {
             error!("{err}");
             ExitCode::from(2)
         }

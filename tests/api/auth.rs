@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use registry_server::{Config, ServeError};
-use registry_tests::TestServer;
+use registry_tests::{TestServer, memory_config};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -298,7 +298,7 @@ async fn registering_again_rotates_the_token_and_keeps_the_stream_open() {
 #[tokio::test]
 async fn an_open_server_refuses_to_start_on_a_non_loopback_address() {
     let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let result = registry_server::serve(listener, Config::default(), std::future::pending()).await;
+    let result = registry_server::serve(listener, memory_config(), std::future::pending()).await;
     match result {
         Err(ServeError::Config(err)) => {
             assert!(err.to_string().contains("auth.allow_open"), "{err}")
@@ -311,7 +311,7 @@ async fn an_open_server_refuses_to_start_on_a_non_loopback_address() {
 async fn allow_open_serves_an_open_server_on_a_non_loopback_address() {
     let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let mut config = Config::default();
+    let mut config = memory_config();
     config.auth.allow_open = true;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(registry_server::serve(listener, config, async {

@@ -27,6 +27,13 @@ pub use eventsource_stream::Event;
 /// How long a test waits for something that should happen at once.
 pub const PROMPTLY: Duration = Duration::from_secs(5);
 
+/// The built-in defaults, but kept in memory: tests never write `data/`.
+pub fn memory_config() -> Config {
+    let mut config = Config::default();
+    config.storage.engine = registry_server::StorageEngine::Memory;
+    config
+}
+
 /// A server running in this process on a real TCP socket.
 pub struct TestServer {
     /// `http://127.0.0.1:PORT`
@@ -49,7 +56,7 @@ impl TestServer {
             .await
             .expect("bind a free port");
         let addr = listener.local_addr().expect("local address");
-        let mut config = Config::default();
+        let mut config = memory_config();
         config.server.bind = addr.to_string();
         configure(&mut config);
         config.validate().expect("a valid test configuration");

@@ -138,6 +138,7 @@ impl State {
         };
         self.journal.stats.commands_created += 1;
         self.journal.stats.commands[CommandStatus::Pending.index()] += 1;
+        self.journal.dirty.command(id);
         if let Some(agent) = self.agents.get_mut(agent_id) {
             agent.commands.insert(seq, id);
             if !self.closing {

@@ -101,7 +101,10 @@ pub(super) async fn register(
         registration = registration.with_credential(credential);
         agent_token = Some(token);
     }
-    let (agent, resumed) = app.registry().register(registration);
+    let (agent, resumed) = app
+        .registry()
+        .durably(|registry| Ok(registry.register(registration)))
+        .await?;
     let config = app.config();
     let body = Registered {
         sse_endpoint: app.sse_endpoint(&headers, &agent.agent_id),
@@ -189,5 +192,9 @@ pub(super) async fn ack(
     }): ApiPath<CommandPath>,
     OptionalJson(ack): OptionalJson<Ack>,
 ) -> Result<Json<CommandView>, ApiError> {
-    Ok(Json(app.registry().ack(&agent_id, &command_id, ack)?))
+    let command = app
+        .registry()
+        .durably(|registry| registry.ack(&agent_id, &command_id, ack))
+        .await?;
+    Ok(Json(command))
 }

@@ -155,7 +155,9 @@ pub(super) async fn delete(
     State(app): State<AppState>,
     ApiPath(AgentPath { agent_id }): ApiPath<AgentPath>,
 ) -> Result<StatusCode, ApiError> {
-    app.registry().delete_agent(&agent_id)?;
+    app.registry()
+        .durably(|registry| registry.delete_agent(&agent_id))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -193,7 +195,10 @@ pub(super) async fn delete_dead(
             "confirm: a bulk delete needs confirm=true".into(),
         ));
     }
-    let deleted = app.registry().delete_dead_agents();
+    let deleted = app
+        .registry()
+        .durably(|registry| Ok(registry.delete_dead_agents()))
+        .await?;
     Ok(Json(Deleted { deleted }))
 }
 
@@ -234,7 +239,10 @@ pub(super) async fn send_to_agent(
     ApiPath(AgentPath { agent_id }): ApiPath<AgentPath>,
     ApiJson(request): ApiJson<CommandRequest>,
 ) -> Result<(StatusCode, Json<CommandView>), ApiError> {
-    let command = app.registry().send_to_agent(&agent_id, request)?;
+    let command = app
+        .registry()
+        .durably(|registry| registry.send_to_agent(&agent_id, request))
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(command)))
 }
 
@@ -265,7 +273,10 @@ pub(super) async fn send_to_group(
     ApiPath(GroupPath { group }): ApiPath<GroupPath>,
     ApiJson(request): ApiJson<CommandRequest>,
 ) -> Result<(StatusCode, Json<Targeted>), ApiError> {
-    let commands = app.registry().send_to_group(&group, request)?;
+    let commands = app
+        .registry()
+        .durably(|registry| registry.send_to_group(&group, request))
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(commands.into())))
 }
 
@@ -293,7 +304,10 @@ pub(super) async fn send_to_fleet(
     State(app): State<AppState>,
     ApiJson(request): ApiJson<CommandRequest>,
 ) -> Result<(StatusCode, Json<Targeted>), ApiError> {
-    let commands = app.registry().send_to_fleet(request)?;
+    let commands = app
+        .registry()
+        .durably(|registry| registry.send_to_fleet(request))
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(commands.into())))
 }
 

@@ -1,0 +1,295 @@
+//! The state's side of the storage seam: the marks the rules leave on what
+//! they change, the records built from them, and the state rebuilt from a
+//! snapshot with the restart's grace. No rule is decided here.
+
+use std::collections::BTreeMap;
+
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::{AgentEntry, CommandEntry, Due, HashMap, HashSet, State, index};
+use crate::agent::{AgentId, AgentStatus};
+use crate::clock::{Clock, Timestamp};
+use crate::command::{CommandId, CommandStatus};
+use crate::storage::{AgentRecord, Change, CommandRecord, Snapshot};
+
+/// What changed since the last batch was taken, by id: the records are built
+/// when the batch is taken, from the state as it is then.
+#[derive(Default)]
+pub(super) struct Dirty {
+    /// Off with the `memory` engine: nothing is marked, nothing is built.
+    recording: bool,
+    agents: HashSet<AgentId>,
+    /// Agents whose heartbeat time alone moved.
+    heartbeats: HashSet<AgentId>,
+    commands: HashSet<CommandId>,
+    meta: BTreeMap<String, Option<Vec<u8>>>,
+}
+
+impl Dirty {
+    pub(super) fn new(recording: bool) -> Self {
+        Self {
+            recording,
+            ..Self::default()
+        }
+    }
+
+    pub(super) fn agent(&mut self, id: &AgentId) {
+        if self.recording {
+            self.agents.insert(id.clone());
+        }
+    }
+
+    pub(super) fn heartbeat(&mut self, id: &AgentId) {
+        if self.recording {
+            self.heartbeats.insert(id.clone());
+        }
+    }
+
+    pub(super) fn command(&mut self, id: CommandId) {
+        if self.recording {
+            self.commands.insert(id);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+            && self.heartbeats.is_empty()
+            && self.commands.is_empty()
+            && self.meta.is_empty()
+    }
+}
+
+impl AgentEntry {
+    fn record(&self, clock: &Clock) -> AgentRecord {
+        AgentRecord {
+            agent_id: self.id.clone(),
+            metadata: self.metadata.clone(),
+            status: self.status,
+            registered_at: clock.timestamp(self.registered_at),
+            last_heartbeat_at: clock.timestamp(self.last_heartbeat_at),
+            status_changed_at: clock.timestamp(self.status_changed_at),
+            credential: self.credential,
+        }
+    }
+}
+
+impl CommandEntry {
+    fn record(&self, clock: &Clock) -> CommandRecord {
+        CommandRecord {
+            command_id: self.id,
+            seq: self.seq,
+            agent_id: self.agent_id.clone(),
+            kind: self.kind.clone(),
+            payload: self.payload.clone(),
+            status: self.status,
+            created_at: clock.timestamp(self.created_at),
+            expires_at: clock.timestamp(self.expires_at),
+            delivered_at: self.delivered_at.map(|at| clock.timestamp(at)),
+            acknowledged_at: self.acknowledged_at.map(|at| clock.timestamp(at)),
+            ack: self.ack.clone(),
+        }
+    }
+}
+
+impl State {
+    /// Whether anything changed since the last batch was taken.
+    pub(crate) fn has_changes(&self) -> bool {
+        !self.journal.dirty.is_empty()
+    }
+
+    /// The changes since the last batch, as records of the state now.
+    pub(crate) fn take_changes(&mut self) -> Vec<Change> {
+        let clock = self.journal.clock;
+        let dirty = &mut self.journal.dirty;
+        let mut changes = Vec::with_capacity(
+            dirty.agents.len() + dirty.heartbeats.len() + dirty.commands.len() + dirty.meta.len(),
+        );
+        for id in dirty.heartbeats.drain() {
+            if dirty.agents.contains(&id) {
+                continue;
+            }
+            if let Some(agent) = self.agents.get(&id) {
+                changes.push(Change::Heartbeat(
+                    id,
+                    clock.timestamp(agent.last_heartbeat_at),
+                ));
+            }
+        }
+        changes.extend(dirty.agents.drain().map(|id| match self.agents.get(&id) {
+            Some(agent) => Change::Agent(agent.record(&clock)),
+            None => Change::AgentRemoved(id),
+        }));
+        changes.extend(
+            dirty
+                .commands
+                .drain()
+                .map(|id| match self.commands.get(&id) {
+                    Some(command) => Change::Command(command.record(&clock)),
+                    None => Change::CommandRemoved(id),
+                }),
+        );
+        changes.extend(
+            std::mem::take(&mut dirty.meta)
+                .into_iter()
+                .map(|(key, value)| Change::Meta(key, value)),
+        );
+        changes
+    }
+
+    /// A named value kept in storage.
+    pub(crate) fn meta(&self, key: &str) -> Option<Vec<u8>> {
+        self.meta.get(key).cloned()
+    }
+
+    /// Sets (or, with `None`, removes) a named value kept in storage.
+    pub(crate) fn set_meta(&mut self, key: &str, value: Option<Vec<u8>>) {
+        match &value {
+            Some(value) => self.meta.insert(key.to_owned(), value.clone()),
+            None => self.meta.remove(key),
+        };
+        if self.journal.dirty.recording {
+            self.journal.dirty.meta.insert(key.to_owned(), value);
+        }
+    }
+
+    /// Fills an empty state from `snapshot`, as at a start at `now`: no
+    /// agent's deadline is earlier than `now + stale_after`, and a command
+    /// whose `expiresAt` passed meanwhile expires at its `expiresAt` on the
+    /// first pass of the schedule.
+    pub(crate) fn restore(&mut self, snapshot: Snapshot, now: Instant) {
+        let clock = self.journal.clock;
+        let grace_end = now + self.settings.stale_after;
+        let heartbeats: HashMap<AgentId, Timestamp> = snapshot.heartbeats.into_iter().collect();
+        for record in snapshot.agents {
+            let id = record.agent_id;
+            let last_heartbeat = heartbeats.get(&id).map_or(record.last_heartbeat_at, |at| {
+                (*at).max(record.last_heartbeat_at)
+            });
+            let last_heartbeat_at = clock.instant(last_heartbeat);
+            let status_changed_at = clock.instant(record.status_changed_at);
+            let own_deadline = match record.status {
+                AgentStatus::Live => Some(last_heartbeat_at + self.settings.stale_after),
+                AgentStatus::Stale => Some(status_changed_at + self.settings.dead_after),
+                AgentStatus::Dead => None,
+            };
+            let deadline = own_deadline.map(|own| {
+                self.deadlines
+                    .insert(own.max(grace_end), Due::Agent(id.clone()))
+            });
+            index(&mut self.groups, &record.metadata.group, &id);
+            if let Some(credential) = record.credential {
+                self.credentials.insert(credential, id.clone());
+            }
+            self.journal.stats.agents[record.status.index()] += 1;
+            self.agents.insert(
+                id.clone(),
+                AgentEntry {
+                    id,
+                    metadata: record.metadata,
+                    status: record.status,
+                    registered_at: clock.instant(record.registered_at),
+                    last_heartbeat_at,
+                    status_changed_at,
+                    deadline,
+                    stream: None,
+                    credential: record.credential,
+                    commands: BTreeMap::new(),
+                },
+            );
+        }
+        for record in snapshot.commands {
+            let Some(agent) = self.agents.get_mut(&record.agent_id) else {
+                // Its agent's removal was written and this was not: finish the job.
+                warn!(command_id = %record.command_id, "a stored command of no stored agent is dropped");
+                self.journal.dirty.command(record.command_id);
+                continue;
+            };
+            let expires_at = clock.instant(record.expires_at);
+            let acknowledged_at = record.acknowledged_at.map(|at| clock.instant(at));
+            // The same arithmetic as the rules: an open command is due at its
+            // expiry (passed or not), a final one when its retention ends.
+            let due_at = match (record.status, acknowledged_at) {
+                (CommandStatus::Acknowledged, Some(at)) => at + self.settings.command_retention,
+                (CommandStatus::Expired, _) | (CommandStatus::Acknowledged, None) => {
+                    expires_at + self.settings.command_retention
+                }
+                (CommandStatus::Pending | CommandStatus::Delivered, _) => expires_at,
+            };
+            let id = record.command_id;
+            let deadline = self.deadlines.insert(due_at, Due::Command(id));
+            agent.commands.insert(record.seq, id);
+            self.next_seq = self.next_seq.max(record.seq);
+            self.journal.stats.commands[record.status.index()] += 1;
+            self.commands.insert(
+                id,
+                CommandEntry {
+                    seq: record.seq,
+                    id,
+                    agent_id: agent.id.clone(),
+                    kind: self.command_kind(record.kind),
+                    payload: record.payload,
+                    status: record.status,
+                    created_at: clock.instant(record.created_at),
+                    expires_at,
+                    delivered_at: record.delivered_at.map(|at| clock.instant(at)),
+                    acknowledged_at,
+                    ack: record.ack,
+                    deadline,
+                },
+            );
+        }
+        self.meta = snapshot.meta;
+        debug!(
+            agents = self.agents.len(),
+            commands = self.commands.len(),
+            "state restored"
+        );
+    }
+
+    /// Replaces the state with `snapshot` after a write failed, as at a
+    /// restart at `now`, but keeping the open streams of the agents that are
+    /// still there and the counters.
+    pub(crate) fn reload(&mut self, snapshot: Snapshot, now: Instant) {
+        let mut fresh = State::new(
+            self.settings.clone(),
+            self.journal.clock,
+            self.journal.events.clone(),
+            true,
+        );
+        fresh.restore(snapshot, now);
+        for (id, agent) in &mut self.agents {
+            let Some(stream) = agent.stream.take() else {
+                continue;
+            };
+            match fresh.agents.get_mut(id) {
+                Some(kept) => {
+                    kept.stream = Some(stream);
+                    fresh.journal.stats.open_streams += 1;
+                }
+                None => stream.closer.cancel(),
+            }
+        }
+        let stats = &self.journal.stats;
+        let counters = &mut fresh.journal.stats;
+        counters.transitions = stats.transitions;
+        counters.heartbeats = stats.heartbeats;
+        counters.registrations = stats.registrations;
+        counters.commands_created = stats.commands_created;
+        counters.slow_streams_closed = stats.slow_streams_closed;
+        fresh.next_seq = fresh.next_seq.max(self.next_seq);
+        fresh.closing = self.closing;
+        fresh.deadlines.wake = true;
+        *self = fresh;
+    }
+
+    /// The configured type a stored command names, shared with new commands;
+    /// a type no longer configured is kept as stored.
+    fn command_kind(&self, kind: std::sync::Arc<str>) -> std::sync::Arc<str> {
+        self.command_types
+            .iter()
+            .find(|known| ***known == *kind)
+            .cloned()
+            .unwrap_or(kind)
+    }
+}

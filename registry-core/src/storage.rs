@@ -1,0 +1,208 @@
+//! The storage seam: what the registry keeps across restarts, as facts, and
+//! the small [`Storage`] trait an engine implements to keep them.
+//!
+//! # Design
+//!
+//! The registry's rules (lifecycle, commands, targeting, caps, tokens) live in
+//! one place, `state`, and run on the state held in memory under the
+//! registry's lock, as they did before there was any storage. Storage never
+//! decides anything; it remembers.
+//!
+//! - **Facts, not timers.** What is kept is what happened: an agent's
+//!   status, `registeredAt`, `lastHeartbeatAt`, `statusChangedAt`, metadata
+//!   and token digest ([`AgentRecord`]); a command's status, timestamps and
+//!   result ([`CommandRecord`]); a few named values ([`Change::Meta`]: the
+//!   format, the signing key, the brake). Every deadline follows from the facts
+//!   and the settings (LIVE: `lastHeartbeatAt + stale_after`; STALE:
+//!   `statusChangedAt + dead_after`; an open command: `expiresAt`; a final one:
+//!   the moment it became final + `retention`), so a restart loads the facts
+//!   and schedules the deadlines again. Timestamps are stored as wall-clock
+//!   time; [`Clock::instant`](crate::Clock::instant) maps them back onto
+//!   tokio's clock.
+//! - **Every operation says what it changed.** The rules mark the agents,
+//!   commands and meta values they touch. After the operation, still under the
+//!   lock, the marks become [`Change`]s built from the state as it now is
+//!   (an entity that is gone becomes a removal), so the order of batches is
+//!   the order of operations.
+//! - **Group commit.** One writer task takes every batch waiting for it and
+//!   writes them in one transaction ([`Storage::commit`]), then answers each.
+//!   A fleet command to 19,000 agents is one batch and one write; a hundred
+//!   concurrent registrations share a few writes.
+//! - **What waits, and what is written behind.** An operation a request
+//!   answers 2xx (registration, a command, an ack, a delete) waits for its
+//!   batch to be committed before the answer is sent
+//!   ([`Registry::durably`](crate::Registry::durably)). A heartbeat only marks
+//!   the agent's heartbeat time (a small [`Change::Heartbeat`], not the whole
+//!   record) and answers at once; deadlines that fire, deliveries and
+//!   heartbeats are written behind, at most [`WRITE_BEHIND`] later.
+//! - **A write that fails keeps nothing.** The requests of that transaction
+//!   and of every batch queued behind it (built on the state it would have
+//!   left) are refused, and the state is loaded again from storage, as at a
+//!   restart but keeping the open streams. Only then are the refusals answered,
+//!   so no one reads a change that was refused.
+//! - **A restart never shows a healthy fleet as failed.** Each agent's next
+//!   deadline is the later of its own and start + `stale_after`. A command
+//!   whose `expiresAt` passed while the server was down is EXPIRED at its
+//!   `expiresAt`, retained from then. Streams don't survive: every agent is
+//!   `connected: false` until it opens a new one.
+//!
+//! # Alternatives weighed
+//!
+//! - **The store as the only state, every rule a read-modify-write against
+//!   it.** Exact and replica-ready, but every rule written again as storage
+//!   access, each heartbeat a disk write, and each listing a scan of the
+//!   store. The time box and the heartbeat target (at least 0.9x of `memory`)
+//!   rule it out for the embedded engine.
+//! - **An append-only log of operations replayed at start** (Mercure's Bolt
+//!   file, Kafka-like). Replays the rules, so they would have to be pure
+//!   functions of the log, and the log grows until compacted; a snapshot of
+//!   facts stays as large as what is retained.
+//! - **Snapshots of the whole state at intervals.** Cheap to write code for,
+//!   but a 2xx answered between two snapshots is lost on a crash, and a
+//!   snapshot of a million commands is a long write.
+//! - **Write-through of every change, heartbeats included.** What Kubernetes
+//!   learned not to do (KEP-0009): the heartbeat time is kept in a table of its
+//!   own, written behind, like a lease.
+//!
+//! # How the Redis engine keeps the same rules
+//!
+//! With replicas no process's memory is the truth, so the Redis engine cannot
+//! keep the whole state in one process's memory. The facts it keeps are these
+//! same records (the same serde forms, one hash or string per agent and per
+//! command, the heartbeat times in a hash of their own) and the deadlines are
+//! a sorted set of `(due, entity)` derived from them by the same arithmetic as
+//! above. The rules that today run under the lock become functions of a
+//! record, `now` and the settings (a heartbeat: status LIVE, `lastHeartbeatAt`
+//! = now; a due deadline: the transition the record's status calls for), run
+//! by any replica and written back with a per-entity compare-and-set (a
+//! version in the record checked by a Lua script, or `WATCH`/`MULTI`), so
+//! that two replicas applying the same deadline change it once. The seam here
+//! already separates those two halves: the rules produce records
+//! ([`Change`]), the engine stores them. The grace after a restart becomes the
+//! grace after Redis is back: deadlines are the later of their own and the
+//! moment the registry was served again.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::agent::{AgentId, AgentMetadata, AgentStatus, Credential};
+use crate::clock::Timestamp;
+use crate::command::{Ack, CommandId, CommandStatus};
+
+/// The most a change written behind waits before it is committed: heartbeat
+/// times, deadlines that fired, deliveries. SPEC 8 allows a second.
+pub const WRITE_BEHIND: Duration = Duration::from_millis(500);
+
+/// The format of the stored records; an engine refuses a store written in
+/// another one. Raise it whenever a record's meaning changes.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// An engine that keeps the registry's facts.
+///
+/// Both methods block (an engine may do file or network I/O); the registry
+/// calls them off its async workers, one at a time.
+pub trait Storage: Send + 'static {
+    /// Everything stored, read once at start and again after a failed write.
+    fn load(&mut self) -> Result<Snapshot, StorageError>;
+
+    /// Writes `changes`, in order, as one atomic transaction: all of them or
+    /// none. A later change to the same entity wins over an earlier one.
+    fn commit(&mut self, changes: &[Change]) -> Result<(), StorageError>;
+}
+
+/// Everything an engine holds, as [`Storage::load`] returns it.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Every agent, in any status.
+    pub agents: Vec<AgentRecord>,
+    /// Heartbeat times written after the agent's record was; the later of
+    /// the two is the agent's `lastHeartbeatAt`.
+    pub heartbeats: Vec<(AgentId, Timestamp)>,
+    /// Every retained command.
+    pub commands: Vec<CommandRecord>,
+    /// Named values: the signing key, the brake, and such.
+    pub meta: BTreeMap<String, Vec<u8>>,
+}
+
+/// One fact that changed, as an engine writes it.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// An agent, created or changed.
+    Agent(AgentRecord),
+    /// An agent deleted; its heartbeat time goes with it.
+    AgentRemoved(AgentId),
+    /// Only an agent's heartbeat time moved (written behind).
+    Heartbeat(AgentId, Timestamp),
+    /// A command, created or changed.
+    Command(CommandRecord),
+    /// A command dropped (its retention ended, or its agent was deleted).
+    CommandRemoved(CommandId),
+    /// A named value set, or removed (`None`).
+    Meta(String, Option<Vec<u8>>),
+}
+
+/// What is kept of an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRecord {
+    /// Its id.
+    pub agent_id: AgentId,
+    /// What it declared at its last registration.
+    pub metadata: AgentMetadata,
+    /// Its status when the record was written.
+    pub status: AgentStatus,
+    /// Its first registration.
+    pub registered_at: Timestamp,
+    /// Its last heartbeat or registration, as of this record.
+    pub last_heartbeat_at: Timestamp,
+    /// When its status last changed.
+    pub status_changed_at: Timestamp,
+    /// The digest of its current token, if it has one.
+    pub credential: Option<Credential>,
+}
+
+/// What is kept of a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandRecord {
+    /// Its id.
+    pub command_id: CommandId,
+    /// Orders the agent's commands (newest first in listings).
+    pub seq: u64,
+    /// The agent it is for.
+    pub agent_id: AgentId,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub kind: Arc<str>,
+    /// What the operator sent.
+    pub payload: Arc<Value>,
+    /// Its status when the record was written.
+    pub status: CommandStatus,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it expires unless acknowledged (and, once EXPIRED, when it did).
+    pub expires_at: Timestamp,
+    /// When it was written to the agent's stream.
+    pub delivered_at: Option<Timestamp>,
+    /// When the agent acknowledged it.
+    pub acknowledged_at: Option<Timestamp>,
+    /// The agent's acknowledgement.
+    pub ack: Option<Ack>,
+}
+
+/// A storage engine failed: the request that needed it is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StorageError(pub String);
+
+impl StorageError {
+    /// An error described by `message`.
+    pub fn new(message: impl fmt::Display) -> Self {
+        Self(message.to_string())
+    }
+}

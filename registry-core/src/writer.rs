@@ -1,0 +1,207 @@
+//! The writer task: group commit of the batches operations leave, in the
+//! order they left them, one transaction for all that waited together; and
+//! the reload of the state from storage when a transaction fails.
+
+use std::cell::RefCell;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use crate::registry::Registry;
+use crate::storage::{Change, Snapshot, Storage, StorageError};
+
+/// What a waiting operation learns of its batch.
+pub(crate) type Receipt = oneshot::Receiver<Result<(), StorageError>>;
+
+/// One operation's changes, and whom to tell when they are kept.
+pub(crate) struct Submission {
+    pub(crate) changes: Vec<Change>,
+    pub(crate) done: Option<oneshot::Sender<Result<(), StorageError>>>,
+}
+
+impl Submission {
+    /// A batch and the receipt its operation waits on.
+    pub(crate) fn awaited(changes: Vec<Change>) -> (Self, Receipt) {
+        let (done, receipt) = oneshot::channel();
+        (
+            Self {
+                changes,
+                done: Some(done),
+            },
+            receipt,
+        )
+    }
+
+    fn answer(self, result: Result<(), StorageError>) {
+        if let Some(done) = self.done {
+            // An operation that no longer waits is fine: it was answered otherwise.
+            let _ = done.send(result);
+        }
+    }
+}
+
+thread_local! {
+    /// The receipts of the operations run inside [`capture`] on this thread.
+    static CAPTURED: RefCell<Option<Vec<Receipt>>> = const { RefCell::new(None) };
+}
+
+/// Runs `operation` (synchronous, so it stays on this thread) and returns its
+/// result with the receipts of the batches it submitted.
+pub(crate) fn capture<T>(operation: impl FnOnce() -> T) -> (T, Vec<Receipt>) {
+    let outer = CAPTURED.with(|captured| captured.borrow_mut().replace(Vec::new()));
+    let result = operation();
+    let receipts = CAPTURED.with(|captured| {
+        let mut captured = captured.borrow_mut();
+        let receipts = captured.take().unwrap_or_default();
+        *captured = outer;
+        receipts
+    });
+    (result, receipts)
+}
+
+/// Hands `receipt` to the [`capture`] running on this thread, if any; an
+/// operation run outside one does not wait for its batch.
+pub(crate) fn keep_receipt(receipt: Receipt) {
+    CAPTURED.with(|captured| {
+        if let Some(receipts) = captured.borrow_mut().as_mut() {
+            receipts.push(receipt);
+        }
+    });
+}
+
+/// Waits for every receipt: the first failure, if any.
+pub(crate) async fn settled(receipts: Vec<Receipt>) -> Result<(), StorageError> {
+    for receipt in receipts {
+        receipt
+            .await
+            .map_err(|_| StorageError::new("the storage writer has stopped"))??;
+    }
+    Ok(())
+}
+
+/// Commits batches as they come, every batch that waited in one transaction,
+/// until `stop`; then commits what is still queued and returns, closing the
+/// engine.
+pub(crate) async fn run_writer(
+    registry: Registry,
+    storage: Box<dyn Storage>,
+    mut inbox: mpsc::UnboundedReceiver<Submission>,
+    stop: CancellationToken,
+) {
+    let mut storage = Some(storage);
+    loop {
+        let first = tokio::select! {
+            biased;
+            submission = inbox.recv() => match submission {
+                Some(submission) => submission,
+                None => break,
+            },
+            () = stop.cancelled() => match inbox.try_recv() {
+                Ok(submission) => submission,
+                Err(_) => break,
+            },
+        };
+        let mut group = vec![first];
+        while let Ok(submission) = inbox.try_recv() {
+            group.push(submission);
+        }
+        if !commit_group(&registry, &mut storage, group, &mut inbox).await {
+            break;
+        }
+    }
+    // Whatever still waits is refused rather than left hanging.
+    inbox.close();
+    while let Ok(submission) = inbox.try_recv() {
+        submission.answer(Err(StorageError::new("the storage writer has stopped")));
+    }
+}
+
+/// Commits one group and answers it; after a failure, reloads the state.
+/// Returns false when the engine is lost (its blocking task panicked).
+async fn commit_group(
+    registry: &Registry,
+    storage: &mut Option<Box<dyn Storage>>,
+    mut group: Vec<Submission>,
+    inbox: &mut mpsc::UnboundedReceiver<Submission>,
+) -> bool {
+    let changes: Vec<Change> = group
+        .iter_mut()
+        .flat_map(|submission| std::mem::take(&mut submission.changes))
+        .collect();
+    if changes.is_empty() {
+        for submission in group {
+            submission.answer(Ok(()));
+        }
+        return true;
+    }
+    let Some(mut engine) = storage.take() else {
+        return false;
+    };
+    let committed = tokio::task::spawn_blocking(move || {
+        let result = engine.commit(&changes);
+        (engine, result)
+    })
+    .await;
+    let (engine, result) = match committed {
+        Ok(done) => done,
+        Err(err) => {
+            error!(%err, "the storage engine failed while writing; nothing more can be kept");
+            for submission in group {
+                submission.answer(Err(StorageError::new("the storage engine failed")));
+            }
+            return false;
+        }
+    };
+    let Err(err) = result else {
+        *storage = Some(engine);
+        for submission in group {
+            submission.answer(Ok(()));
+        }
+        return true;
+    };
+    error!(%err, "a storage write failed: its requests are refused and the state is read again from storage");
+    let loaded = tokio::task::spawn_blocking(move || {
+        let mut engine = engine;
+        let snapshot = engine.load();
+        (engine, snapshot)
+    })
+    .await;
+    let Ok((engine, snapshot)) = loaded else {
+        error!("the storage engine failed while reading; nothing more can be kept");
+        for submission in group {
+            submission.answer(Err(err.clone()));
+        }
+        return false;
+    };
+    *storage = Some(engine);
+    let queued = roll_back(registry, snapshot, inbox);
+    for submission in group.into_iter().chain(queued) {
+        submission.answer(Err(err.clone()));
+    }
+    true
+}
+
+/// Under the registry's lock: refuses every batch queued behind the failed
+/// one (each was built on the state it would have left) and reloads the
+/// state from `snapshot`. Returns the refused batches, answered by the caller
+/// once the state no longer shows them.
+fn roll_back(
+    registry: &Registry,
+    snapshot: Result<Snapshot, StorageError>,
+    inbox: &mut mpsc::UnboundedReceiver<Submission>,
+) -> Vec<Submission> {
+    registry.reload(snapshot, || {
+        let mut queued = Vec::new();
+        while let Ok(submission) = inbox.try_recv() {
+            queued.push(submission);
+        }
+        if !queued.is_empty() {
+            warn!(
+                batches = queued.len(),
+                "batches queued behind a failed write are refused"
+            );
+        }
+        queued
+    })
+}

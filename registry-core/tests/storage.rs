@@ -1,0 +1,332 @@
+//! The storage seam's rules on the paused clock: what a restart keeps, the
+//! grace after it, commands that expired while the server was down and their
+//! retention, heartbeats written behind, group commit, and a failed write
+//! keeping nothing of the request. The engine is a map in memory that outlives
+//! the registry, as a file outlives a process.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use registry_core::storage::{Change, Snapshot, WRITE_BEHIND};
+use registry_core::{
+    Ack, AckResult, AgentStatus, CommandRequest, CommandStatus, Credential, Registry,
+    RegistryError, RegistryGuard, Settings, Storage, StorageError,
+};
+
+/// What the test engine holds, shared by every registry started on it.
+#[derive(Default)]
+struct Stored {
+    agents: BTreeMap<String, registry_core::storage::AgentRecord>,
+    heartbeats: BTreeMap<String, registry_core::Timestamp>,
+    commands: BTreeMap<u128, registry_core::storage::CommandRecord>,
+    meta: BTreeMap<String, Vec<u8>>,
+    commits: usize,
+    failing: bool,
+}
+
+/// A storage engine over a shared map; `failing` makes every commit fail.
+/// It carries the clock too, whose wall time goes on across restarts as the
+/// system's does.
+#[derive(Clone)]
+struct MapStorage(Arc<Mutex<Stored>>, registry_core::Clock);
+
+impl Default for MapStorage {
+    fn default() -> Self {
+        Self(Arc::default(), test_clock())
+    }
+}
+
+impl MapStorage {
+    fn with<R>(&self, read: impl FnOnce(&mut Stored) -> R) -> R {
+        read(&mut self.0.lock().unwrap())
+    }
+}
+
+impl Storage for MapStorage {
+    fn load(&mut self) -> Result<Snapshot, StorageError> {
+        Ok(self.with(|stored| Snapshot {
+            agents: stored.agents.values().cloned().collect(),
+            heartbeats: stored
+                .heartbeats
+                .iter()
+                .map(|(id, at)| (registry_core::AgentId::parse(id).unwrap(), *at))
+                .collect(),
+            commands: stored.commands.values().cloned().collect(),
+            meta: stored.meta.clone(),
+        }))
+    }
+
+    fn commit(&mut self, changes: &[Change]) -> Result<(), StorageError> {
+        self.with(|stored| {
+            if stored.failing {
+                return Err(StorageError::new("the disk is full"));
+            }
+            stored.commits += 1;
+            for change in changes {
+                match change.clone() {
+                    Change::Agent(record) => {
+                        stored.heartbeats.remove(record.agent_id.as_str());
+                        stored.agents.insert(record.agent_id.to_string(), record);
+                    }
+                    Change::AgentRemoved(id) => {
+                        stored.agents.remove(id.as_str());
+                        stored.heartbeats.remove(id.as_str());
+                    }
+                    Change::Heartbeat(id, at) => {
+                        stored.heartbeats.insert(id.to_string(), at);
+                    }
+                    Change::Command(record) => {
+                        stored.commands.insert(record.command_id.as_u128(), record);
+                    }
+                    Change::CommandRemoved(id) => {
+                        stored.commands.remove(&id.as_u128());
+                    }
+                    Change::Meta(key, Some(value)) => {
+                        stored.meta.insert(key, value);
+                    }
+                    Change::Meta(key, None) => {
+                        stored.meta.remove(&key);
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+fn settings() -> Settings {
+    Settings::default()
+}
+
+fn start_on(storage: &MapStorage) -> (RegistryGuard, Registry) {
+    let guard =
+        Registry::start_with_storage(settings(), storage.1, Box::new(storage.clone())).unwrap();
+    let registry = guard.registry();
+    (guard, registry)
+}
+
+fn request(kind: &str) -> CommandRequest {
+    CommandRequest {
+        kind: kind.into(),
+        payload: Some(serde_json::json!({"routeId": "route-1"})),
+    }
+}
+
+async fn register(registry: &Registry, agent_id: &str) {
+    registry
+        .durably(|registry| Ok(registry.register(registration(agent_id, "orders"))))
+        .await
+        .unwrap();
+}
+
+/// A crash: the tasks stop, nothing not yet written is written.
+async fn crash(guard: RegistryGuard) {
+    drop(guard);
+    yield_a_few_times().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_keeps_agents_tokens_and_acknowledged_commands() {
+    let storage = MapStorage::default();
+    let (guard, registry) = start_on(&storage);
+    let credential = Credential([7; 32]);
+    registry
+        .durably(|registry| {
+            Ok(registry.register(registration("a-1", "orders").with_credential(credential)))
+        })
+        .await
+        .unwrap();
+    let command = registry
+        .durably(|registry| registry.send_to_agent("a-1", request("deep-trace")))
+        .await
+        .unwrap();
+    let ack = Ack {
+        result: Some(AckResult::Failure),
+        message: Some("no such route".into()),
+    };
+    let id = command.command_id.to_string();
+    registry
+        .durably(|registry| registry.ack("a-1", &id, ack))
+        .await
+        .unwrap();
+    let before = registry.agent("a-1").unwrap();
+    crash(guard).await;
+
+    let (_guard, registry) = start_on(&storage);
+    assert_eq!(registry.agent("a-1").unwrap(), before);
+    assert_eq!(
+        registry.agent_with(&credential).map(|id| id.to_string()),
+        Some("a-1".to_owned())
+    );
+    let kept = registry.command("a-1", &id).unwrap();
+    assert_eq!(kept.status, CommandStatus::Acknowledged);
+    assert_eq!(kept.result, Some(AckResult::Failure));
+    assert_eq!(kept.message.as_deref(), Some("no such route"));
+    assert_eq!(kept.created_at, command.created_at);
+    assert_eq!(*kept.payload, serde_json::json!({"routeId": "route-1"}));
+    assert!(!registry.agent("a-1").unwrap().connected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_agent_goes_stale_earlier_than_stale_after_from_the_restart() {
+    let storage = MapStorage::default();
+    let (guard, registry) = start_on(&storage);
+    register(&registry, "a-1").await;
+    advance_ms(80_000).await;
+    crash(guard).await;
+    // Down for a minute: the agent's own deadline (90 s) passed meanwhile.
+    advance_ms(60_000).await;
+
+    let (_guard, registry) = start_on(&storage);
+    let restart = 140_000;
+    advance_ms(89_999).await;
+    yield_a_few_times().await;
+    assert_eq!(registry.agent("a-1").unwrap().status, AgentStatus::Live);
+    advance_ms(1).await;
+    yield_a_few_times().await;
+    let agent = registry.agent("a-1").unwrap();
+    assert_eq!(agent.status, AgentStatus::Stale);
+    assert_eq!(agent.status_changed_at.unix_millis(), at(restart + 90_000));
+    assert_eq!(agent.last_heartbeat_at.unix_millis(), at(0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_agent_dies_no_earlier_than_the_grace_either() {
+    let storage = MapStorage::default();
+    let (guard, registry) = start_on(&storage);
+    register(&registry, "a-1").await;
+    advance_ms(90_000).await;
+    yield_a_few_times().await;
+    assert_eq!(registry.agent("a-1").unwrap().status, AgentStatus::Stale);
+    advance_ms(WRITE_BEHIND.as_millis() as u64).await;
+    yield_a_few_times().await;
+    registry.flush().await.unwrap();
+    crash(guard).await;
+    advance_ms(600_000).await;
+
+    let (_guard, registry) = start_on(&storage);
+    assert_eq!(registry.agent("a-1").unwrap().status, AgentStatus::Stale);
+    advance_ms(90_000).await;
+    yield_a_few_times().await;
+    let agent = registry.agent("a-1").unwrap();
+    assert_eq!(agent.status, AgentStatus::Dead);
+    assert_eq!(agent.status_changed_at.unix_millis(), at(690_500 + 90_000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_command_that_expired_while_down_is_expired_at_its_expiry_and_retained_from_then() {
+    let storage = MapStorage::default();
+    let (guard, registry) = start_on(&storage);
+    register(&registry, "a-1").await;
+    let command = registry
+        .durably(|registry| registry.send_to_agent("a-1", request("replay")))
+        .await
+        .unwrap();
+    let id = command.command_id.to_string();
+    crash(guard).await;
+    advance_ms(120_000).await;
+
+    let (_guard, registry) = start_on(&storage);
+    assert_eq!(
+        registry.command("a-1", &id).unwrap().status,
+        CommandStatus::Expired
+    );
+    assert_eq!(
+        registry
+            .durably(|registry| registry.ack("a-1", &id, Ack::default()))
+            .await,
+        Err(RegistryError::CommandExpired(command.command_id))
+    );
+    // Expired at 60 s, retained 10 min from then: readable until 660 s.
+    advance_ms(660_000 - 120_000 - 1).await;
+    assert!(registry.command("a-1", &id).is_ok());
+    advance_ms(1).await;
+    assert!(registry.command("a-1", &id).is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_are_written_behind_within_a_second() {
+    let storage = MapStorage::default();
+    let (guard, registry) = start_on(&storage);
+    register(&registry, "a-1").await;
+    advance_ms(30_000).await;
+    registry.heartbeat("a-1").unwrap();
+    assert!(
+        storage.with(|stored| stored.heartbeats.is_empty()),
+        "a heartbeat is answered before it is written"
+    );
+    advance_ms(WRITE_BEHIND.as_millis() as u64).await;
+    yield_a_few_times().await;
+    registry.flush().await.unwrap();
+    crash(guard).await;
+
+    let (_guard, registry) = start_on(&storage);
+    assert_eq!(
+        registry
+            .agent("a-1")
+            .unwrap()
+            .last_heartbeat_at
+            .unix_millis(),
+        at(30_000)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_command_is_one_write() {
+    let storage = MapStorage::default();
+    let (_guard, registry) = start_on(&storage);
+    for n in 0..200 {
+        register(&registry, &format!("a-{n}")).await;
+    }
+    let before = storage.with(|stored| stored.commits);
+    let commands = registry
+        .durably(|registry| registry.send_to_fleet(request("config-update")))
+        .await
+        .unwrap();
+    assert_eq!(commands.len(), 200);
+    assert_eq!(storage.with(|stored| stored.commits), before + 1);
+    assert_eq!(storage.with(|stored| stored.commands.len()), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_that_fails_keeps_nothing_of_the_request() {
+    let storage = MapStorage::default();
+    let (_guard, registry) = start_on(&storage);
+    register(&registry, "a-1").await;
+    storage.with(|stored| stored.failing = true);
+
+    let refused = registry
+        .durably(|registry| registry.send_to_agent("a-1", request("replay")))
+        .await;
+    assert!(matches!(refused, Err(RegistryError::StorageUnavailable(_))));
+    assert_eq!(registry.commands_of("a-1").unwrap(), []);
+    let refused = registry
+        .durably(|registry| Ok(registry.register(registration("a-2", "orders"))))
+        .await;
+    assert!(matches!(refused, Err(RegistryError::StorageUnavailable(_))));
+    assert!(registry.agent("a-2").is_err());
+    assert_eq!(registry.stats().agents_in(AgentStatus::Live), 1);
+
+    storage.with(|stored| stored.failing = false);
+    register(&registry, "a-2").await;
+    assert!(registry.agent("a-2").is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn named_values_survive_a_restart() {
+    let storage = MapStorage::default();
+    let (guard, registry) = start_on(&storage);
+    registry
+        .durably(|registry| {
+            registry.set_meta("signing-key", Some(b"secret".to_vec()));
+            Ok(())
+        })
+        .await
+        .unwrap();
+    crash(guard).await;
+    let (_guard, registry) = start_on(&storage);
+    assert_eq!(registry.meta("signing-key"), Some(b"secret".to_vec()));
+}
