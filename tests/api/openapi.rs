@@ -181,6 +181,11 @@ async fn every_documented_operation_is_routed() {
             .await
             .expect("a response");
         let status = response.status();
+        if path == "/api/v1/events" {
+            // The fleet stream has no id to make unknown: it answers with a stream.
+            assert_eq!(status, StatusCode::OK, "{method} {path}");
+            continue;
+        }
         let body = response.text().await.unwrap_or_default();
         assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
         assert!(
