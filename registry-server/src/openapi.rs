@@ -74,6 +74,8 @@ pub const AGENT_TOKEN: &str = "agentToken";
             their stream, acknowledgements."),
         (name = "operator", description = "What operators call (SPEC 3.2 and `/metrics`)."),
         (name = "probes", description = "Liveness, readiness and this document: open, no token."),
+        (name = "page", description = "The web page and its assets, embedded in the server: open, \
+            no token (the page asks for an operator token and sends it itself)."),
     )
 )]
 pub struct ApiDoc;

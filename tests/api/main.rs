@@ -9,6 +9,7 @@ mod hardening;
 mod lifecycle;
 mod limits;
 mod openapi;
+mod page;
 mod probes;
 mod smoke;
 mod streams;

@@ -158,8 +158,8 @@ async fn every_route_of_spec_section_3_is_listed_with_its_methods() {
         .collect();
     assert_eq!(
         extra,
-        [DOCUMENT],
-        "only the document itself is added to SPEC 3"
+        ["/", "/api/v1/openapi.json", "/assets/app.js", "/assets/style.css"],
+        "only the document itself and the web page (SPEC 11) are added to SPEC 3"
     );
 }
 
@@ -290,7 +290,9 @@ async fn security_and_command_types_follow_the_configuration() {
     }
     for (path, method, operation) in operations(&document) {
         let role = match (path.as_str(), method.as_str()) {
-            ("/livez" | "/readyz" | DOCUMENT, _) => None,
+            ("/livez" | "/readyz" | DOCUMENT | "/" | "/assets/app.js" | "/assets/style.css", _) => {
+                None
+            }
             ("/api/v1/agents/register", _) => Some("enrollmentToken"),
             (
                 "/api/v1/agents/{agent_id}/heartbeat"

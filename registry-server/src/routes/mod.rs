@@ -9,6 +9,7 @@ mod agents;
 mod events;
 mod fleet;
 mod operators;
+mod page;
 mod probes;
 
 use axum::Router;
@@ -59,8 +60,8 @@ struct GroupPath {
 }
 
 /// The whole HTTP API over `state`. Each role's routes sit behind the check of
-/// that role's token when tokens are configured; the probes and the OpenAPI
-/// document are open.
+/// that role's token when tokens are configured; the probes, the OpenAPI
+/// document and the web page are open.
 pub fn router(state: AppState) -> Router {
     let max_body_bytes = state.config().server.max_body_bytes;
     let mut enrollment = OpenApiRouter::new().routes(routes!(agents::register));
@@ -103,6 +104,9 @@ pub fn router(state: AppState) -> Router {
     let (router, api_doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(probes::livez))
         .routes(routes!(probes::readyz))
+        .routes(routes!(page::index))
+        .routes(routes!(page::script))
+        .routes(routes!(page::style))
         .routes(document_route.with_state(document.clone()))
         .merge(api)
         .split_for_parts();
