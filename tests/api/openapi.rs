@@ -158,7 +158,12 @@ async fn every_route_of_spec_section_3_is_listed_with_its_methods() {
         .collect();
     assert_eq!(
         extra,
-        ["/", "/api/v1/openapi.json", "/assets/app.js", "/assets/style.css"],
+        [
+            "/",
+            "/api/v1/openapi.json",
+            "/assets/app.js",
+            "/assets/style.css"
+        ],
         "only the document itself and the web page (SPEC 11) are added to SPEC 3"
     );
 }

@@ -54,7 +54,10 @@ async fn the_page_loads_its_own_script_and_style_sheet() {
         "{html}"
     );
     let script = server.get("/assets/app.js").await.text().await.unwrap();
-    assert!(script.contains("/api/v1/events"), "the script follows the fleet stream");
+    assert!(
+        script.contains("/api/v1/events"),
+        "the script follows the fleet stream"
+    );
     assert_eq!(
         server.get("/assets/nothing.js").await.status(),
         StatusCode::NOT_FOUND
