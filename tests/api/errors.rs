@@ -380,8 +380,11 @@ async fn a_wrong_or_missing_content_type_is_415() {
 #[tokio::test]
 async fn an_unknown_path_is_a_404_problem() {
     let server = TestServer::start().await;
+    // `/` is the web page (SPEC 11); what is beside it is not.
     for path in [
-        "/",
+        "/index.html",
+        "/assets",
+        "/assets/app.css",
         "/nope",
         "/api",
         "/api/v1",
