@@ -14,7 +14,8 @@ const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 /**
  * Starts `target/<profile>/registry-server` (REGISTRY_SERVER overrides the path)
  * on 127.0.0.1:0 in an empty working directory, with `env` added to the
- * environment (REGISTRY_<SECTION>__<KEY> settings); resolves once it logs
+ * environment (REGISTRY_<SECTION>__<KEY> settings; storage in memory unless
+ * `env` says otherwise); resolves once it logs
  * where it listens.
  */
 export async function startServer(env = {}, profile = 'debug') {
@@ -22,7 +23,10 @@ export async function startServer(env = {}, profile = 'debug') {
   const workdir = mkdtempSync(join(tmpdir(), 'registry-browser-'));
   const child = spawn(binary, ['--bind', '127.0.0.1:0'], {
     cwd: workdir,
-    env: { ...process.env, NO_COLOR: '1', RUST_LOG: 'warn,registry_server=info', ...env },
+    env: {
+      ...process.env, NO_COLOR: '1', RUST_LOG: 'warn,registry_server=info',
+      REGISTRY_STORAGE__ENGINE: 'memory', ...env,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let log = '';
