@@ -61,6 +61,7 @@ pub struct Cli {
 
 /// Every setting, by section, as in `config/registry.toml`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// `[server]`
@@ -79,6 +80,7 @@ pub struct Config {
 
 /// `[server]`: where and how the server listens.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// The address to listen on.
@@ -126,6 +128,7 @@ impl Default for ServerConfig {
 
 /// `[lifecycle]`: when agents go STALE and DEAD.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct LifecycleConfig {
     /// Advertised to agents at registration.
@@ -151,6 +154,7 @@ impl Default for LifecycleConfig {
 
 /// `[commands]`: expiry, retention and the allowed types.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct CommandsConfig {
     /// A command not acknowledged this long after creation expires.
@@ -176,6 +180,7 @@ impl Default for CommandsConfig {
 
 /// `[sse]`: the agents' streams.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct SseConfig {
     /// A comment is sent when nothing else was for this long.
@@ -200,6 +205,7 @@ impl Default for SseConfig {
 
 /// `[auth]`: bearer tokens by role.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Tokens that may call the operator routes and `/metrics`.
@@ -216,6 +222,7 @@ pub struct AuthConfig {
 
 /// `[storage]`: where the registry keeps its state (SPEC 8).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Which engine keeps the state.
@@ -241,6 +248,7 @@ impl Default for StorageConfig {
 
 /// `storage.engine`.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(rename_all = "lowercase")]
 pub enum StorageEngine {
     /// One file at `storage.path`: a restart loses nothing but recent heartbeat times.
@@ -591,6 +599,8 @@ fn default_max_streams(max_connections: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn load(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -607,9 +617,31 @@ mod tests {
         )
     }
 
+    /// Every `section.key` of a table of sections.
+    fn keys(table: &toml::Table) -> BTreeSet<String> {
+        table
+            .iter()
+            .flat_map(|(section, keys)| {
+                let keys = keys.as_table().expect("a [section]");
+                keys.keys().map(move |key| format!("{section}.{key}"))
+            })
+            .collect()
+    }
+
     #[test]
     fn the_shipped_file_holds_exactly_the_built_in_defaults() {
         assert_eq!(load(&[]).unwrap(), Config::default());
+        // A key missing from the file would fall back to its default above:
+        // every key of the defaults must be written in the file too.
+        let shipped = include_str!("../../config/registry.toml");
+        let shipped: toml::Table = toml::from_str(shipped).expect("the shipped file is TOML");
+        let defaults = toml::Table::try_from(Config::default()).expect("the defaults as TOML");
+        let shipped = keys(&shipped);
+        let missing: Vec<_> = keys(&defaults).difference(&shipped).cloned().collect();
+        assert!(
+            missing.is_empty(),
+            "missing from config/registry.toml: {missing:?}"
+        );
     }
 
     #[test]

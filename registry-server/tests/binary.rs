@@ -42,8 +42,18 @@ fn it_logs_the_address_it_listens_on_and_answers_livez_and_readyz() {
     let (process, addr) = Process::serve(WorkDir::new(), &[], &[]);
     assert!(addr.ip().is_loopback(), "{addr}");
     assert_ne!(addr.port(), 0, "the real port, not 0");
-    assert_eq!(http(addr, "GET", "/livez", None).0, 200);
-    assert_eq!(http(addr, "GET", "/readyz", None).0, 200);
+    assert_eq!(
+        request(addr, "GET", "/livez", None)
+            .expect("an answer")
+            .status,
+        200
+    );
+    assert_eq!(
+        request(addr, "GET", "/readyz", None)
+            .expect("an answer")
+            .status,
+        200
+    );
     process.terminate();
 }
 

@@ -6,58 +6,65 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::{PROMPTLY, Process, WorkDir};
+use registry_testkit::{Head, KeepAlive, open_stream, read_head, read_until};
 
 /// Registers `count` agents `agent-N` over one connection.
 fn register_many(addr: SocketAddr, count: usize) {
-    let mut client = KeepAlive::connect(addr);
+    let mut client = KeepAlive::connect(addr).expect("connect");
     for n in 0..count {
         let body = format!(r#"{{"agentId": "agent-{n}", "name": "svc", "group": "grp"}}"#);
-        let (status, text) = client.request("POST", "/api/v1/agents/register", Some(&body));
-        assert_eq!(status, 201, "{text}");
+        let answer = client
+            .request("POST", "/api/v1/agents/register", Some(&body))
+            .expect("an answer");
+        assert_eq!(answer.status, 201, "{}", answer.body);
     }
 }
 
 /// Sends the request for `agent_id`'s stream and waits at most `within` for its
-/// head: the connection, and whether the head came.
+/// head: the connection, and the head if it came.
 fn try_open_stream(
     addr: SocketAddr,
     agent_id: &str,
     within: Duration,
-) -> (TcpStream, Option<String>) {
-    let mut tcp = TcpStream::connect(addr).expect("connect");
+) -> (TcpStream, Option<Head>) {
+    let mut tcp = open_stream(addr, agent_id).expect("connect");
     tcp.set_read_timeout(Some(within)).expect("a read timeout");
-    tcp.write_all(
-        format!("GET /api/v1/agents/{agent_id}/events HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes(),
-    )
-    .expect("write");
-    let mut head = [0_u8; 1024];
-    let head = match tcp.read(&mut head) {
-        Ok(n) if n > 0 => Some(String::from_utf8_lossy(&head[..n]).into_owned()),
-        _ => None,
-    };
+    let head = read_head(&mut tcp).ok();
+    tcp.set_read_timeout(Some(PROMPTLY))
+        .expect("a read timeout");
     (tcp, head)
 }
 
-/// Reads from `stream` until `needle` appears.
-fn read_until(stream: &mut TcpStream, needle: &str) {
-    stream
-        .set_read_timeout(Some(PROMPTLY))
-        .expect("a read timeout");
-    let mut seen = Vec::new();
-    let mut buffer = [0_u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains(needle) {
-        let n = stream.read(&mut buffer).expect("more of the stream");
-        assert!(n > 0, "the stream ended before {needle:?}");
-        seen.extend_from_slice(&buffer[..n]);
-    }
+/// Asserts that `operator` heartbeats `agent-0` and pushes a command of `kind`
+/// to `agent-N`, which its open `stream` receives.
+fn heartbeat_and_push(operator: &mut KeepAlive, n: usize, kind: &str, stream: &mut TcpStream) {
+    let heartbeat = operator
+        .request("POST", "/api/v1/agents/agent-0/heartbeat", None)
+        .expect("an answer");
+    assert_eq!(heartbeat.status, 204);
+    let command = format!(r#"{{"type": "{kind}"}}"#);
+    let pushed = operator
+        .request(
+            "POST",
+            &format!("/api/v1/agents/agent-{n}/commands"),
+            Some(&command),
+        )
+        .expect("an answer");
+    assert_eq!(pushed.status, 202);
+    assert!(
+        pushed.body.contains(r#""status":"DELIVERED""#),
+        "{}",
+        pushed.body
+    );
+    read_until(stream, &format!("event: {kind}")).expect("the command");
 }
 
 #[test]
@@ -75,29 +82,24 @@ fn past_max_streams_from_the_open_file_limit_a_stream_is_503_while_heartbeats_an
     let mut streams: Vec<TcpStream> = (0..132)
         .map(|n| {
             let (tcp, head) = try_open_stream(addr, &format!("agent-{n}"), PROMPTLY);
-            let head = head.expect("a head");
-            assert!(head.starts_with("HTTP/1.1 200"), "stream {n}: {head}");
+            assert_eq!(head.expect("a head").status, 200, "stream {n}");
             tcp
         })
         .collect();
 
     let (_, refused) = try_open_stream(addr, "agent-132", PROMPTLY);
     let refused = refused.expect("an answer");
-    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
-    assert!(refused.to_lowercase().contains("retry-after:"), "{refused}");
-    assert!(refused.contains("application/problem+json"), "{refused}");
-
-    let mut operator = KeepAlive::connect(addr);
-    let (status, _) = operator.request("POST", "/api/v1/agents/agent-0/heartbeat", None);
-    assert_eq!(status, 204);
-    let (status, command) = operator.request(
-        "POST",
-        "/api/v1/agents/agent-1/commands",
-        Some(r#"{"type": "replay"}"#),
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(refused.header("retry-after").is_some(), "{refused:?}");
+    assert!(
+        refused
+            .header("content-type")
+            .is_some_and(|value| value.starts_with("application/problem+json")),
+        "{refused:?}"
     );
-    assert_eq!(status, 202);
-    assert!(command.contains(r#""status":"DELIVERED""#), "{command}");
-    read_until(&mut streams[1], "event: replay");
+
+    let mut operator = KeepAlive::connect(addr).expect("connect");
+    heartbeat_and_push(&mut operator, 1, "replay", &mut streams[1]);
     process.terminate();
 }
 
@@ -115,7 +117,7 @@ fn at_the_open_file_limit_it_keeps_serving_and_resumes_accepting_when_descriptor
     );
     register_many(addr, 250);
     // Opened before the limit is reached, and kept.
-    let mut operator = KeepAlive::connect(addr);
+    let mut operator = KeepAlive::connect(addr).expect("connect");
     let mut streams = Vec::new();
     let waiting = loop {
         let n = streams.len();
@@ -123,7 +125,7 @@ fn at_the_open_file_limit_it_keeps_serving_and_resumes_accepting_when_descriptor
         let (tcp, head) = try_open_stream(addr, &format!("agent-{n}"), Duration::from_millis(500));
         match head {
             Some(head) => {
-                assert!(head.starts_with("HTTP/1.1 200"), "stream {n}: {head}");
+                assert_eq!(head.status, 200, "stream {n}");
                 streams.push(tcp);
             }
             // Accepted by the kernel, not by the server: it is out of descriptors.
@@ -133,20 +135,12 @@ fn at_the_open_file_limit_it_keeps_serving_and_resumes_accepting_when_descriptor
     process.wait_for_line("cannot accept connections");
 
     // What is open keeps working.
-    let (status, _) = operator.request("POST", "/api/v1/agents/agent-0/heartbeat", None);
-    assert_eq!(status, 204);
-    let (status, _) = operator.request(
-        "POST",
-        "/api/v1/agents/agent-0/commands",
-        Some(r#"{"type": "deep-trace"}"#),
-    );
-    assert_eq!(status, 202);
-    read_until(&mut streams[0], "event: deep-trace");
+    heartbeat_and_push(&mut operator, 0, "deep-trace", &mut streams[0]);
 
     // Freeing descriptors lets the waiting connection in.
     streams.truncate(streams.len() - 10);
     let mut waiting = waiting;
-    read_until(&mut waiting, "HTTP/1.1 200");
+    assert_eq!(read_head(&mut waiting).expect("a head").status, 200);
     process.terminate();
 }
 
@@ -158,7 +152,7 @@ fn sigterm_with_a_thousand_streams_open_and_commands_flowing_exits_within_the_gr
     let streams: Vec<TcpStream> = (0..STREAMS)
         .map(|n| {
             let (tcp, head) = try_open_stream(addr, &format!("agent-{n}"), PROMPTLY);
-            assert!(head.is_some_and(|head| head.starts_with("HTTP/1.1 200")));
+            assert_eq!(head.map(|head| head.status), Some(200), "stream {n}");
             tcp
         })
         .collect();
@@ -167,15 +161,17 @@ fn sigterm_with_a_thousand_streams_open_and_commands_flowing_exits_within_the_gr
     let pusher = {
         let pushing = pushing.clone();
         thread::spawn(move || {
-            let mut operator = KeepAlive::connect(addr);
+            let Ok(mut operator) = KeepAlive::connect(addr) else {
+                return 0;
+            };
             let mut pushed = 0;
             while pushing.load(Ordering::Relaxed) {
-                let (status, _) = operator.request(
+                let pushed_one = operator.request(
                     "POST",
                     "/api/v1/agents/commands",
                     Some(r#"{"type": "replay"}"#),
                 );
-                if status != 202 {
+                if pushed_one.map_or(true, |answer| answer.status != 202) {
                     break;
                 }
                 pushed += 1;
@@ -185,7 +181,7 @@ fn sigterm_with_a_thousand_streams_open_and_commands_flowing_exits_within_the_gr
     };
     // Let a few fleet commands go out before the signal.
     let mut first = streams[0].try_clone().expect("a clone");
-    read_until(&mut first, "event: replay");
+    read_until(&mut first, "event: replay").expect("a fleet command");
 
     let started = Instant::now();
     process.signal("TERM");

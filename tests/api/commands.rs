@@ -3,9 +3,9 @@
 //! commands by status in `/metrics`.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use registry_tests::{TestServer, assert_problem, eventually};
+use registry_tests::{TestServer, assert_problem, eventually, now_millis, unix_millis};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
@@ -27,57 +27,6 @@ const VIEW_FIELDS: [&str; 11] = [
     "result",
     "message",
 ];
-
-/// Milliseconds since the Unix epoch of an RFC 3339 UTC timestamp with
-/// millisecond precision, `2026-03-11T18:10:15.123Z`; panics on anything else.
-fn millis(value: &Value) -> i64 {
-    let text = value
-        .as_str()
-        .unwrap_or_else(|| panic!("a timestamp string, got {value}"));
-    let bytes = text.as_bytes();
-    let well_formed = bytes.len() == 24
-        && bytes[4] == b'-'
-        && bytes[7] == b'-'
-        && bytes[10] == b'T'
-        && bytes[13] == b':'
-        && bytes[16] == b':'
-        && bytes[19] == b'.'
-        && bytes[23] == b'Z';
-    assert!(well_formed, "not YYYY-MM-DDTHH:MM:SS.mmmZ: {text:?}");
-    let number = |from: usize, to: usize| -> i64 {
-        text[from..to]
-            .parse()
-            .unwrap_or_else(|_| panic!("not a number at {from}..{to} of {text:?}"))
-    };
-    let (year, month, day) = (number(0, 4), number(5, 7), number(8, 10));
-    let (hour, minute, second, milli) = (
-        number(11, 13),
-        number(14, 16),
-        number(17, 19),
-        number(20, 23),
-    );
-    assert!(
-        (1..=12).contains(&month) && (1..=31).contains(&day),
-        "{text:?}"
-    );
-    assert!(hour < 24 && minute < 60 && second < 60, "{text:?}");
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + milli
-}
-
-fn now_millis() -> i64 {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after the epoch");
-    i64::try_from(since.as_millis()).expect("a sane clock")
-}
 
 /// Whether `text` is a UUID written 8-4-4-4-12 in hex.
 fn is_uuid(text: &str) -> bool {
@@ -207,14 +156,14 @@ async fn a_command_answers_202_with_every_field_of_the_command_view() {
     for field in ["deliveredAt", "acknowledgedAt", "result", "message"] {
         assert_eq!(command[field], Value::Null, "{field}");
     }
-    let created = millis(&command["createdAt"]);
+    let created = unix_millis(&command["createdAt"]);
     assert!(
         (before - 1000..=now_millis() + 1000).contains(&created),
         "createdAt {} is not now",
         command["createdAt"]
     );
     assert_eq!(
-        millis(&command["expiresAt"]) - created,
+        unix_millis(&command["expiresAt"]) - created,
         60_000,
         "expiresAt = createdAt + the default expiry of 60 s"
     );
@@ -226,7 +175,7 @@ async fn expires_at_is_created_at_plus_the_configured_expiry() {
     register(&server, "exp-at-1", "g").await;
     let command = send(&server, "exp-at-1", "replay", json!({})).await;
     assert_eq!(
-        millis(&command["expiresAt"]) - millis(&command["createdAt"]),
+        unix_millis(&command["expiresAt"]) - unix_millis(&command["createdAt"]),
         1_500
     );
 }
@@ -273,8 +222,8 @@ async fn a_command_is_pending_without_a_stream_and_delivered_with_one() {
     let mut stream = server.open_stream("dlv-1").await;
     let delivered = send(&server, "dlv-1", "replay", json!({})).await;
     assert_eq!(delivered["status"], "DELIVERED");
-    let delivered_at = millis(&delivered["deliveredAt"]);
-    assert!(delivered_at >= millis(&delivered["createdAt"]));
+    let delivered_at = unix_millis(&delivered["deliveredAt"]);
+    assert!(delivered_at >= unix_millis(&delivered["createdAt"]));
     assert_eq!(
         stream.next_event().await.expect("an event").id,
         id_of(&delivered)
@@ -620,7 +569,7 @@ async fn an_ack_answers_200_acknowledged_with_success_by_default() {
     assert_eq!(acked["status"], "ACKNOWLEDGED");
     assert_eq!(acked["result"], "SUCCESS");
     assert_eq!(acked["message"], Value::Null);
-    assert!(millis(&acked["acknowledgedAt"]) >= millis(&acked["createdAt"]));
+    assert!(unix_millis(&acked["acknowledgedAt"]) >= unix_millis(&acked["createdAt"]));
     let (_, stored) = get_command(&server, "ack-1", &id).await;
     assert_eq!(stored, acked);
 }

@@ -5,18 +5,18 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use registry_tests::{PROMPTLY, TestServer, eventually};
+use registry_testkit::Head;
+use registry_tests::{PROMPTLY, TestServer, eventually, exchange};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The status code of a raw HTTP answer, `0` if there was none.
+/// The status code of a raw HTTP answer, `0` if there was no whole head.
 fn status_of(answer: &str) -> u16 {
-    answer
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0)
+    Head::parse(answer.as_bytes())
+        .ok()
+        .flatten()
+        .map_or(0, |head| head.status)
 }
 
 async fn assert_still_serving(server: &TestServer) {
@@ -259,16 +259,8 @@ async fn a_kept_alive_connection_outlives_the_request_timeout_between_requests()
     .await;
     let mut tcp = server.connect().await;
     let request = b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n";
-    let mut answer = vec![0; 1024];
-    tcp.write_all(request).await.unwrap();
-    let read = tcp.read(&mut answer).await.unwrap();
-    assert_eq!(status_of(&String::from_utf8_lossy(&answer[..read])), 200);
+    assert_eq!(exchange(&mut tcp, request).await.status, 200);
     // Idle for longer than the request timeout, as an agent between heartbeats.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    tcp.write_all(request).await.unwrap();
-    let read = tokio::time::timeout(PROMPTLY, tcp.read(&mut answer))
-        .await
-        .expect("an answer")
-        .unwrap();
-    assert_eq!(status_of(&String::from_utf8_lossy(&answer[..read])), 200);
+    assert_eq!(exchange(&mut tcp, request).await.status, 200);
 }

@@ -1,8 +1,8 @@
 //! SPEC 2 over HTTP: LIVE -> STALE -> DEAD on the server's deadlines, revival by heartbeat or registration, and transitions counted in /metrics.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use registry_tests::{TestServer, eventually};
+use registry_tests::{TestServer, eventually, now_millis, unix_millis};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -40,74 +40,13 @@ async fn view(server: &TestServer, agent_id: &str) -> Value {
     server.agent(agent_id).await.expect("a registered agent")
 }
 
-/// Milliseconds since the Unix epoch of an RFC 3339 UTC timestamp `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-fn unix_millis(value: &Value) -> i64 {
-    let text = value.as_str().expect("a timestamp string");
-    let number = |range: std::ops::Range<usize>| -> i64 {
-        text.get(range)
-            .and_then(|digits| digits.parse().ok())
-            .unwrap_or_else(|| panic!("{text:?} is not YYYY-MM-DDTHH:MM:SS.mmmZ"))
-    };
-    assert!(
-        text.len() == 24
-            && &text[4..5] == "-"
-            && &text[7..8] == "-"
-            && &text[10..11] == "T"
-            && &text[13..14] == ":"
-            && &text[16..17] == ":"
-            && &text[19..20] == "."
-            && text.ends_with('Z'),
-        "{text:?} is not YYYY-MM-DDTHH:MM:SS.mmmZ"
-    );
-    let (year, month, day) = (number(0..4), number(5..7), number(8..10));
-    let (hour, minute, second, milli) = (
-        number(11..13),
-        number(14..16),
-        number(17..19),
-        number(20..23),
-    );
-    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let year_of_era = y - era * 400;
-    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = era * 146_097 + day_of_era - 719_468;
-    ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1_000 + milli
-}
-
-/// The client's wall clock, in milliseconds since the Unix epoch.
-fn now_millis() -> i64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    i64::try_from(since.as_millis()).unwrap()
-}
-
-/// The value of the sample `series` (name and labels, as printed) in `/metrics`.
-async fn metric(server: &TestServer, series: &str) -> f64 {
-    let response = server.get("/metrics").await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let text = response.text().await.unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {series} in /metrics:\n{text}"))
-}
-
 /// The `registry_transitions_total` sample from `from` to `to`.
 async fn transitions(server: &TestServer, from: &str, to: &str) -> f64 {
-    metric(
-        server,
-        &format!("registry_transitions_total{{from=\"{from}\",to=\"{to}\"}}"),
-    )
-    .await
-}
-
-#[test]
-fn unix_millis_reads_rfc3339_millisecond_timestamps() {
-    let at = |text: &str| unix_millis(&Value::from(text));
-    assert_eq!(at("1970-01-01T00:00:00.000Z"), 0);
-    assert_eq!(at("2026-03-11T18:10:15.123Z"), 1_773_252_615_123);
-    assert_eq!(at("2000-03-01T00:00:00.001Z"), 951_868_800_001);
+    server
+        .metric(&format!(
+            "registry_transitions_total{{from=\"{from}\",to=\"{to}\"}}"
+        ))
+        .await
 }
 
 #[tokio::test]
@@ -380,12 +319,6 @@ async fn transitions_are_counted_in_metrics() {
     assert_eq!(transitions(&server, "STALE", "LIVE").await, 1.0);
     assert_eq!(transitions(&server, "STALE", "DEAD").await, 1.0);
     assert_eq!(transitions(&server, "DEAD", "LIVE").await, 1.0);
-    assert_eq!(
-        metric(&server, "registry_agents{status=\"LIVE\"}").await,
-        1.0
-    );
-    assert_eq!(
-        metric(&server, "registry_agents{status=\"DEAD\"}").await,
-        0.0
-    );
+    assert_eq!(server.metric("registry_agents{status=\"LIVE\"}").await, 1.0);
+    assert_eq!(server.metric("registry_agents{status=\"DEAD\"}").await, 0.0);
 }

@@ -6,11 +6,14 @@
 //!
 //! - [`TestServer`]: starts `registry_server::serve` on port 0 and stops it.
 //! - [`EventStream`]: one agent's open SSE stream, read event by event or raw.
+//! - [`exchange`]: one raw request on an open connection, its answer parsed.
 //! - [`eventually`]: polls a condition until it holds or a deadline passes.
+//! - [`unix_millis`] and [`now_millis`]: the API's timestamps and the test's
+//!   wall clock, in milliseconds, to compare them.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
@@ -23,6 +26,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use eventsource_stream::Event;
+pub use registry_testkit::Answer;
 
 /// How long a test waits for something that should happen at once.
 pub const PROMPTLY: Duration = Duration::from_secs(5);
@@ -180,16 +184,11 @@ impl TestServer {
     /// The value of one series of `/metrics`, named with its labels exactly as
     /// printed (`registry_agents{status="LIVE"}`).
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .get("/metrics")
-            .await
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|value| value.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no series {series} in /metrics"))
+        let response = self.get("/metrics").await;
+        assert_eq!(response.status(), StatusCode::OK, "/metrics");
+        let text = response.text().await.expect("metrics text");
+        registry_testkit::metric_value(&text, series)
+            .unwrap_or_else(|| panic!("no series {series} in /metrics:\n{text}"))
     }
 
     /// Opens a TCP connection to the server, for what an HTTP client won't send.
@@ -323,6 +322,28 @@ impl RawStream {
     }
 }
 
+/// Sends `request` on `tcp` and reads one answer whose body has a
+/// `Content-Length`, leaving the connection open for the next. An interim
+/// `100 Continue` would be the answer read.
+pub async fn exchange(tcp: &mut tokio::net::TcpStream, request: &[u8]) -> Answer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(request).await.expect("write");
+    let mut bytes = Vec::new();
+    let mut buffer = [0_u8; 4096];
+    let read = tokio::time::timeout(PROMPTLY, async {
+        loop {
+            if let Some((answer, _)) = Answer::parse(&bytes).expect("an HTTP answer") {
+                return answer;
+            }
+            let n = tcp.read(&mut buffer).await.expect("read");
+            assert!(n > 0, "closed before the answer was complete: {bytes:?}");
+            bytes.extend_from_slice(&buffer[..n]);
+        }
+    })
+    .await;
+    read.unwrap_or_else(|_| panic!("no answer within {PROMPTLY:?}"))
+}
+
 /// Asserts that `response` is an RFC 9457 problem (`application/problem+json`,
 /// `type` about:blank, the status's `title`, `status`, a `detail`) answering
 /// `status`; returns the problem.
@@ -368,4 +389,30 @@ where
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Milliseconds since the Unix epoch of a timestamp as the API writes it:
+/// RFC 3339 in UTC with milliseconds, `2026-03-11T18:10:15.123Z`; panics on
+/// anything else.
+pub fn unix_millis(value: &Value) -> i64 {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("a timestamp string, got {value}"));
+    // humantime takes any number of fractional digits; the API writes three.
+    assert!(
+        text.len() == 24 && text.as_bytes()[19] == b'.',
+        "not YYYY-MM-DDTHH:MM:SS.mmmZ: {text:?}"
+    );
+    let at = humantime::parse_rfc3339(text)
+        .unwrap_or_else(|err| panic!("not an RFC 3339 UTC timestamp ({err}): {text:?}"));
+    let since = at.duration_since(UNIX_EPOCH).expect("after the epoch");
+    i64::try_from(since.as_millis()).expect("a sane timestamp")
+}
+
+/// The test's wall clock, in milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after the epoch");
+    i64::try_from(since.as_millis()).expect("a sane clock")
 }

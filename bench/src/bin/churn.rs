@@ -3,13 +3,13 @@
 //! register-command-delete cycles, then what a reader that stops reading costs.
 //! `bench/churn.sh` builds and starts the server and runs this.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use registry_bench::memory;
+use registry_testkit::{Answer, open_stream, read_until};
 
 #[derive(Parser)]
 #[command(about = "Churn streams and agents on a running registry and report memory and leftovers")]
@@ -100,8 +100,8 @@ fn streams_churn(args: &Args, cycles: usize, prefix: &str) {
         for agent in &agents {
             scope.spawn(move || {
                 for _ in 0..cycles / args.workers {
-                    let mut stream = open_stream(args.server, agent);
-                    read_until(&mut stream, ": open");
+                    let mut stream = open_stream(args.server, agent).expect("connect");
+                    read_until(&mut stream, ": open").expect("the stream's first comment");
                 }
             });
         }
@@ -153,8 +153,8 @@ fn stalled_reader(args: &Args) {
         let mut peak = 0;
         let path = format!("/api/v1/agents/{agent}/commands");
         for n in 0..args.stalled_commands {
-            let (_, body) = request(args.server, "POST", &path, Some(&payload));
-            if held_back.is_none() && body.contains(r#""status":"PENDING""#) {
+            let answer = request(args.server, "POST", &path, Some(&payload));
+            if held_back.is_none() && answer.body.contains(r#""status":"PENDING""#) {
                 held_back = Some(n + 1);
             }
             peak = peak.max(resident_kib(args.pid));
@@ -173,7 +173,7 @@ fn stalled_reader(args: &Args) {
     let (_, unstreamed_peak) = push("unstreamed");
     let unstreamed = resident_kib(args.pid) - start;
     let before = resident_kib(args.pid);
-    let _stream = open_stream(args.server, "stalled");
+    let _stream = open_stream(args.server, "stalled").expect("connect");
     let (held_back, stalled_peak) = push("stalled");
     let stalled = resident_kib(args.pid) - before;
     println!();
@@ -219,58 +219,15 @@ fn resident_kib(pid: u32) -> u64 {
         .rss_kib
 }
 
-/// One request on its own connection: the status and the body.
-fn request(server: SocketAddr, method: &str, path: &str, json: Option<&str>) -> (u16, String) {
-    let mut tcp = TcpStream::connect(server).expect("connect");
-    let body = json.unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    tcp.write_all(head.as_bytes()).expect("write");
-    tcp.write_all(body.as_bytes()).expect("write");
-    let mut answer = String::new();
-    tcp.read_to_string(&mut answer).expect("an answer");
-    let status = answer
-        .get(9..12)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
+/// One request on its own connection; panics if the server does not answer.
+fn request(server: SocketAddr, method: &str, path: &str, json: Option<&str>) -> Answer {
+    registry_testkit::request(server, method, path, json).expect("an answer")
 }
 
-fn open_stream(server: SocketAddr, agent: &str) -> TcpStream {
-    let mut tcp = TcpStream::connect(server).expect("connect");
-    write!(
-        tcp,
-        "GET /api/v1/agents/{agent}/events HTTP/1.1\r\nHost: {server}\r\n\r\n"
-    )
-    .expect("write");
-    tcp
-}
-
-fn read_until(stream: &mut TcpStream, needle: &str) {
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line).expect("read");
-        assert!(n > 0, "the stream ended before {needle:?}");
-        if line.contains(needle) {
-            return;
-        }
-    }
-}
-
-/// The value of one series of `/metrics`.
+/// The value of one series of `/metrics`; NaN when it is missing.
 fn metric(server: SocketAddr, series: &str) -> f64 {
-    let (_, text) = request(server, "GET", "/metrics", None);
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
+    registry_testkit::metric(server, series)
+        .expect("/metrics")
         .unwrap_or(f64::NAN)
 }
 

@@ -1,22 +1,20 @@
 //! What the process-level tests share: a `registry-server` process in a
-//! directory of its own, its output read line by line, and plain HTTP/1.1 over
-//! `std::net` to talk to it.
+//! directory of its own, its output read line by line, and the few requests
+//! they all make, over `registry-testkit`'s plain HTTP/1.1.
 
 #![allow(dead_code, unreachable_pub)] // each test crate uses a part of it
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+pub use registry_testkit::{PROMPTLY, read_head, request};
 use serde_json::Value;
-
-/// How long the process may take to start, answer, or exit.
-pub const PROMPTLY: Duration = Duration::from_secs(5);
 
 /// A directory of its own for one process, removed afterwards, so that no
 /// `config/registry.toml` is picked up unless a test puts one there.
@@ -267,73 +265,27 @@ pub fn listening_addr(line: &str) -> Option<SocketAddr> {
         .ok()
 }
 
-/// An HTTP/1.1 exchange on a fresh connection: the status and the body.
-pub fn http(addr: SocketAddr, method: &str, path: &str, json: Option<&str>) -> (u16, String) {
-    let mut tcp = TcpStream::connect(addr).expect("connect");
-    tcp.set_read_timeout(Some(PROMPTLY))
-        .expect("a read timeout");
-    let body = json.unwrap_or_default();
-    let content_type = if json.is_some() {
-        "Content-Type: application/json\r\n"
-    } else {
-        ""
-    };
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{content_type}\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    tcp.write_all(request.as_bytes()).expect("write");
-    let mut answer = String::new();
-    tcp.read_to_string(&mut answer).expect("an answer");
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("a status line in {answer:?}"));
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
 /// Registers `agent_id`; returns the status and the body.
 pub fn register(addr: SocketAddr, agent_id: &str) -> (u16, Value) {
     let body = format!(
         r#"{{"agentId": "{agent_id}", "name": "order-service", "group": "order-service-prod"}}"#
     );
-    let (status, text) = http(addr, "POST", "/api/v1/agents/register", Some(&body));
-    let value =
-        serde_json::from_str(&text).unwrap_or_else(|err| panic!("a JSON body ({err}): {text:?}"));
-    (status, value)
+    let answer = request(addr, "POST", "/api/v1/agents/register", Some(&body)).expect("an answer");
+    let value = serde_json::from_str(&answer.body)
+        .unwrap_or_else(|err| panic!("a JSON body ({err}): {:?}", answer.body));
+    (answer.status, value)
 }
 
-/// Opens `agent_id`'s stream and reads until its head and first comment arrived.
+/// Opens `agent_id`'s stream and reads its head; panics unless it is a 200
+/// `text/event-stream`.
 pub fn open_stream(addr: SocketAddr, agent_id: &str) -> TcpStream {
-    let mut tcp = TcpStream::connect(addr).expect("connect");
-    tcp.set_read_timeout(Some(PROMPTLY))
-        .expect("a read timeout");
-    let request = format!(
-        "GET /api/v1/agents/{agent_id}/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
-    );
-    tcp.write_all(request.as_bytes()).expect("write");
-    let mut seen = Vec::new();
-    let mut buffer = [0_u8; 1024];
-    while !String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
-        let n = tcp.read(&mut buffer).expect("the stream's head");
-        assert!(
-            n > 0,
-            "the stream closed at once: {:?}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&buffer[..n]);
-    }
-    let head = String::from_utf8_lossy(&seen);
-    assert!(head.starts_with("HTTP/1.1 200"), "stream head: {head}");
+    let mut tcp = registry_testkit::open_stream(addr, agent_id).expect("connect");
+    let head = read_head(&mut tcp).expect("the stream's head");
+    assert_eq!(head.status, 200, "stream head: {head:?}");
     assert!(
-        head.to_lowercase().contains("text/event-stream"),
-        "stream head: {head}"
+        head.header("content-type")
+            .is_some_and(|value| value.contains("text/event-stream")),
+        "stream head: {head:?}"
     );
     tcp
 }
@@ -347,69 +299,5 @@ pub fn expect_stream_end(mut stream: TcpStream) {
             "the stream did not end within {PROMPTLY:?} ({err}); read {:?}",
             String::from_utf8_lossy(&rest)
         ),
-    }
-}
-
-/// One kept-alive HTTP/1.1 connection for many requests in a row.
-pub struct KeepAlive {
-    reader: BufReader<TcpStream>,
-    addr: SocketAddr,
-}
-
-impl KeepAlive {
-    /// Connects to `addr`.
-    pub fn connect(addr: SocketAddr) -> Self {
-        let tcp = TcpStream::connect(addr).expect("connect");
-        tcp.set_read_timeout(Some(PROMPTLY))
-            .expect("a read timeout");
-        Self {
-            reader: BufReader::new(tcp),
-            addr,
-        }
-    }
-
-    /// Sends one request and reads its answer: the status and the body.
-    pub fn request(&mut self, method: &str, path: &str, json: Option<&str>) -> (u16, String) {
-        let body = json.unwrap_or_default();
-        let content_type = if json.is_some() {
-            "Content-Type: application/json\r\n"
-        } else {
-            ""
-        };
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{content_type}Content-Length: {}\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        );
-        self.reader
-            .get_mut()
-            .write_all(request.as_bytes())
-            .expect("write");
-        let mut status_line = String::new();
-        self.reader
-            .read_line(&mut status_line)
-            .expect("a status line");
-        let status = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .unwrap_or_else(|| panic!("a status line, got {status_line:?}"));
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            self.reader.read_line(&mut line).expect("a header line");
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().expect("a length");
-            }
-        }
-        let mut body = vec![0; length];
-        self.reader.read_exact(&mut body).expect("the body");
-        (status, String::from_utf8_lossy(&body).into_owned())
     }
 }
