@@ -141,6 +141,18 @@ fn request_text(
     json: Option<&str>,
     close: bool,
 ) -> String {
+    request_text_as(addr, None, method, path, json, close)
+}
+
+/// Like [`request_text`], with `Authorization: Bearer <token>` when a token is given.
+fn request_text_as(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+    close: bool,
+) -> String {
     let body = json.unwrap_or_default();
     let content_type = if json.is_some() {
         "Content-Type: application/json\r\n"
@@ -148,9 +160,12 @@ fn request_text(
         ""
     };
     let connection = if close { "Connection: close\r\n" } else { "" };
+    let authorization = token
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
     format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{connection}{content_type}\
-         Content-Length: {}\r\n\r\n{body}",
+         {authorization}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
 }
@@ -170,8 +185,19 @@ pub fn request(
     path: &str,
     json: Option<&str>,
 ) -> io::Result<Answer> {
+    request_as(addr, None, method, path, json)
+}
+
+/// Like [`request`], with `Authorization: Bearer <token>` when a token is given.
+pub fn request_as(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+) -> io::Result<Answer> {
     let mut tcp = connect(addr)?;
-    tcp.write_all(request_text(addr, method, path, json, true).as_bytes())?;
+    tcp.write_all(request_text_as(addr, token, method, path, json, true).as_bytes())?;
     let mut bytes = Vec::new();
     tcp.read_to_end(&mut bytes)?;
     let head = Head::parse(&bytes)?.ok_or_else(|| invalid("an incomplete response head"))?;

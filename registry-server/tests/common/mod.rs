@@ -17,8 +17,9 @@ pub use registry_testkit::{PROMPTLY, read_head, request};
 use serde_json::Value;
 
 /// A directory of its own for one process, removed afterwards, so that no
-/// `config/registry.toml` is picked up unless a test puts one there.
-pub struct WorkDir(pub PathBuf);
+/// `config/registry.toml` is picked up unless a test puts one there. The
+/// second field says whether this handle removes it (an [`alias`](Self::alias) does not).
+pub struct WorkDir(pub PathBuf, bool);
 
 impl WorkDir {
     pub fn new() -> Self {
@@ -30,7 +31,12 @@ impl WorkDir {
         ));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("a temporary directory");
-        Self(path)
+        Self(path, true)
+    }
+
+    /// The same directory for a second process; only the first handle removes it.
+    pub fn alias(&self) -> Self {
+        Self(self.0.clone(), false)
     }
 
     /// Writes `text` to `relative` under this directory; returns its path.
@@ -46,7 +52,9 @@ impl WorkDir {
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if self.1 {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -56,7 +64,7 @@ pub struct Process {
     lines: Receiver<String>,
     output: Vec<String>,
     exited: Option<ExitStatus>,
-    _dir: WorkDir,
+    dir: Option<WorkDir>,
 }
 
 impl Process {
@@ -125,7 +133,7 @@ impl Process {
             lines,
             output: Vec::new(),
             exited: None,
-            _dir: dir,
+            dir: Some(dir),
         }
     }
 
@@ -148,6 +156,11 @@ impl Process {
         let addr = listening_addr(&line)
             .unwrap_or_else(|| panic!("an address in {line:?}; output:\n{}", process.log()));
         (process, addr)
+    }
+
+    /// The directory it runs in.
+    pub fn dir(&self) -> &WorkDir {
+        self.dir.as_ref().expect("the directory")
     }
 
     /// Everything written so far.
@@ -213,6 +226,27 @@ impl Process {
         let status = self.child.wait().expect("the exit status");
         self.exited = Some(status);
         status
+    }
+
+    /// Kills the process with SIGKILL, as a crash would; returns its directory
+    /// with whatever it left there.
+    pub fn kill(mut self) -> WorkDir {
+        self.signal("KILL");
+        let status = self.child.wait().expect("the exit status");
+        self.exited = Some(status);
+        self.dir.take().expect("the directory")
+    }
+
+    /// Stops the process with SIGTERM; asserts that it exits 0; returns its directory.
+    pub fn stop(mut self) -> WorkDir {
+        self.signal("TERM");
+        let status = self.wait_exit();
+        assert!(
+            status.success(),
+            "exit status {status}; output:\n{}",
+            self.log()
+        );
+        self.dir.take().expect("the directory")
     }
 
     /// Stops the process with SIGTERM; asserts that it exits 0.
