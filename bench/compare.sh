@@ -52,7 +52,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 start_server() {
-    "$server_bin" --bind "127.0.0.1:$PORT" >>"$OUT/server.log" 2>&1 &
+    # Kept in memory: the comparison is of serving, and benchmarks never write data/.
+    REGISTRY_STORAGE__ENGINE=memory "$server_bin" --bind "127.0.0.1:$PORT" >>"$OUT/server.log" 2>&1 &
     server_pid=$!
     for _ in $(seq 100); do
         if curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz"; then
