@@ -11,11 +11,14 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::info;
 
 use crate::agent::{AgentId, AgentStatus, GroupName, StatusChange};
+use crate::brake::BrakeChange;
 use crate::clock::Timestamp;
 
 /// One change in the fleet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FleetEvent {
+    /// The brake engaged or released (SPEC 13).
+    Brake(BrakeChange),
     /// An agent appeared, changed status, connection or metadata, or was deleted.
     Agent(AgentEvent),
 }
@@ -121,7 +124,9 @@ impl StatusChanges {
 }
 
 fn transition(event: FleetEvent) -> Option<StatusChange> {
-    let FleetEvent::Agent(event) = event;
+    let FleetEvent::Agent(event) = event else {
+        return None;
+    };
     match (event.from, event.to) {
         (Some(from), Some(to)) if from != to => Some(StatusChange {
             agent_id: event.agent_id,

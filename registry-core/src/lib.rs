@@ -13,6 +13,7 @@
 //! - `state`: the state under the lock and every rule that changes it.
 //! - `schedule`: the ordered deadline index.
 //! - [`agent`]: agent ids, registration, status and the agent view.
+//! - [`brake`]: [`BrakeChange`], what the brake (SPEC 13) announces; its rule is in `state`.
 //! - [`command`]: command ids, statuses, requests, acks, views and stream events.
 //! - [`stream`]: the per-agent delivery channel, [`Subscription`].
 //! - [`fleet`]: what changes in the fleet, broadcast to [`FleetSubscription`]s.
@@ -25,6 +26,7 @@
 //! - [`error`]: [`RegistryError`] and [`InvalidField`].
 
 pub mod agent;
+pub mod brake;
 pub mod clock;
 pub mod command;
 pub mod error;
@@ -42,6 +44,7 @@ pub use agent::{
     AgentFilter, AgentId, AgentMetadata, AgentStatus, AgentView, Credential, GroupName,
     Registration, RegistrationRequest, StatusChange,
 };
+pub use brake::BrakeChange;
 pub use clock::{Clock, Timestamp};
 pub use command::{
     Ack, AckResult, CommandEvent, CommandId, CommandRequest, CommandStatus, CommandView,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 /// Timings and limits of the registry core. `Default` gives the contract's defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// A LIVE agent without a heartbeat for this long becomes STALE.
     pub stale_after: Duration,
@@ -25,6 +25,14 @@ pub struct Settings {
     /// Open streams at most; 0 means no limit. A stream that replaces its
     /// agent's own open stream does not count.
     pub max_streams: usize,
+    /// The brake engages when the agents that went LIVE -> STALE within the
+    /// last `stale_after` are more than this share of all LIVE and STALE
+    /// agents. In (0, 1]; 1 turns the brake off.
+    pub brake_threshold: f64,
+    /// The brake never engages with fewer LIVE and STALE agents than this.
+    pub brake_min_agents: usize,
+    /// The brake releases this long after it engaged at the latest.
+    pub brake_max: Duration,
 }
 
 impl Default for Settings {
@@ -40,6 +48,9 @@ impl Default for Settings {
             stream_queue: 64,
             fleet_queue: 16_384,
             max_streams: 0,
+            brake_threshold: 0.5,
+            brake_min_agents: 10,
+            brake_max: Duration::from_secs(15 * 60),
         }
     }
 }

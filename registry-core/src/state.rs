@@ -4,8 +4,9 @@
 //! shows a status a late timer has not caught up with yet.
 //!
 //! This file holds the state, the deadlines and the agents' rules; `commands`
-//! and `streams` hold the rules of commands and of streams.
+//! and `streams` hold the rules of commands and of streams, `brake` the brake's.
 
+mod brake;
 mod commands;
 mod persist;
 mod streams;
@@ -39,11 +40,12 @@ type HashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 
 /// What a deadline is for. The entity's own status says which of its rules
 /// applies: a LIVE agent goes STALE, a STALE one DEAD; an open command
-/// expires, a final one is dropped.
+/// expires, a final one is dropped; the brake releases after `brake_max`.
 #[derive(Debug)]
 enum Due {
     Agent(AgentId),
     Command(CommandId),
+    Brake,
 }
 
 /// The schedule, and whether the scheduler task must wake because a deadline
@@ -234,6 +236,7 @@ pub(crate) struct State {
     credentials: HashMap<Credential, AgentId>,
     deadlines: Deadlines,
     journal: Journal,
+    brake: brake::Brake,
     /// Orders commands within an agent and tells streams apart.
     next_seq: u64,
     /// Set when every stream is being closed (shutdown): no stream opens or takes a command.
@@ -272,6 +275,7 @@ impl State {
                 events,
                 dirty: persist::Dirty::new(recording),
             },
+            brake: brake::Brake::new(),
             next_seq: 0,
             closing: false,
             meta: BTreeMap::new(),
@@ -291,6 +295,7 @@ impl State {
             match due {
                 Due::Agent(id) => self.agent_due(id, when),
                 Due::Command(id) => self.command_due(id, when),
+                Due::Brake => self.release_brake(when),
             }
         }
         handled
@@ -316,10 +321,17 @@ impl State {
                 self.journal.agent_status(agent, AgentStatus::Stale, when);
                 let dead_at = when + self.settings.dead_after;
                 agent.deadline = Some(self.deadlines.insert(dead_at, Due::Agent(id)));
+                self.brake_saw_stale(when);
             }
-            AgentStatus::Stale => self.journal.agent_status(agent, AgentStatus::Dead, when),
-            AgentStatus::Dead => {}
+            AgentStatus::Stale => {
+                if self.brake.hold(&id) {
+                    return;
+                }
+                self.journal.agent_status(agent, AgentStatus::Dead, when);
+            }
+            AgentStatus::Dead => return,
         }
+        self.reconsider_brake(when);
     }
 
     fn command_due(&mut self, id: CommandId, when: Instant) {
@@ -404,7 +416,9 @@ impl State {
         }
         self.deadlines
             .replace(&mut agent.deadline, stale_at, Due::Agent(agent_id));
-        (agent.view(&self.journal.clock), resumed)
+        let view = agent.view(&self.journal.clock);
+        self.reconsider_brake(now);
+        (view, resumed)
     }
 
     /// Records a heartbeat: the agent is LIVE and its stale deadline moves.
@@ -420,6 +434,7 @@ impl State {
         let stale_at = now + self.settings.stale_after;
         let due = Due::Agent(agent.id.clone());
         self.deadlines.replace(&mut agent.deadline, stale_at, due);
+        self.reconsider_brake(now);
         Ok(())
     }
 
@@ -468,6 +483,7 @@ impl State {
             .remove(agent_id)
             .ok_or_else(|| unknown_agent(agent_id))?;
         self.forget(agent, now);
+        self.reconsider_brake(now);
         Ok(())
     }
 
@@ -516,6 +532,8 @@ impl State {
     pub(crate) fn stats(&self) -> Stats {
         Stats {
             scheduled_deadlines: self.deadlines.schedule.len(),
+            brake_engaged: self.brake.engaged_at().is_some(),
+            brake_held: self.brake.held(),
             ..self.journal.stats.clone()
         }
     }

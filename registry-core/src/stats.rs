@@ -24,6 +24,10 @@ pub struct Stats {
     pub slow_streams_closed: u64,
     /// Deadlines scheduled now (lifecycle, expiry and retention together).
     pub scheduled_deadlines: usize,
+    /// Whether the brake is engaged now (SPEC 13).
+    pub brake_engaged: bool,
+    /// Agents the brake holds STALE now, whose STALE -> DEAD came due.
+    pub brake_held: usize,
 }
 
 impl Stats {

@@ -30,7 +30,9 @@ async fn next_agent_event(events: &mut FleetSubscription) -> AgentEvent {
         .await
         .expect("a fleet event within an hour")
         .expect("the subscription is open");
-    let FleetEvent::Agent(event) = event;
+    let FleetEvent::Agent(event) = event else {
+        panic!("an agent event, got {event:?}");
+    };
     event
 }
 
@@ -193,7 +195,7 @@ async fn a_reader_that_falls_behind_loses_its_subscription_and_others_go_on() {
 
     for n in 0..20 {
         registry.register(registration(&format!("a-{n}"), "prod"));
-        let FleetEvent::Agent(event) = keeping_up.next().await.unwrap();
+        let event = next_agent_event(&mut keeping_up).await;
         assert_eq!(event.agent_id.as_str(), format!("a-{n}"));
     }
     // Registering went on at full speed while one reader read nothing.
@@ -202,7 +204,7 @@ async fn a_reader_that_falls_behind_loses_its_subscription_and_others_go_on() {
     assert_eq!(behind.next().await, None, "and stays ended");
 
     registry.register(registration("a-20", "prod"));
-    let FleetEvent::Agent(event) = keeping_up.next().await.unwrap();
+    let event = next_agent_event(&mut keeping_up).await;
     assert_eq!(event.agent_id.as_str(), "a-20");
 }
 

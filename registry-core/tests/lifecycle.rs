@@ -837,7 +837,12 @@ async fn idle_tick_handles_nothing_with_100k_agents_registered() {
     yield_a_few_times().await;
     let stats = registry.stats();
     assert_eq!(stats.agents_in(AgentStatus::Stale), AGENTS);
-    assert_eq!(stats.scheduled_deadlines, AGENTS, "one DEAD deadline each");
+    assert!(stats.brake_engaged, "the whole fleet went STALE at once");
+    assert_eq!(
+        stats.scheduled_deadlines,
+        AGENTS + 1,
+        "one DEAD deadline each, and the brake's brake_max"
+    );
     assert_eq!(
         ids(&registry.agents(&AgentFilter::default()))[0],
         "agent-000000"

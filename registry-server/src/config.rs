@@ -60,7 +60,7 @@ pub struct Cli {
 }
 
 /// Every setting, by section, as in `config/registry.toml`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -126,8 +126,8 @@ impl Default for ServerConfig {
     }
 }
 
-/// `[lifecycle]`: when agents go STALE and DEAD.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+/// `[lifecycle]`: when agents go STALE and DEAD, and the brake on mass death.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(default, deny_unknown_fields)]
 pub struct LifecycleConfig {
@@ -140,14 +140,26 @@ pub struct LifecycleConfig {
     /// STALE to DEAD this long after becoming STALE.
     #[serde(with = "humantime_serde")]
     pub dead_after: Duration,
+    /// The brake engages when more than this share of the LIVE and STALE
+    /// agents went STALE within one `stale_after`; in (0, 1], 1 turns it off.
+    pub brake_threshold: f64,
+    /// The brake never engages with fewer LIVE and STALE agents.
+    pub brake_min_agents: usize,
+    /// The brake releases this long after it engaged at the latest.
+    #[serde(with = "humantime_serde")]
+    pub brake_max: Duration,
 }
 
 impl Default for LifecycleConfig {
     fn default() -> Self {
+        let core = registry_core::Settings::default();
         Self {
             heartbeat_interval: Duration::from_secs(30),
-            stale_after: Duration::from_secs(90),
-            dead_after: Duration::from_secs(300),
+            stale_after: core.stale_after,
+            dead_after: core.dead_after,
+            brake_threshold: core.brake_threshold,
+            brake_min_agents: core.brake_min_agents,
+            brake_max: core.brake_max,
         }
     }
 }
@@ -384,6 +396,14 @@ impl Config {
         check_positive_duration("lifecycle.heartbeat_interval", lifecycle.heartbeat_interval)?;
         check_positive_duration("lifecycle.stale_after", lifecycle.stale_after)?;
         check_positive_duration("lifecycle.dead_after", lifecycle.dead_after)?;
+        check_positive_duration("lifecycle.brake_max", lifecycle.brake_max)?;
+        let threshold = lifecycle.brake_threshold;
+        if !(threshold > 0.0 && threshold <= 1.0) {
+            return Err(ConfigError::key(
+                "lifecycle.brake_threshold",
+                format!("{threshold} must be more than 0 and at most 1 (1 turns the brake off)"),
+            ));
+        }
         Ok(())
     }
 
@@ -478,6 +498,9 @@ impl Config {
             stream_queue: self.sse.queue,
             fleet_queue: self.sse.fleet_queue,
             max_streams: limits.streams,
+            brake_threshold: self.lifecycle.brake_threshold,
+            brake_min_agents: self.lifecycle.brake_min_agents,
+            brake_max: self.lifecycle.brake_max,
         }
     }
 }
@@ -702,6 +725,22 @@ mod tests {
                 "server.max_body_bytes",
             ),
             ("REGISTRY_SSE__QUEUE", "65537", "sse.queue"),
+            (
+                "REGISTRY_LIFECYCLE__BRAKE_THRESHOLD",
+                "0",
+                "lifecycle.brake_threshold",
+            ),
+            (
+                "REGISTRY_LIFECYCLE__BRAKE_THRESHOLD",
+                "1.5",
+                "lifecycle.brake_threshold",
+            ),
+            (
+                "REGISTRY_LIFECYCLE__BRAKE_THRESHOLD",
+                "NaN",
+                "lifecycle.brake_threshold",
+            ),
+            ("REGISTRY_LIFECYCLE__BRAKE_MAX", "0s", "lifecycle.brake_max"),
         ] {
             let err = load(&[(name, value)]).unwrap_err().to_string();
             assert!(err.contains(key), "{name}={value}: {err}");

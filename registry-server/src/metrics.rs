@@ -287,6 +287,18 @@ impl Collector for CoreCollector {
         )?;
         gauge(
             &mut encoder,
+            "registry_brake_engaged",
+            "1 while the brake holds every STALE -> DEAD (a mass failure), else 0",
+            usize::from(stats.brake_engaged),
+        )?;
+        gauge(
+            &mut encoder,
+            "registry_brake_held_agents",
+            "STALE agents whose STALE -> DEAD the brake holds",
+            stats.brake_held,
+        )?;
+        gauge(
+            &mut encoder,
             "registry_scheduled_deadlines",
             "Lifecycle, expiry and retention deadlines scheduled",
             stats.scheduled_deadlines,

@@ -220,6 +220,8 @@ async fn a_reader_that_falls_behind_loses_its_stream_and_the_registry_answers_on
         c.sse.fleet_queue = 4;
         c.lifecycle.stale_after = Duration::from_millis(50);
         c.lifecycle.dead_after = Duration::from_millis(50);
+        // The whole fleet dies at once here: without the brake (SPEC 13).
+        c.lifecycle.brake_threshold = 1.0;
     })
     .await;
     for n in 0..10 {

@@ -2,6 +2,7 @@
 
 mod agents;
 mod auth;
+mod brake;
 mod commands;
 mod errors;
 mod fleet;

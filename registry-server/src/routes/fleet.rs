@@ -73,6 +73,7 @@ pub(super) async fn stream(State(app): State<AppState>) -> Result<Response, ApiE
 fn to_event(event: &FleetEvent) -> Option<Event> {
     let (name, data) = match event {
         FleetEvent::Agent(agent) => ("agent", serde_json::to_string(agent)),
+        FleetEvent::Brake(brake) => ("brake", serde_json::to_string(brake)),
     };
     match data {
         Ok(data) => Some(Event::default().event(name).data(data)),
