@@ -10,15 +10,17 @@
 //! # Layout
 //!
 //! - [`registry`]: the [`Registry`] handle, its lock and its scheduler task.
-//! - `state`: the state under the lock and every rule that changes it.
+//! - `state`: the state under the lock and every rule that changes it
+//!   (`state::commands` for commands, `state::streams` for streams and delivery).
 //! - `schedule`: the ordered deadline index.
 //! - [`agent`]: agent ids, registration, status and the agent view.
 //! - [`brake`]: [`BrakeChange`], what the brake (SPEC 13) announces; its rule is in `state`.
 //! - [`command`]: command ids, statuses, requests, acks, views and stream events.
-//! - [`stream`]: the per-agent delivery channel, [`Subscription`].
+//! - [`subscription`]: what one open stream reads, [`Subscription`], and why it
+//!   was detached ([`DetachReason`]).
 //! - [`fleet`]: what changes in the fleet, broadcast to [`FleetSubscription`]s.
 //! - [`clock`]: monotonic instants and their wall-clock [`Timestamp`]s.
-//! - [`settings`]: timings and limits.
+//! - [`settings`]: timings, limits and the [`Replay`] rule.
 //! - [`stats`]: counts for metrics.
 //! - [`storage`]: the seam to storage engines: the facts kept, the [`Storage`]
 //!   trait, and the design (restart grace, group commit, write-behind).
@@ -37,7 +39,7 @@ pub mod settings;
 mod state;
 pub mod stats;
 pub mod storage;
-pub mod stream;
+pub mod subscription;
 mod writer;
 
 pub use agent::{
@@ -52,7 +54,7 @@ pub use command::{
 pub use error::{InvalidField, RegistryError};
 pub use fleet::{AgentEvent, FleetEvent, FleetSubscription, StatusChanges};
 pub use registry::{Registry, RegistryGuard, Tick};
-pub use settings::Settings;
+pub use settings::{Replay, Settings};
 pub use stats::Stats;
 pub use storage::{Storage, StorageError};
-pub use stream::Subscription;
+pub use subscription::{DetachReason, Subscription};

@@ -19,7 +19,7 @@ use crate::settings::Settings;
 use crate::state::State;
 use crate::stats::Stats;
 use crate::storage::{Snapshot, Storage, StorageError, WRITE_BEHIND};
-use crate::stream::Subscription;
+use crate::subscription::Subscription;
 use crate::writer::{self, Submission};
 
 /// A handle to the registry. Cloning it is cheap; every clone sees the same agents.
@@ -416,10 +416,23 @@ impl Registry {
         self.with_state_durable(|state, now| state.ack(agent_id, command_id, ack, now))
     }
 
-    /// Opens the agent's stream, closing any it had open.
+    /// Opens the agent's stream, replacing any it had open.
     pub fn open_stream(&self, agent_id: &str) -> Result<Subscription, RegistryError> {
-        let opened =
-            self.with_state(|state, _| state.open_stream(agent_id, &self.shared.streams))?;
+        self.open_stream_after(agent_id, None)
+    }
+
+    /// Opens the agent's stream for a reader whose last event had the id
+    /// `last_event_id` (its `Last-Event-ID`), replacing any stream it had open.
+    /// With [`Replay::Unacknowledged`](crate::Replay) the stream starts with the
+    /// commands that reader may have missed; with `Replay::None` the id is ignored.
+    pub fn open_stream_after(
+        &self,
+        agent_id: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<Subscription, RegistryError> {
+        let opened = self.with_state(|state, now| {
+            state.open_stream(agent_id, last_event_id, &self.shared.streams, now)
+        })?;
         Ok(Subscription::new(opened, self.clone()))
     }
 

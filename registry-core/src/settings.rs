@@ -3,6 +3,20 @@
 
 use std::time::Duration;
 
+use serde::Deserialize;
+
+/// What a new stream is sent before the commands created after it opened (SPEC 10).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replay {
+    /// Nothing: only commands created from now on (the Java server's rule).
+    #[default]
+    None,
+    /// Every PENDING and DELIVERED command of the agent first, in creation
+    /// order, less the DELIVERED ones up to the stream's `Last-Event-ID`.
+    Unacknowledged,
+}
+
 /// Timings and limits of the registry core. `Default` gives the contract's defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -33,6 +47,8 @@ pub struct Settings {
     pub brake_min_agents: usize,
     /// The brake releases this long after it engaged at the latest.
     pub brake_max: Duration,
+    /// What a new stream is sent first.
+    pub replay: Replay,
 }
 
 impl Default for Settings {
@@ -51,6 +67,7 @@ impl Default for Settings {
             brake_threshold: 0.5,
             brake_min_agents: 10,
             brake_max: Duration::from_secs(15 * 60),
+            replay: Replay::None,
         }
     }
 }

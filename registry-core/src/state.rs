@@ -4,21 +4,24 @@
 //! shows a status a late timer has not caught up with yet.
 //!
 //! This file holds the state, the deadlines and the agents' rules; `commands`
-//! and `streams` hold the rules of commands and of streams, `brake` the brake's.
+//! holds the rules of commands, `streams` those of streams and of delivering
+//! commands to them, `brake` the brake's.
 
 mod brake;
 mod commands;
 mod persist;
 mod streams;
 
+pub(crate) use streams::OpenedStream;
+use streams::{Replacements, StreamSlot};
+
 use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::agent::{
@@ -32,6 +35,7 @@ use crate::fleet::{AgentEvent, FleetEvent};
 use crate::schedule::{DeadlineKey, Schedule};
 use crate::settings::Settings;
 use crate::stats::Stats;
+use crate::subscription::DetachReason;
 
 /// Maps keyed by agent ids, which clients choose, so seeded against flooding;
 /// foldhash is as safe for that here as the standard SipHash and several times faster.
@@ -132,15 +136,6 @@ impl Journal {
     }
 }
 
-/// The stream an agent has open: where its commands go, and how to end it.
-struct StreamSlot {
-    id: u64,
-    /// Boxed so that the queue's slots are a pointer wide: every open stream
-    /// allocates a block of them.
-    sender: mpsc::Sender<Box<CommandEvent>>,
-    closer: CancellationToken,
-}
-
 struct AgentEntry {
     id: AgentId,
     metadata: AgentMetadata,
@@ -150,7 +145,11 @@ struct AgentEntry {
     status_changed_at: Instant,
     /// The agent's next lifecycle deadline; none once DEAD.
     deadline: Option<DeadlineKey>,
+    /// Attached and detached only through `attach_stream` and `detach_stream`,
+    /// which keep the open-streams gauge.
     stream: Option<StreamSlot>,
+    /// Its recent stream replacements, once it had one: two processes sharing an id show here.
+    replacements: Option<Box<Replacements>>,
     /// The digest of the agent's current token, when tokens are in use.
     credential: Option<Credential>,
     /// The agent's retained commands by creation sequence, so newest first is a reverse walk.
@@ -181,6 +180,9 @@ struct CommandEntry {
     created_at: Instant,
     expires_at: Instant,
     delivered_at: Option<Instant>,
+    /// The stream its delivery was last handed to (0: none): only that stream,
+    /// dropping it unwritten, sends it back to PENDING.
+    delivered_on: u64,
     acknowledged_at: Option<Instant>,
     ack: Option<Ack>,
     /// Expiry while open, purge once final: a command always has exactly one.
@@ -215,14 +217,6 @@ impl CommandEntry {
             expires_at: clock.timestamp(self.expires_at),
         }
     }
-}
-
-/// What the registry needs to hand a new stream to its reader.
-pub(crate) struct OpenedStream {
-    pub(crate) agent_id: AgentId,
-    pub(crate) stream_id: u64,
-    pub(crate) receiver: mpsc::Receiver<Box<CommandEvent>>,
-    pub(crate) closer: CancellationToken,
 }
 
 pub(crate) struct State {
@@ -398,6 +392,7 @@ impl State {
                     status_changed_at: now,
                     deadline: None,
                     stream: None,
+                    replacements: None,
                     credential: None,
                     commands: BTreeMap::new(),
                 });
@@ -503,7 +498,7 @@ impl State {
         dead.len()
     }
 
-    fn forget(&mut self, agent: AgentEntry, now: Instant) {
+    fn forget(&mut self, mut agent: AgentEntry, now: Instant) {
         self.journal.dirty.agent(&agent.id);
         self.journal
             .agent_event(&agent, Some(agent.status), None, now);
@@ -514,10 +509,7 @@ impl State {
         if let Some(key) = agent.deadline {
             self.deadlines.schedule.remove(key);
         }
-        if let Some(stream) = agent.stream {
-            stream.closer.cancel();
-            self.journal.stats.open_streams -= 1;
-        }
+        agent.detach_stream(DetachReason::AgentDeleted, &mut self.journal);
         for id in agent.commands.values() {
             if let Some(command) = self.commands.remove(id) {
                 self.journal.dirty.command(*id);

@@ -22,6 +22,8 @@ pub struct Stats {
     pub commands_created: u64,
     /// Streams closed because their reader fell `stream_queue` commands behind.
     pub slow_streams_closed: u64,
+    /// Streams ended because a newer one for the same agent took their place.
+    pub stream_replacements: u64,
     /// Deadlines scheduled now (lifecycle, expiry and retention together).
     pub scheduled_deadlines: usize,
     /// Whether the brake is engaged now (SPEC 13).

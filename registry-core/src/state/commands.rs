@@ -1,14 +1,13 @@
-//! The rules of commands: creation for one agent, a group or the fleet, delivery
-//! to an open stream, reads, and acknowledgement.
+//! The rules of commands: creation for one agent, a group or the fleet, reads,
+//! and acknowledgement. Delivery to an open stream is `streams`'.
 
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::warn;
 
-use super::{AgentEntry, CommandEntry, Due, HashMap, Journal, State, unknown_agent};
+use super::streams::deliver;
+use super::{AgentEntry, CommandEntry, Due, HashMap, State, unknown_agent};
 use crate::agent::{AgentId, AgentStatus};
 use crate::command::{Ack, CommandId, CommandRequest, CommandStatus, CommandView};
 use crate::error::{InvalidField, RegistryError};
@@ -132,6 +131,7 @@ impl State {
             created_at: now,
             expires_at,
             delivered_at: None,
+            delivered_on: 0,
             acknowledged_at: None,
             ack: None,
             deadline,
@@ -197,39 +197,6 @@ impl State {
             }
         }
         Ok(command.view(&self.journal.clock))
-    }
-}
-
-/// Hands a command to the agent's open stream, if it has one. A reader that has
-/// fallen a whole queue behind loses its stream: the agent reconnects, and the
-/// command stays PENDING rather than be reported DELIVERED and never written.
-fn deliver(
-    agent: &mut AgentEntry,
-    command: &mut CommandEntry,
-    now: Instant,
-    journal: &mut Journal,
-) {
-    let Some(stream) = &agent.stream else {
-        return;
-    };
-    match stream
-        .sender
-        .try_send(Box::new(command.event(&journal.clock)))
-    {
-        Ok(()) => {
-            command.delivered_at = Some(now);
-            journal.command_status(command, CommandStatus::Delivered);
-        }
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            warn!(agent_id = %agent.id, "stream reader fell a whole queue behind; closing its stream");
-            if let Some(stream) = agent.stream.take() {
-                stream.closer.cancel();
-            }
-            journal.stats.open_streams -= 1;
-            journal.stats.slow_streams_closed += 1;
-        }
-        // The reader is gone and its guard is about to unregister the stream.
-        Err(mpsc::error::TrySendError::Closed(_)) => {}
     }
 }
 

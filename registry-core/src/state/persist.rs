@@ -12,6 +12,7 @@ use crate::agent::{AgentId, AgentStatus};
 use crate::clock::{Clock, Timestamp};
 use crate::command::{CommandId, CommandStatus};
 use crate::storage::{AgentRecord, Change, CommandRecord, Snapshot};
+use crate::subscription::DetachReason;
 
 /// What changed since the last batch was taken, by id: the records are built
 /// when the batch is taken, from the state as it is then.
@@ -193,6 +194,7 @@ impl State {
                     status_changed_at,
                     deadline,
                     stream: None,
+                    replacements: None,
                     credential: record.credential,
                     commands: BTreeMap::new(),
                 },
@@ -233,6 +235,7 @@ impl State {
                     created_at: clock.instant(record.created_at),
                     expires_at,
                     delivered_at: record.delivered_at.map(|at| clock.instant(at)),
+                    delivered_on: 0,
                     acknowledged_at,
                     ack: record.ack,
                     deadline,
@@ -258,16 +261,13 @@ impl State {
             true,
         );
         fresh.restore(snapshot, now);
+        let journal = &mut self.journal;
         for (id, agent) in &mut self.agents {
-            let Some(stream) = agent.stream.take() else {
-                continue;
-            };
             match fresh.agents.get_mut(id) {
-                Some(kept) => {
-                    kept.stream = Some(stream);
-                    fresh.journal.stats.open_streams += 1;
+                Some(kept) => kept.take_stream_from(agent, &mut fresh.journal),
+                None => {
+                    agent.detach_stream(DetachReason::AgentDeleted, journal);
                 }
-                None => stream.closer.cancel(),
             }
         }
         let stats = &self.journal.stats;
@@ -277,6 +277,7 @@ impl State {
         counters.registrations = stats.registrations;
         counters.commands_created = stats.commands_created;
         counters.slow_streams_closed = stats.slow_streams_closed;
+        counters.stream_replacements = stats.stream_replacements;
         fresh.next_seq = fresh.next_seq.max(self.next_seq);
         fresh.closing = self.closing;
         fresh.deadlines.wake = true;

@@ -1,6 +1,8 @@
-//! Tests of the logging rule of SPEC section 2: every lifecycle transition is
-//! logged at info level with agentId, from and to. It runs in its own test
-//! binary, alone in its process, because `tracing` caches per call site whether
+//! Tests of the logging rules: every lifecycle transition is logged at info
+//! level with agentId, from and to (SPEC 2), and an agentId whose stream is
+//! replaced more than 3 times within `stale_after` is logged at warn, at most
+//! once a minute (SPEC 10). It runs in its own test binary, where every test
+//! installs a recording subscriber, because `tracing` caches per call site whether
 //! anyone listens, and a test thread without a subscriber racing this one can
 //! leave the call site disabled.
 
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use registry_core::{Registry, RegistryGuard, Settings};
 use tracing::field::{Field, Visit};
+use tracing::subscriber::DefaultGuard;
 use tracing::{Event, Level, Metadata, span};
 
 mod common;
@@ -126,4 +129,67 @@ async fn every_transition_is_logged_at_info_level_with_agent_id_from_and_to() {
     assert_eq!(transitions, expected);
     let counted: u64 = registry.stats().transitions.iter().flatten().sum();
     assert_eq!(counted, 5, "each logged transition is counted");
+}
+
+impl Recorder {
+    /// Records what this thread logs while the guard lives.
+    fn install() -> (Self, DefaultGuard) {
+        let recorder = Self::default();
+        let guard = tracing::subscriber::set_default(recorder.clone());
+        (recorder, guard)
+    }
+
+    /// The agent ids of the warnings logged so far.
+    fn warnings(&self) -> Vec<String> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(level, _)| *level == Level::WARN)
+            .map(|(_, fields)| fields.get("agent_id").cloned().unwrap_or_default())
+            .collect()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_id_replaced_more_than_3_times_within_stale_after_is_warned_once_a_minute() {
+    let (recorder, _default) = Recorder::install();
+    let (_guard, registry) = start();
+    registry.register(registration("twin", "g"));
+    registry.register(registration("single", "g"));
+    let mut streams = vec![registry.open_stream("twin").unwrap()];
+    let mut replace = |registry: &Registry| {
+        streams.push(registry.open_stream("twin").unwrap());
+    };
+
+    // Three replacements, each 20 s apart: not yet more than 3.
+    for _ in 0..3 {
+        advance_ms(20_000).await;
+        replace(&registry);
+    }
+    assert_eq!(recorder.warnings(), Vec::<String>::new());
+    // The fourth within 90 s of the first.
+    advance_ms(20_000).await;
+    replace(&registry);
+    assert_eq!(recorder.warnings(), ["twin"]);
+    // More within the minute: no more warnings.
+    for _ in 0..5 {
+        advance_ms(5_000).await;
+        replace(&registry);
+    }
+    assert_eq!(recorder.warnings(), ["twin"]);
+    // A minute after the warning, still flapping: warned again.
+    advance_ms(35_000).await;
+    replace(&registry);
+    assert_eq!(recorder.warnings(), ["twin", "twin"]);
+    assert_eq!(registry.stats().stream_replacements, 10);
+
+    // Replacements spread wider than stale_after are no duplicate.
+    let _single = registry.open_stream("single").unwrap();
+    let mut single = Vec::new();
+    for _ in 0..6 {
+        advance_ms(STALE_MS / 3 + 1).await;
+        single.push(registry.open_stream("single").unwrap());
+    }
+    assert_eq!(recorder.warnings(), ["twin", "twin"]);
 }
