@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use axum::extract::rejection::RawPathParamsRejection;
 use axum::extract::{RawPathParams, Request, State};
@@ -12,14 +13,13 @@ use axum::middleware::Next;
 use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use registry_core::Credential;
+use registry_core::{Credential, Registry};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::warn;
 
 use crate::config::{AuthConfig, ConfigError};
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// Random bytes in an agent token: 256 bits.
 const AGENT_TOKEN_BYTES: usize = 32;
@@ -96,32 +96,41 @@ impl Auth {
             "auth: refusing to serve with no token on non-loopback {addr}; set auth.operator_tokens and auth.enrollment_tokens (or their _file), or auth.allow_open = true"
         )))
     }
+}
 
-    fn role(&self, app: &AppState, digest: &Credential) -> Option<Role> {
-        if contains(&self.operator, digest) {
+/// What the token checks need, and nothing more: the configured tokens, and
+/// the registry that knows which agent each agent token belongs to. The state
+/// of the auth middlewares.
+#[derive(Clone)]
+pub struct Gate {
+    auth: Arc<Auth>,
+    registry: Registry,
+}
+
+impl Gate {
+    /// The checks of `auth`'s tokens, and of the agent tokens `registry` issued.
+    pub fn new(auth: Arc<Auth>, registry: Registry) -> Self {
+        Self { auth, registry }
+    }
+
+    fn role(&self, digest: &Credential) -> Option<Role> {
+        if contains(&self.auth.operator, digest) {
             Some(Role::Operator)
-        } else if contains(&self.enrollment, digest) {
+        } else if contains(&self.auth.enrollment, digest) {
             Some(Role::Enrollment)
         } else {
-            app.registry().agent_with(digest).map(Role::Agent)
+            self.registry.agent_with(digest).map(Role::Agent)
         }
     }
 
     /// Checks the request's token against what the route requires: 401 when
     /// missing or unknown, 403 when valid but of another role or agent.
-    fn authorize(
-        &self,
-        app: &AppState,
-        headers: &HeaderMap,
-        required: Required<'_>,
-    ) -> Result<(), ApiError> {
-        if !self.enabled() {
+    fn authorize(&self, headers: &HeaderMap, required: Required<'_>) -> Result<(), ApiError> {
+        if !self.auth.enabled() {
             return Ok(());
         }
         let token = bearer(headers).ok_or(ApiError::Unauthorized)?;
-        let role = self
-            .role(app, &digest(token))
-            .ok_or(ApiError::Unauthorized)?;
+        let role = self.role(&digest(token)).ok_or(ApiError::Unauthorized)?;
         let allowed = match (required, &role) {
             (Required::Operator, Role::Operator) | (Required::Enrollment, Role::Enrollment) => true,
             (Required::Agent(wanted), Role::Agent(agent_id)) => agent_id.as_str() == wanted,
@@ -152,29 +161,27 @@ pub fn issue_agent_token() -> Result<(String, Credential), getrandom::Error> {
 
 /// Middleware for operator routes.
 pub async fn operator(
-    State(app): State<AppState>,
+    State(gate): State<Gate>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    app.auth()
-        .authorize(&app, request.headers(), Required::Operator)?;
+    gate.authorize(request.headers(), Required::Operator)?;
     Ok(next.run(request).await)
 }
 
 /// Middleware for registration.
 pub async fn enrollment(
-    State(app): State<AppState>,
+    State(gate): State<Gate>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    app.auth()
-        .authorize(&app, request.headers(), Required::Enrollment)?;
+    gate.authorize(request.headers(), Required::Enrollment)?;
     Ok(next.run(request).await)
 }
 
 /// Middleware for an agent's own routes: the token must be that agent's.
 pub async fn agent(
-    State(app): State<AppState>,
+    State(gate): State<Gate>,
     params: Result<RawPathParams, RawPathParamsRejection>,
     request: Request,
     next: Next,
@@ -188,8 +195,7 @@ pub async fn agent(
         .find(|(name, _)| *name == "agent_id")
         .map(|(_, value)| value)
         .unwrap_or_default();
-    app.auth()
-        .authorize(&app, request.headers(), Required::Agent(agent_id))?;
+    gate.authorize(request.headers(), Required::Agent(agent_id))?;
     Ok(next.run(request).await)
 }
 

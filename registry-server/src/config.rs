@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
+pub use registry_core::Replay;
 use serde::Deserialize;
+
+use crate::cross_site::Origin;
 
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "config/registry.toml";
@@ -36,8 +39,12 @@ const SECRET_KEYS: [(&str, &str); 3] = [
 ];
 /// What every environment variable of the configuration starts with.
 const ENV_PREFIX: &str = "REGISTRY_";
+/// Names EventSource gives its own events: a command of such a type would fire
+/// the client's `onmessage`, `onerror` or `onopen` (SPEC 10).
+const RESERVED_EVENT_NAMES: [&str; 3] = ["message", "error", "open"];
 /// Keys whose environment variables hold comma-separated lists.
-const LIST_KEYS: [&str; 3] = [
+const LIST_KEYS: [&str; 4] = [
+    "server.cors_origins",
     "commands.types",
     "auth.operator_tokens",
     "auth.enrollment_tokens",
@@ -108,6 +115,9 @@ pub struct ServerConfig {
     /// How long shutdown waits for requests in flight before it exits anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Origins (`scheme://host[:port]`) whose pages may call the API from a
+    /// browser (CORS); every other cross-site request is refused.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +132,7 @@ impl Default for ServerConfig {
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(75),
             shutdown_grace: Duration::from_secs(5),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -203,14 +214,26 @@ pub struct SseConfig {
     /// Events kept for a reader of the fleet stream (`/api/v1/events`); a
     /// reader this far behind loses its stream.
     pub fleet_queue: usize,
+    /// Sent as `retry:` at the start of each stream, plus a random jitter of up to as much again.
+    #[serde(with = "humantime_serde")]
+    pub retry: Duration,
+    /// Sent as `retry:` to a stream that a newer one for the same agent replaced.
+    #[serde(with = "humantime_serde")]
+    pub replaced_retry: Duration,
+    /// What a new stream is sent first: `none` or `unacknowledged`.
+    pub replay: Replay,
 }
 
 impl Default for SseConfig {
     fn default() -> Self {
+        let core = registry_core::Settings::default();
         Self {
             keepalive: Duration::from_secs(15),
-            queue: registry_core::Settings::default().stream_queue,
-            fleet_queue: registry_core::Settings::default().fleet_queue,
+            queue: core.stream_queue,
+            fleet_queue: core.fleet_queue,
+            retry: Duration::from_secs(5),
+            replaced_retry: Duration::from_secs(60),
+            replay: core.replay,
         }
     }
 }
@@ -388,6 +411,10 @@ impl Config {
         check_positive_duration("server.idle_timeout", server.idle_timeout)?;
         // Zero is meaningful here: exit without waiting.
         check_duration("server.shutdown_grace", server.shutdown_grace)?;
+        for origin in &server.cors_origins {
+            Origin::parse(origin)
+                .map_err(|reason| ConfigError::key("server.cors_origins", reason))?;
+        }
         Ok(())
     }
 
@@ -430,6 +457,16 @@ impl Config {
                 format!("{bad:?} must be 1 to 64 characters from A-Z a-z 0-9 . _ - :"),
             ));
         }
+        if let Some(bad) = commands
+            .types
+            .iter()
+            .find(|kind| RESERVED_EVENT_NAMES.contains(&kind.as_str()))
+        {
+            return Err(ConfigError::key(
+                "commands.types",
+                format!("{bad:?} names one of EventSource's own events (message, error, open)"),
+            ));
+        }
         Ok(())
     }
 
@@ -444,6 +481,8 @@ impl Config {
 
     fn validate_sse(&self) -> Result<(), ConfigError> {
         check_positive_duration("sse.keepalive", self.sse.keepalive)?;
+        check_positive_duration("sse.retry", self.sse.retry)?;
+        check_positive_duration("sse.replaced_retry", self.sse.replaced_retry)?;
         check_range("sse.queue", self.sse.queue, 1..=MAX_STREAM_QUEUE)?;
         // The fleet stream's queue is allocated whole, once: keep it reasonable.
         check_range("sse.fleet_queue", self.sse.fleet_queue, 1..=MAX_FLEET_QUEUE)?;
@@ -497,6 +536,7 @@ impl Config {
             command_types: self.commands.types.clone(),
             stream_queue: self.sse.queue,
             fleet_queue: self.sse.fleet_queue,
+            replay: self.sse.replay,
             max_streams: limits.streams,
             brake_threshold: self.lifecycle.brake_threshold,
             brake_min_agents: self.lifecycle.brake_min_agents,
@@ -683,6 +723,27 @@ mod tests {
     }
 
     #[test]
+    fn stream_settings_parse_from_the_environment() {
+        let config = load(&[
+            ("REGISTRY_SSE__REPLAY", "unacknowledged"),
+            ("REGISTRY_SSE__RETRY", "2s"),
+            ("REGISTRY_SSE__REPLACED_RETRY", "1m"),
+            (
+                "REGISTRY_SERVER__CORS_ORIGINS",
+                "https://ops.example, http://localhost:3000",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(config.sse.replay, registry_core::Replay::Unacknowledged);
+        assert_eq!(config.sse.retry, Duration::from_secs(2));
+        assert_eq!(config.sse.replaced_retry, Duration::from_secs(60));
+        assert_eq!(
+            config.server.cors_origins,
+            ["https://ops.example", "http://localhost:3000"]
+        );
+    }
+
+    #[test]
     fn the_bind_flag_overrides_the_environment() {
         let cli = Cli {
             config: None,
@@ -741,6 +802,18 @@ mod tests {
                 "lifecycle.brake_threshold",
             ),
             ("REGISTRY_LIFECYCLE__BRAKE_MAX", "0s", "lifecycle.brake_max"),
+            ("REGISTRY_COMMANDS__TYPES", "replay,error", "commands.types"),
+            ("REGISTRY_COMMANDS__TYPES", "message", "commands.types"),
+            ("REGISTRY_COMMANDS__TYPES", "open", "commands.types"),
+            ("REGISTRY_SSE__RETRY", "0s", "sse.retry"),
+            ("REGISTRY_SSE__REPLACED_RETRY", "0ms", "sse.replaced_retry"),
+            ("REGISTRY_SSE__REPLAY", "all", "sse.replay"),
+            (
+                "REGISTRY_SERVER__CORS_ORIGINS",
+                "https://ok.example,https://x.example/path",
+                "server.cors_origins",
+            ),
+            ("REGISTRY_SERVER__CORS_ORIGINS", "*", "server.cors_origins"),
         ] {
             let err = load(&[(name, value)]).unwrap_err().to_string();
             assert!(err.contains(key), "{name}={value}: {err}");

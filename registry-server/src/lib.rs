@@ -6,6 +6,7 @@
 //!
 //! - [`auth`]: bearer tokens by role, and the refusal to serve open beyond loopback.
 //! - [`config`]: settings from defaults, file, environment and flags, checked.
+//! - [`cross_site`]: cross-site requests refused, CORS for the allowed origins.
 //! - [`routes`]: the route table and the handlers, one module per side.
 //! - [`extract`]: JSON, path and query extractors that reject with [`ApiError`].
 //! - [`error`]: [`ApiError`], written as problem+json.
@@ -21,6 +22,7 @@
 pub mod auth;
 pub mod config;
 mod connections;
+pub mod cross_site;
 pub mod error;
 pub mod extract;
 pub mod host;

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -19,8 +20,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use registry_core::{AgentStatus, CommandStatus, Registry};
-
-use crate::state::AppState;
 
 /// The metrics registry of one server.
 pub struct Metrics {
@@ -180,7 +179,11 @@ impl Metrics {
 }
 
 /// Middleware that times every routed request.
-pub async fn track_requests(State(app): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn track_requests(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let route = request.extensions().get::<MatchedPath>().cloned();
@@ -190,8 +193,7 @@ pub async fn track_requests(State(app): State<AppState>, request: Request, next:
         route,
         status: response.status().as_u16(),
     };
-    app.metrics()
-        .observe(labels, started.elapsed().as_secs_f64());
+    metrics.observe(labels, started.elapsed().as_secs_f64());
     response
 }
 
@@ -334,6 +336,12 @@ impl Collector for CoreCollector {
             "registry_commands_created",
             "Commands created",
             stats.commands_created,
+        )?;
+        counter(
+            &mut encoder,
+            "registry_stream_replacements",
+            "Streams ended because a newer one for the same agent replaced them",
+            stats.stream_replacements,
         )?;
         counter(
             &mut encoder,

@@ -14,6 +14,7 @@
 //! - with authentication on, each operation needs its role's bearer token and
 //!   lists 401 and 403; an open server (no token configured) asks for none,
 //!   and its document drops both, so that it describes the server it came from;
+//! - every operation the cross-site rule guards lists 403, tokens or not;
 //! - the `type` of a command request is one of `commands.types`.
 
 use std::sync::{Arc, OnceLock};
@@ -113,7 +114,10 @@ pub struct BadRequest(pub Problem);
 )]
 pub struct Unauthorized(pub Problem);
 
-/// A valid token of another role, or of another agent.
+/// A cross-site request (SPEC 10): its `Origin` is neither the server's own nor one of
+/// `server.cors_origins`, or its `Sec-Fetch-Site` is `cross-site` or `same-site`; refused
+/// before it has any effect, with or without tokens. With tokens configured, also a valid
+/// token of another role, or of another agent.
 #[derive(ToResponse)]
 #[response(content_type = "application/problem+json")]
 pub struct Forbidden(pub Problem);
@@ -232,7 +236,8 @@ pub(crate) async fn serve(State(document): State<Document>) -> Response {
 
 /// Applies what depends on the configuration and on middleware (see the module's doc).
 fn finish(mut openapi: OpenApi, auth_enabled: bool, command_types: &[String]) -> OpenApi {
-    for item in openapi.paths.paths.values_mut() {
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        let cross_site_guarded = crate::cross_site::guards(path);
         for operation in operations(item) {
             let responses = &mut operation.responses.responses;
             responses.insert("414".into(), response_ref("UriTooLong"));
@@ -244,6 +249,9 @@ fn finish(mut openapi: OpenApi, auth_enabled: bool, command_types: &[String]) ->
                 operation.security = None;
                 responses.remove("401");
                 responses.remove("403");
+            }
+            if cross_site_guarded {
+                responses.insert("403".into(), response_ref("Forbidden"));
             }
         }
     }

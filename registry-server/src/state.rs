@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::http::HeaderMap;
 use registry_core::{AgentId, Registry};
 
-use crate::auth::Auth;
+use crate::auth::{Auth, Gate};
 use crate::config::Config;
 use crate::host;
 use crate::metrics::Metrics;
@@ -21,20 +21,20 @@ pub struct AppState {
 struct Inner {
     registry: Registry,
     config: Config,
-    auth: Auth,
+    auth: Arc<Auth>,
     ready: AtomicBool,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
 }
 
 impl AppState {
     /// State for a server over `registry`; not ready until [`set_ready`](Self::set_ready).
     pub fn new(registry: Registry, config: Config, auth: Auth) -> Self {
-        let metrics = Metrics::new(registry.clone());
+        let metrics = Arc::new(Metrics::new(registry.clone()));
         Self {
             inner: Arc::new(Inner {
                 registry,
                 config,
-                auth,
+                auth: Arc::new(auth),
                 ready: AtomicBool::new(false),
                 metrics,
             }),
@@ -56,8 +56,13 @@ impl AppState {
         &self.inner.auth
     }
 
+    /// The token checks, for the auth middlewares.
+    pub fn gate(&self) -> Gate {
+        Gate::new(Arc::clone(&self.inner.auth), self.inner.registry.clone())
+    }
+
     /// The server's metrics.
-    pub fn metrics(&self) -> &Metrics {
+    pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
     }
 

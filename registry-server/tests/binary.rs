@@ -124,6 +124,17 @@ fn an_invalid_setting_stops_the_start_with_a_message_naming_its_key() {
         ),
         ("REGISTRY_SSE__QUEUE", "0", "sse.queue"),
         ("REGISTRY_SSE__QUEUE", "4611686018427387904", "sse.queue"),
+        // EventSource's own event names can't be command types (SPEC 10).
+        (
+            "REGISTRY_COMMANDS__TYPES",
+            "config-update,error",
+            "commands.types",
+        ),
+        ("REGISTRY_COMMANDS__TYPES", "message", "commands.types"),
+        ("REGISTRY_COMMANDS__TYPES", "open,replay", "commands.types"),
+        ("REGISTRY_SSE__REPLAY", "everything", "sse.replay"),
+        ("REGISTRY_SSE__RETRY", "0s", "sse.retry"),
+        ("REGISTRY_SERVER__CORS_ORIGINS", "*", "server.cors_origins"),
     ] {
         let mut process =
             Process::spawn(WorkDir::new(), &["--bind", "127.0.0.1:0"], &[(name, value)]);

@@ -7,6 +7,7 @@ mod commands;
 mod errors;
 mod fleet;
 mod hardening;
+mod in_the_wild;
 mod lifecycle;
 mod limits;
 mod openapi;

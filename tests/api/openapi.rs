@@ -17,7 +17,7 @@ const DOCUMENT: &str = "/api/v1/openapi.json";
 const SPEC_ROUTES: &[(&str, &[&str])] = &[
     ("/api/v1/agents/register", &["post"]),
     ("/api/v1/agents/{agentId}/heartbeat", &["post"]),
-    ("/api/v1/agents/{agentId}/events", &["get"]),
+    ("/api/v1/agents/{agentId}/events", &["get", "head"]),
     (
         "/api/v1/agents/{agentId}/commands/{commandId}/ack",
         &["post"],
@@ -236,6 +236,24 @@ async fn errors_are_problem_json_and_the_stream_is_an_event_stream() {
     assert!(response(&document, stream, "404").is_some());
     let busy = response(&document, stream, "503").expect("503 when at max_streams");
     assert!(busy["headers"]["Retry-After"].is_object(), "{busy}");
+    let description = stream["description"].as_str().expect("a description");
+    for word in [
+        "retry:",
+        "sse.retry",
+        ": replaced",
+        "sse.replaced_retry",
+        "sse.replay",
+    ] {
+        assert!(
+            description.contains(word),
+            "the stream's description names {word}"
+        );
+    }
+    let head = &document["paths"]["/api/v1/agents/{agent_id}/events"]["head"];
+    let probed = response(&document, head, "200").expect("HEAD answers 200");
+    assert!(probed["headers"]["Cache-Control"].is_object(), "{probed}");
+    assert!(response(&document, head, "404").is_some());
+    assert!(response(&document, head, "403").is_some(), "cross-site");
     let fleet = &document["paths"]["/api/v1/events"]["get"];
     let open = response(&document, fleet, "200").expect("a 200 stream");
     assert!(open["content"]["text/event-stream"].is_object(), "{open}");
@@ -264,7 +282,8 @@ async fn errors_are_problem_json_and_the_stream_is_an_event_stream() {
 
 #[tokio::test]
 async fn security_and_command_types_follow_the_configuration() {
-    // Open: no operation asks for a token, and none lists 401 or 403.
+    // Open: no operation asks for a token, and none lists 401; every one the
+    // cross-site rule guards (all but the probes) lists its 403.
     let open = TestServer::start_with(|config: &mut Config| {
         config.commands.types = vec!["replay".into(), "deep-trace".into()];
     })
@@ -273,6 +292,12 @@ async fn security_and_command_types_follow_the_configuration() {
     for (path, method, operation) in operations(&document) {
         assert!(operation.get("security").is_none(), "{method} {path}");
         assert!(response(&document, &operation, "401").is_none());
+        let guarded = !matches!(path.as_str(), "/livez" | "/readyz");
+        assert_eq!(
+            response(&document, &operation, "403").is_some(),
+            guarded,
+            "{method} {path}"
+        );
     }
     assert_eq!(
         document["components"]["schemas"]["CommandRequest"]["properties"]["type"]["enum"],

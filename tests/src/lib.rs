@@ -211,20 +211,31 @@ impl TestServer {
 
     /// Opens the agent's SSE stream; panics unless it answers 200.
     pub async fn open_stream(&self, agent_id: &str) -> EventStream {
-        self.open_event_stream(&format!("/api/v1/agents/{agent_id}/events"))
+        self.open_stream_with(agent_id, &[]).await
+    }
+
+    /// Opens the agent's SSE stream sending `headers` too (`Last-Event-ID`, ...);
+    /// panics unless it answers 200.
+    pub async fn open_stream_with(&self, agent_id: &str, headers: &[(&str, &str)]) -> EventStream {
+        self.open_event_stream(&format!("/api/v1/agents/{agent_id}/events"), headers)
             .await
     }
 
     /// Opens the fleet event stream (`/api/v1/events`); panics unless it answers 200.
     pub async fn open_fleet_stream(&self) -> EventStream {
-        self.open_event_stream("/api/v1/events").await
+        self.open_event_stream("/api/v1/events", &[]).await
     }
 
-    async fn open_event_stream(&self, path: &str) -> EventStream {
-        let response = self
+    async fn open_event_stream(&self, path: &str, headers: &[(&str, &str)]) -> EventStream {
+        let request = self
             .client
             .get(self.url(path))
-            .timeout(Duration::from_secs(3600))
+            .timeout(Duration::from_secs(3600));
+        let response = headers
+            .iter()
+            .fold(request, |request, (name, value)| {
+                request.header(*name, *value)
+            })
             .send()
             .await
             .expect("GET events");

@@ -12,6 +12,8 @@ mod operators;
 mod page;
 mod probes;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
@@ -23,6 +25,7 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterE
 use utoipa_axum::routes;
 
 use crate::auth;
+use crate::cross_site::{self, CrossSite};
 use crate::error::ApiError;
 use crate::metrics::track_requests;
 use crate::openapi::{self, ApiDoc, Document};
@@ -64,10 +67,11 @@ struct GroupPath {
 /// document and the web page are open.
 pub fn router(state: AppState) -> Router {
     let max_body_bytes = state.config().server.max_body_bytes;
+    let cross_site = Arc::new(CrossSite::new(&state.config().server));
     let mut enrollment = OpenApiRouter::new().routes(routes!(agents::register));
     let mut agent = OpenApiRouter::new()
         .routes(routes!(agents::heartbeat))
-        .routes(routes!(events::stream))
+        .routes(routes!(events::stream, events::probe))
         .routes(routes!(agents::ack));
     let mut operator = OpenApiRouter::new()
         .routes(routes!(operators::list, operators::delete_dead))
@@ -80,22 +84,20 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(probes::metrics));
     // With no token configured every check would pass: leave them out of the way.
     if state.auth().enabled() {
+        let gate = state.gate();
         enrollment = enrollment.route_layer(middleware::from_fn_with_state(
-            state.clone(),
+            gate.clone(),
             auth::enrollment,
         ));
-        agent = agent.route_layer(middleware::from_fn_with_state(state.clone(), auth::agent));
-        operator = operator.route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::operator,
-        ));
+        agent = agent.route_layer(middleware::from_fn_with_state(gate.clone(), auth::agent));
+        operator = operator.route_layer(middleware::from_fn_with_state(gate, auth::operator));
     }
     let api = OpenApiRouter::new()
         .merge(enrollment)
         .merge(agent)
         .merge(operator)
         .route_layer(middleware::from_fn_with_state(
-            state.clone(),
+            state.metrics().clone(),
             track_requests,
         ));
     // The document route serves what the split below collects, itself included.
@@ -119,6 +121,11 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        // In front of everything else, tokens included (SPEC 7, 10).
+        .layer(middleware::from_fn_with_state(
+            cross_site,
+            cross_site::check,
+        ))
         .layer(middleware::from_fn_with_state(
             max_body_bytes,
             limits::refuse_declared_oversize,
