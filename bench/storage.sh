@@ -107,6 +107,7 @@ for push in $(seq "$CHURN_PUSHES"); do
     if ((push % 50 == 0)); then
         size=$(stat -c %s "$file")
         ((size > peak)) && peak=$size
+        echo "$push $size" >>"$OUT/churn-sizes"
     fi
 done
 # every command expired (1 s) and dropped (1 s more), and written behind
@@ -138,4 +139,10 @@ row() {
     echo "File after $((CHURN_AGENTS * CHURN_PUSHES)) commands came and went ($CHURN_AGENTS agents):" \
         "at most $(mib "$peak") while running, $(mib "$running") once all were dropped," \
         "$(mib "$stopped") after a clean stop."
+    echo
+    # Reuse shows as a file that stops growing once drops keep pace with pushes.
+    quarter() { awk -v q="$1" -v n="$CHURN_PUSHES" '$1 >= q * n / 4 {print $2; exit}' "$OUT/churn-sizes"; }
+    echo "The file as the commands came and went: $(mib "$(quarter 1)") after a quarter of them," \
+        "$(mib "$(quarter 2)") after half, $(mib "$(quarter 3)") after three quarters," \
+        "$(mib "$(quarter 4)") after all."
 } | tee "$OUT/table.md"
