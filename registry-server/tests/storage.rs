@@ -2,7 +2,8 @@
 //! answers loses none of them and agent tokens still work after the restart;
 //! a second server on the same file, and a file it cannot read, exit 2 naming
 //! `storage.path` and leave the file as it was; the file does not grow when the
-//! same load runs again.
+//! same load runs again; after a restart agents have `stale_after` to heartbeat
+//! and a command that expired while the server was down is EXPIRED.
 
 mod common;
 
@@ -118,6 +119,62 @@ fn a_sigkill_right_after_the_answers_loses_none_of_them_and_tokens_still_work() 
         http_as(addr, Some("not-a-token"), "POST", heartbeat, None).0,
         401
     );
+    process.terminate();
+}
+
+#[test]
+fn after_a_restart_agents_have_stale_after_to_heartbeat_and_what_expired_while_down_is_expired() {
+    let env = [
+        ("REGISTRY_LIFECYCLE__HEARTBEAT_INTERVAL", "500ms"),
+        ("REGISTRY_LIFECYCLE__STALE_AFTER", "2s"),
+        ("REGISTRY_COMMANDS__EXPIRY", "1s"),
+    ];
+    let (process, addr) = Process::serve(WorkDir::new(), &[], &env);
+    assert_eq!(register(addr, "a-1").0, 201);
+    let (status, text) = http_as(
+        addr,
+        None,
+        "POST",
+        "/api/v1/agents/a-1/commands",
+        Some(r#"{"type": "replay"}"#),
+    );
+    assert_eq!(status, 202, "{text}");
+    let pushed = json(&text);
+
+    let dir = process.kill();
+    // The server stays down past the agent's stale deadline and the command's
+    // expiry: real time has to pass here, as it does in an outage.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let restarting = Instant::now();
+    let (process, addr) = Process::serve(dir, &[], &env);
+
+    let agent = |addr| json(&http_as(addr, None, "GET", "/api/v1/agents/a-1", None).1);
+    assert_eq!(agent(addr)["status"], "LIVE", "the grace holds it LIVE");
+    let path = format!(
+        "/api/v1/agents/a-1/commands/{}",
+        pushed["commandId"].as_str().unwrap()
+    );
+    let command = json(&http_as(addr, None, "GET", &path, None).1);
+    assert_eq!(command["status"], "EXPIRED", "{command}");
+    assert_eq!(
+        command["expiresAt"], pushed["expiresAt"],
+        "expired at its expiresAt"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent(addr)["status"] == "LIVE" {
+        assert!(
+            Instant::now() < deadline,
+            "still LIVE 10 s after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        restarting.elapsed() >= Duration::from_secs(2),
+        "STALE {:?} after the restart, before stale_after",
+        restarting.elapsed()
+    );
+    assert_eq!(agent(addr)["status"], "STALE");
     process.terminate();
 }
 
