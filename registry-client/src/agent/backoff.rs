@@ -24,8 +24,8 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    /// The delay before attempt `attempt` (0 for the first retry), at least `floor`.
-    pub(crate) fn delay(&self, attempt: u32, floor: Duration) -> Duration {
+    /// The delay before retry `attempt` (0 for the first), at least `floor`.
+    pub fn delay(&self, attempt: u32, floor: Duration) -> Duration {
         let bound = self
             .initial
             .saturating_mul(1_u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))

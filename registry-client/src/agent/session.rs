@@ -52,8 +52,6 @@ pub(crate) struct Session {
     pub(crate) heartbeat_interval: Duration,
     /// The longest silence the server allows itself on the stream.
     pub(crate) keepalive: Duration,
-    /// The server's key, when it signs commands.
-    pub(crate) server_public_key: Option<String>,
 }
 
 impl Session {
@@ -188,7 +186,6 @@ impl Shared {
             keepalive: registered
                 .keepalive_ms
                 .map_or(DEFAULT_KEEPALIVE, Duration::from_millis),
-            server_public_key: registered.server_public_key.filter(|key| !key.is_empty()),
         })
     }
 
