@@ -136,7 +136,7 @@ impl Streamer {
         if let Some(id) = &self.last_event_id {
             request = request.header(LAST_EVENT_ID, id);
         }
-        Ok(check(session.authorize(request).send().await?).await?)
+        check(session.authorize(request).send().await?).await
     }
 
     /// Reads the open stream until it ends; hands over each new command.
