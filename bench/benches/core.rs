@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use futures_util::{FutureExt, StreamExt};
-use registry_core::{Clock, CommandRequest, RegistrationRequest, Registry, Settings, Subscription};
+use registry_core::{
+    Clock, CommandRequest, Payload, RegistrationRequest, Registry, Settings, Subscription,
+};
 
 fn registration(agent_id: &str) -> registry_core::Registration {
     RegistrationRequest {
@@ -37,7 +39,9 @@ fn fleet(agents: usize, settings: Settings) -> Registry {
 fn replay() -> CommandRequest {
     CommandRequest {
         kind: "replay".into(),
-        payload: Some(serde_json::json!({"routeId": "route-1"})),
+        payload: Some(Payload::from_value(
+            &serde_json::json!({"routeId": "route-1"}),
+        )),
     }
 }
 
@@ -99,7 +103,7 @@ fn fleet_command(c: &mut Criterion) {
                 let started = Instant::now();
                 let commands = registry.send_to_fleet(replay()).expect("a known type");
                 spent += started.elapsed();
-                assert_eq!(commands.len(), 100_000);
+                assert_eq!(commands.commands.len(), 100_000);
                 drop(commands);
                 // Untimed: read what was sent, and let expiry and retention empty the table.
                 drain(&mut streams);

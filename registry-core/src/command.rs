@@ -6,11 +6,12 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::agent::AgentId;
 use crate::clock::Timestamp;
+use crate::payload::Payload;
+use crate::rollout::RolloutId;
 
 /// A command's unique id: a UUID v7, so ids sort by creation time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -95,10 +96,11 @@ pub struct CommandRequest {
     #[cfg_attr(feature = "openapi", schema(examples("config-update")))]
     #[serde(rename = "type")]
     pub kind: String,
-    /// Any JSON value; `{}` when absent or null.
-    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
+    /// Any JSON value; `{}` when absent or null. Checked as JSON while the
+    /// body is read, and held as compact text from then on (see [`Payload`]).
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
     #[serde(default)]
-    pub payload: Option<Value>,
+    pub payload: Option<Payload>,
 }
 
 /// How the agent says the command went.
@@ -139,8 +141,12 @@ pub struct CommandView {
     #[serde(rename = "type")]
     pub kind: Arc<str>,
     /// What the operator sent.
-    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
-    pub payload: Arc<Value>,
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
+    pub payload: Payload,
+    /// The rollout it belongs to, when it was sent to a group or the fleet
+    /// (an addition to the contract's fields).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout_id: Option<RolloutId>,
     /// Where it is in its life.
     pub status: CommandStatus,
     /// When it was created.
@@ -175,8 +181,8 @@ pub struct CommandEvent {
     #[serde(rename = "type")]
     pub kind: Arc<str>,
     /// What the operator sent.
-    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
-    pub payload: Arc<Value>,
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
+    pub payload: Payload,
     /// When it was created.
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: Timestamp,

@@ -42,6 +42,9 @@ pub enum RegistryError {
         /// The command id, as given.
         command_id: String,
     },
+    /// No rollout with this id is retained.
+    #[error("no rollout '{0}' is retained")]
+    UnknownRollout(String),
     /// The command expired before it was acknowledged.
     #[error("command '{0}' expired before it was acknowledged")]
     CommandExpired(CommandId),

@@ -16,6 +16,9 @@
 //! - [`agent`]: agent ids, registration, status and the agent view.
 //! - [`brake`]: [`BrakeChange`], what the brake (SPEC 13) announces; its rule is in `state`.
 //! - [`command`]: command ids, statuses, requests, acks, views and stream events.
+//! - [`payload`]: [`Payload`], a command's JSON held as compact text, shared by a rollout.
+//! - [`rollout`]: what a group or fleet command creates: [`NewRollout`] (the
+//!   push's answer) and [`RolloutView`] (its progress); counted in `state::rollouts`.
 //! - [`subscription`]: what one open stream reads, [`Subscription`], and why it
 //!   was detached ([`DetachReason`]).
 //! - [`fleet`]: what changes in the fleet, broadcast to [`FleetSubscription`]s.
@@ -33,7 +36,9 @@ pub mod clock;
 pub mod command;
 pub mod error;
 pub mod fleet;
+pub mod payload;
 pub mod registry;
+pub mod rollout;
 mod schedule;
 pub mod settings;
 mod state;
@@ -53,7 +58,9 @@ pub use command::{
 };
 pub use error::{InvalidField, RegistryError};
 pub use fleet::{AgentEvent, FleetEvent, FleetSubscription, StatusChanges};
+pub use payload::Payload;
 pub use registry::{Registry, RegistryGuard, Tick};
+pub use rollout::{CommandRef, NewRollout, RolloutCounts, RolloutId, RolloutView, Target};
 pub use settings::{Replay, Settings};
 pub use stats::Stats;
 pub use storage::{Storage, StorageError};

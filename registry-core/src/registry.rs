@@ -15,6 +15,7 @@ use crate::clock::Clock;
 use crate::command::{Ack, CommandRequest, CommandView};
 use crate::error::RegistryError;
 use crate::fleet::{FleetEvent, FleetSubscription, StatusChanges};
+use crate::rollout::{NewRollout, RolloutView};
 use crate::settings::Settings;
 use crate::state::State;
 use crate::stats::Stats;
@@ -205,6 +206,7 @@ impl Registry {
         let now = self.shared.clock.now();
         state.advance(now);
         let result = operation(&mut state, now);
+        state.settle_rollouts(now);
         let wake = state.take_wake();
         let mut behind = false;
         if let Some(outbox) = &self.shared.outbox
@@ -309,7 +311,9 @@ impl Registry {
     /// benchmarks may too.
     pub fn tick(&self) -> Tick {
         let mut state = self.lock();
-        let handled = state.advance(self.shared.clock.now());
+        let now = self.shared.clock.now();
+        let handled = state.advance(now);
+        state.settle_rollouts(now);
         state.take_wake();
         let behind = self.shared.outbox.is_some() && state.has_changes();
         let tick = Tick {
@@ -379,20 +383,17 @@ impl Registry {
         self.with_state_durable(|state, now| state.send_to_agent(agent_id, request, now))
     }
 
-    /// Sends one command to each LIVE agent of `group`.
+    /// Sends one command to each LIVE agent of `group`: a rollout.
     pub fn send_to_group(
         &self,
         group: &str,
         request: CommandRequest,
-    ) -> Result<Vec<CommandView>, RegistryError> {
+    ) -> Result<NewRollout, RegistryError> {
         self.with_state_durable(|state, now| state.send_to_group(group, request, now))
     }
 
-    /// Sends one command to each LIVE agent.
-    pub fn send_to_fleet(
-        &self,
-        request: CommandRequest,
-    ) -> Result<Vec<CommandView>, RegistryError> {
+    /// Sends one command to each LIVE agent: a rollout.
+    pub fn send_to_fleet(&self, request: CommandRequest) -> Result<NewRollout, RegistryError> {
         self.with_state_durable(|state, now| state.send_to_fleet(request, now))
     }
 
@@ -404,6 +405,16 @@ impl Registry {
     /// One of the agent's commands.
     pub fn command(&self, agent_id: &str, command_id: &str) -> Result<CommandView, RegistryError> {
         self.with_state(|state, _| state.command(agent_id, command_id))
+    }
+
+    /// One retained rollout's progress.
+    pub fn rollout(&self, rollout_id: &str) -> Result<RolloutView, RegistryError> {
+        self.with_state(|state, _| state.rollout(rollout_id))
+    }
+
+    /// Every retained rollout's progress, newest first.
+    pub fn rollouts(&self) -> Vec<RolloutView> {
+        self.with_state(|state, _| state.rollouts())
     }
 
     /// Acknowledges one of the agent's commands.
@@ -443,7 +454,7 @@ impl Registry {
         stream_id: u64,
         unwritten: &[crate::CommandId],
     ) {
-        self.with_state(|state, _| state.stream_closed(agent_id, stream_id, unwritten));
+        self.with_state(|state, now| state.stream_closed(agent_id, stream_id, unwritten, now));
     }
 
     /// Ends every open stream and refuses new ones: the first step of shutting down.

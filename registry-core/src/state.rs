@@ -4,12 +4,14 @@
 //! shows a status a late timer has not caught up with yet.
 //!
 //! This file holds the state, the deadlines and the agents' rules; `commands`
-//! holds the rules of commands, `streams` those of streams and of delivering
-//! commands to them, `brake` the brake's.
+//! holds the rules of commands, `rollouts` the counting of a group or fleet
+//! command's progress, `streams` those of streams and of delivering commands
+//! to them, `brake` the brake's.
 
 mod brake;
 mod commands;
 mod persist;
+mod rollouts;
 mod streams;
 
 pub(crate) use streams::OpenedStream;
@@ -19,7 +21,6 @@ use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
-use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tracing::{debug, info};
@@ -32,6 +33,8 @@ use crate::clock::Clock;
 use crate::command::{Ack, CommandEvent, CommandId, CommandStatus, CommandView};
 use crate::error::RegistryError;
 use crate::fleet::{AgentEvent, FleetEvent};
+use crate::payload::Payload;
+use crate::rollout::RolloutId;
 use crate::schedule::{DeadlineKey, Schedule};
 use crate::settings::Settings;
 use crate::stats::Stats;
@@ -44,11 +47,13 @@ type HashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 
 /// What a deadline is for. The entity's own status says which of its rules
 /// applies: a LIVE agent goes STALE, a STALE one DEAD; an open command
-/// expires, a final one is dropped; the brake releases after `brake_max`.
+/// expires, a final one is dropped; a done rollout is dropped; the brake
+/// releases after `brake_max`.
 #[derive(Debug)]
 enum Due {
     Agent(AgentId),
     Command(CommandId),
+    Rollout(RolloutId),
     Brake,
 }
 
@@ -74,13 +79,14 @@ impl Deadlines {
     }
 }
 
-/// Counts and logs every change of status, tells the fleet's readers what
-/// changed, and marks what changed for storage.
+/// Counts and logs every change of status (a rollout's counts among them),
+/// tells the fleet's readers what changed, and marks what changed for storage.
 struct Journal {
     clock: Clock,
     stats: Stats,
     events: broadcast::Sender<FleetEvent>,
     dirty: persist::Dirty,
+    rollouts: rollouts::Rollouts,
 }
 
 impl Journal {
@@ -128,11 +134,40 @@ impl Journal {
         self.agent_event(agent, status, status, agent.status_changed_at);
     }
 
-    fn command_status(&mut self, command: &mut CommandEntry, to: CommandStatus) {
+    /// A command's status changes at `at`; its rollout, if any, counts it.
+    fn command_status(&mut self, command: &mut CommandEntry, to: CommandStatus, at: Instant) {
+        let from = command.status;
         self.dirty.command(command.id);
-        self.stats.commands[command.status.index()] -= 1;
+        self.stats.commands[from.index()] -= 1;
         self.stats.commands[to.index()] += 1;
         command.status = to;
+        if let Some(rollout) = command.rollout {
+            let result = command
+                .ack
+                .as_ref()
+                .map(|ack| ack.result.unwrap_or_default());
+            self.rollouts.count(rollout, from, to, result, at);
+        }
+    }
+
+    /// A command leaves the table at `at` (its retention ended, or its agent
+    /// was deleted): its payload, unless a rollout holds it, and its count go.
+    fn command_dropped(&mut self, command: &CommandEntry, at: Instant) {
+        self.dirty.command(command.id);
+        self.stats.commands[command.status.index()] -= 1;
+        match command.rollout {
+            Some(rollout) => {
+                if let Some(last) = self.rollouts.command_dropped(rollout, command.status, at) {
+                    self.drop_rollout(last);
+                }
+            }
+            None => {
+                self.stats.payload_bytes = self
+                    .stats
+                    .payload_bytes
+                    .saturating_sub(command.payload.len());
+            }
+        }
     }
 }
 
@@ -175,7 +210,10 @@ struct CommandEntry {
     id: CommandId,
     agent_id: AgentId,
     kind: Arc<str>,
-    payload: Arc<Value>,
+    /// Shared with the other commands of its rollout, if it has one.
+    payload: Payload,
+    /// The rollout it belongs to, which holds its payload once for all.
+    rollout: Option<RolloutId>,
     status: CommandStatus,
     created_at: Instant,
     expires_at: Instant,
@@ -197,6 +235,7 @@ impl CommandEntry {
             agent_id: self.agent_id.clone(),
             kind: self.kind.clone(),
             payload: self.payload.clone(),
+            rollout_id: self.rollout,
             status: self.status,
             created_at: clock.timestamp(self.created_at),
             expires_at: clock.timestamp(self.expires_at),
@@ -268,6 +307,7 @@ impl State {
                 stats: Stats::default(),
                 events,
                 dirty: persist::Dirty::new(recording),
+                rollouts: rollouts::Rollouts::default(),
             },
             brake: brake::Brake::new(),
             next_seq: 0,
@@ -289,6 +329,7 @@ impl State {
             match due {
                 Due::Agent(id) => self.agent_due(id, when),
                 Due::Command(id) => self.command_due(id, when),
+                Due::Rollout(id) => self.rollout_due(id),
                 Due::Brake => self.release_brake(when),
             }
         }
@@ -334,14 +375,14 @@ impl State {
         };
         if !command.status.is_final() {
             debug!(command_id = %id, agent_id = %command.agent_id, "command expired");
-            self.journal.command_status(command, CommandStatus::Expired);
+            self.journal
+                .command_status(command, CommandStatus::Expired, when);
             let purge_at = when + self.settings.command_retention;
             command.deadline = self.deadlines.insert(purge_at, Due::Command(id));
             return;
         }
         if let Some(command) = self.commands.remove(&id) {
-            self.journal.dirty.command(id);
-            self.journal.stats.commands[command.status.index()] -= 1;
+            self.journal.command_dropped(&command, when);
             if let Some(agent) = self.agents.get_mut(&command.agent_id) {
                 agent.commands.remove(&command.seq);
             }
@@ -512,9 +553,8 @@ impl State {
         agent.detach_stream(DetachReason::AgentDeleted, &mut self.journal);
         for id in agent.commands.values() {
             if let Some(command) = self.commands.remove(id) {
-                self.journal.dirty.command(*id);
                 self.deadlines.schedule.remove(command.deadline);
-                self.journal.stats.commands[command.status.index()] -= 1;
+                self.journal.command_dropped(&command, now);
             }
         }
         self.journal.stats.agents[agent.status.index()] -= 1;

@@ -18,6 +18,9 @@ pub struct Stats {
     pub heartbeats: u64,
     /// Registrations so far, new and resumed.
     pub registrations: u64,
+    /// Payload bytes retained now: a rollout's payload once, a single
+    /// command's each (what `commands.max_retained_bytes` bounds).
+    pub payload_bytes: usize,
     /// Commands created so far.
     pub commands_created: u64,
     /// Streams closed because their reader fell `stream_queue` commands behind.

@@ -11,8 +11,10 @@
 //! - **Facts, not timers.** What is kept is what happened: an agent's
 //!   status, `registeredAt`, `lastHeartbeatAt`, `statusChangedAt`, metadata
 //!   and token digest ([`AgentRecord`]); a command's status, timestamps and
-//!   result ([`CommandRecord`]); a few named values ([`Change::Meta`]: the
-//!   format, the signing key, the brake). Every deadline follows from the facts
+//!   result ([`CommandRecord`]); a rollout's counts ([`RolloutRecord`]) and,
+//!   once, its payload, which its commands share instead of each holding a
+//!   copy; a few named values ([`Change::Meta`]: the format, the signing key,
+//!   the brake). Every deadline follows from the facts
 //!   and the settings (LIVE: `lastHeartbeatAt + stale_after`; STALE:
 //!   `statusChangedAt + dead_after`; an open command: `expiresAt`; a final one:
 //!   the moment it became final + `retention`), so a restart loads the facts
@@ -88,11 +90,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::agent::{AgentId, AgentMetadata, AgentStatus, Credential};
 use crate::clock::Timestamp;
 use crate::command::{Ack, CommandId, CommandStatus};
+use crate::payload::Payload;
+use crate::rollout::{RolloutCounts, RolloutId, Target};
 
 /// The most a change written behind waits before it is committed: heartbeat
 /// times, deadlines that fired, deliveries. SPEC 8 allows a second.
@@ -100,7 +103,13 @@ pub const WRITE_BEHIND: Duration = Duration::from_millis(500);
 
 /// The format of the stored records; an engine refuses a store written in
 /// another one. Raise it whenever a record's meaning changes.
-pub const FORMAT_VERSION: u64 = 1;
+///
+/// Version 2 added rollouts: a command of a rollout names it and holds no
+/// payload of its own. Every version 1 record reads as a version 2 record.
+pub const FORMAT_VERSION: u64 = 2;
+
+/// The oldest format this version reads (and then marks as [`FORMAT_VERSION`]).
+pub const OLDEST_FORMAT_READ: u64 = 1;
 
 /// An engine that keeps the registry's facts.
 ///
@@ -125,6 +134,10 @@ pub struct Snapshot {
     pub heartbeats: Vec<(AgentId, Timestamp)>,
     /// Every retained command.
     pub commands: Vec<CommandRecord>,
+    /// Every retained rollout.
+    pub rollouts: Vec<RolloutRecord>,
+    /// The payload of each retained rollout.
+    pub payloads: Vec<(RolloutId, Payload)>,
     /// Named values: the signing key, the brake, and such.
     pub meta: BTreeMap<String, Vec<u8>>,
 }
@@ -142,6 +155,12 @@ pub enum Change {
     Command(CommandRecord),
     /// A command dropped (its retention ended, or its agent was deleted).
     CommandRemoved(CommandId),
+    /// A rollout, created or counted again.
+    Rollout(RolloutRecord),
+    /// A new rollout's payload, written once, read by each of its commands.
+    RolloutPayload(RolloutId, Payload),
+    /// A rollout dropped, with its payload.
+    RolloutRemoved(RolloutId),
     /// A named value set, or removed (`None`).
     Meta(String, Option<Vec<u8>>),
 }
@@ -179,8 +198,13 @@ pub struct CommandRecord {
     /// Its type.
     #[serde(rename = "type")]
     pub kind: Arc<str>,
-    /// What the operator sent.
-    pub payload: Arc<Value>,
+    /// What the operator sent; none for a command of a rollout, whose
+    /// payload is the rollout's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Payload>,
+    /// The rollout it belongs to, if it was sent to a group or the fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_id: Option<RolloutId>,
     /// Its status when the record was written.
     pub status: CommandStatus,
     /// When it was created.
@@ -193,6 +217,32 @@ pub struct CommandRecord {
     pub acknowledged_at: Option<Timestamp>,
     /// The agent's acknowledgement.
     pub ack: Option<Ack>,
+}
+
+/// What is kept of a rollout, less its payload (written once, apart, since
+/// this record is written again whenever its counts change).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRecord {
+    /// Its id.
+    pub rollout_id: RolloutId,
+    /// Its commands' type.
+    #[serde(rename = "type")]
+    pub kind: Arc<str>,
+    /// Whom it went to.
+    pub target: Target,
+    /// When its commands were created.
+    pub created_at: Timestamp,
+    /// When its commands expire.
+    pub expires_at: Timestamp,
+    /// Commands created.
+    pub targeted: usize,
+    /// LIVE agents left out at their cap of unfinished commands.
+    pub skipped: usize,
+    /// Its commands by status, those dropped with their agents included.
+    pub counts: RolloutCounts,
+    /// When its last unfinished command became final.
+    pub done_at: Option<Timestamp>,
 }
 
 /// A storage engine failed: the request that needed it is refused.

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use registry_core::{
-    Ack, AckResult, AgentStatus, CommandRequest, CommandStatus, CommandView, Registry,
-    RegistryError, RegistryGuard, Settings, Subscription,
+    Ack, AckResult, AgentStatus, CommandRequest, CommandStatus, CommandView, NewRollout, Payload,
+    Registry, RegistryError, RegistryGuard, Settings, Subscription,
 };
 use serde_json::json;
 
@@ -61,8 +61,25 @@ fn status_of(registry: &Registry, agent_id: &str, command: &CommandView) -> Comm
     registry.command(agent_id, &id(command)).unwrap().status
 }
 
-fn targets(commands: &[CommandView]) -> Vec<&str> {
-    commands.iter().map(|c| c.agent_id.as_str()).collect()
+fn targets(rollout: &NewRollout) -> Vec<&str> {
+    rollout
+        .commands
+        .iter()
+        .map(|c| c.agent_id.as_str())
+        .collect()
+}
+
+/// The views of a rollout's commands, in the answer's order.
+fn views(registry: &Registry, rollout: &NewRollout) -> Vec<CommandView> {
+    rollout
+        .commands
+        .iter()
+        .map(|c| {
+            registry
+                .command(c.agent_id.as_str(), &c.command_id.to_string())
+                .unwrap()
+        })
+        .collect()
 }
 
 fn unknown_command(agent_id: &str, command_id: &str) -> RegistryError {
@@ -183,7 +200,9 @@ async fn command_payload_defaults_to_an_empty_object_and_is_kept_as_sent() {
             "order-7f3a",
             CommandRequest {
                 kind: "deep-trace".to_owned(),
-                payload: Some(json!({"routeId": "route-1", "depth": [1, 2]})),
+                payload: Some(Payload::from_value(
+                    &json!({"routeId": "route-1", "depth": [1, 2]}),
+                )),
             },
         )
         .unwrap();
@@ -192,17 +211,17 @@ async fn command_payload_defaults_to_an_empty_object_and_is_kept_as_sent() {
             "order-7f3a",
             CommandRequest {
                 kind: "replay".to_owned(),
-                payload: Some(json!(42)),
+                payload: Some(Payload::from_value(&json!(42))),
             },
         )
         .unwrap();
 
-    assert_eq!(*empty.payload, json!({}));
+    assert_eq!(empty.payload, Payload::from_value(&json!({})));
     assert_eq!(
-        *given.payload,
-        json!({"routeId": "route-1", "depth": [1, 2]})
+        given.payload,
+        Payload::from_value(&json!({"routeId": "route-1", "depth": [1, 2]}))
     );
-    assert_eq!(*scalar.payload, json!(42));
+    assert_eq!(scalar.payload, Payload::from_value(&json!(42)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -259,7 +278,7 @@ async fn command_for_an_agent_with_an_open_stream_is_delivered_at_once() {
             "order-7f3a",
             CommandRequest {
                 kind: "deep-trace".to_owned(),
-                payload: Some(json!({"routeId": "route-1"})),
+                payload: Some(Payload::from_value(&json!({"routeId": "route-1"}))),
             },
         )
         .unwrap();
@@ -275,7 +294,10 @@ async fn command_for_an_agent_with_an_open_stream_is_delivered_at_once() {
     assert_eq!(event.command_id, command.command_id);
     assert_eq!(event.agent_id.as_str(), "order-7f3a");
     assert_eq!(&*event.kind, "deep-trace");
-    assert_eq!(*event.payload, json!({"routeId": "route-1"}));
+    assert_eq!(
+        event.payload,
+        Payload::from_value(&json!({"routeId": "route-1"}))
+    );
     assert_eq!(event.created_at, command.created_at);
     assert_eq!(event.expires_at, command.expires_at);
     assert_eq!(
@@ -347,20 +369,33 @@ async fn group_command_goes_to_live_members_only() {
             "g",
             CommandRequest {
                 kind: "replay".to_owned(),
-                payload: Some(json!({"n": 1})),
+                payload: Some(Payload::from_value(&json!({"n": 1}))),
             },
         )
         .unwrap();
 
     assert_eq!(targets(&sent), ["live-1", "live-2"]);
-    assert_eq!(sent[0].status, CommandStatus::Pending);
-    assert_eq!(sent[1].status, CommandStatus::Delivered);
-    assert_ne!(sent[0].command_id, sent[1].command_id);
-    for command in &sent {
+    assert_eq!((sent.targeted, sent.skipped), (2, 0));
+    assert_eq!(&*sent.kind, "replay");
+    assert_eq!(sent.payload.get(), r#"{"n":1}"#);
+    let commands = views(&registry, &sent);
+    assert_eq!(commands[0].status, CommandStatus::Pending);
+    assert_eq!(commands[1].status, CommandStatus::Delivered);
+    assert_ne!(commands[0].command_id, commands[1].command_id);
+    for command in &commands {
         assert_eq!(&*command.kind, "replay");
-        assert_eq!(*command.payload, json!({"n": 1}));
+        assert!(
+            command.payload.shares_with(&sent.payload),
+            "one payload for all"
+        );
+        assert_eq!(command.rollout_id, Some(sent.rollout_id));
+        assert_eq!(command.created_at, sent.created_at);
+        assert_eq!(command.expires_at, sent.expires_at);
     }
-    assert_eq!(stream.next().await.unwrap().command_id, sent[1].command_id);
+    assert_eq!(
+        stream.next().await.unwrap().command_id,
+        commands[1].command_id
+    );
     for agent_id in ["stale-1", "dead-1", "other-1"] {
         assert!(registry.commands_of(agent_id).unwrap().is_empty());
     }
@@ -373,7 +408,8 @@ async fn group_command_for_a_group_without_live_members_targets_nobody() {
     registry.register(registration("stale-1", "g"));
     advance_ms(STALE_MS).await;
 
-    assert_eq!(registry.send_to_group("g", config_update()), Ok(Vec::new()));
+    let sent = registry.send_to_group("g", config_update()).unwrap();
+    assert_eq!((sent.targeted, sent.commands.len()), (0, 0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -407,7 +443,11 @@ async fn fleet_command_goes_to_every_live_agent_only() {
     let sent = registry.send_to_fleet(config_update()).unwrap();
 
     assert_eq!(targets(&sent), ["live-a", "live-b", "live-c"]);
-    assert!(sent.iter().all(|c| c.status == CommandStatus::Pending));
+    assert!(
+        views(&registry, &sent)
+            .iter()
+            .all(|c| c.status == CommandStatus::Pending)
+    );
     assert!(registry.commands_of("stale-1").unwrap().is_empty());
     assert!(registry.commands_of("dead-1").unwrap().is_empty());
 }
@@ -415,10 +455,11 @@ async fn fleet_command_goes_to_every_live_agent_only() {
 #[tokio::test(start_paused = true)]
 async fn fleet_command_with_no_live_agent_targets_nobody() {
     let (_guard, registry) = start();
-    assert_eq!(registry.send_to_fleet(config_update()), Ok(Vec::new()));
+    assert_eq!(registry.send_to_fleet(config_update()).unwrap().targeted, 0);
     registry.register(registration("stale-1", "g"));
     advance_ms(STALE_MS).await;
-    assert_eq!(registry.send_to_fleet(config_update()), Ok(Vec::new()));
+    let sent = registry.send_to_fleet(config_update()).unwrap();
+    assert_eq!((sent.targeted, sent.commands.len()), (0, 0));
 }
 
 #[tokio::test(start_paused = true)]

@@ -200,7 +200,7 @@ async fn re_registration_into_another_group_moves_the_agent_between_groups() {
 
     // Group commands follow the move.
     let sent = registry.send_to_group("new-group", command()).unwrap();
-    let targets: Vec<&str> = sent.iter().map(|c| c.agent_id.as_str()).collect();
+    let targets: Vec<&str> = sent.commands.iter().map(|c| c.agent_id.as_str()).collect();
     assert_eq!(targets, ["mover", "stayer"]);
 
     // The old group has no member left in any status: it is unknown.

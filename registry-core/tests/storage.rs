@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use registry_core::storage::{Change, Snapshot, WRITE_BEHIND};
 use registry_core::{
-    Ack, AckResult, AgentStatus, CommandRequest, CommandStatus, Credential, Registry,
+    Ack, AckResult, AgentStatus, CommandRequest, CommandStatus, Credential, Payload, Registry,
     RegistryError, RegistryGuard, Settings, Storage, StorageError,
 };
 
@@ -22,6 +22,10 @@ struct Stored {
     agents: BTreeMap<String, registry_core::storage::AgentRecord>,
     heartbeats: BTreeMap<String, registry_core::Timestamp>,
     commands: BTreeMap<u128, registry_core::storage::CommandRecord>,
+    rollouts: BTreeMap<u128, registry_core::storage::RolloutRecord>,
+    payloads: BTreeMap<u128, registry_core::Payload>,
+    /// How many times a payload was written.
+    payload_writes: usize,
     meta: BTreeMap<String, Vec<u8>>,
     commits: usize,
     failing: bool,
@@ -55,6 +59,12 @@ impl Storage for MapStorage {
                 .map(|(id, at)| (registry_core::AgentId::parse(id).unwrap(), *at))
                 .collect(),
             commands: stored.commands.values().cloned().collect(),
+            rollouts: stored.rollouts.values().cloned().collect(),
+            payloads: stored
+                .payloads
+                .iter()
+                .map(|(id, payload)| (registry_core::RolloutId::from_u128(*id), payload.clone()))
+                .collect(),
             meta: stored.meta.clone(),
         }))
     }
@@ -84,6 +94,17 @@ impl Storage for MapStorage {
                     Change::CommandRemoved(id) => {
                         stored.commands.remove(&id.as_u128());
                     }
+                    Change::Rollout(record) => {
+                        stored.rollouts.insert(record.rollout_id.as_u128(), record);
+                    }
+                    Change::RolloutPayload(id, payload) => {
+                        stored.payload_writes += 1;
+                        stored.payloads.insert(id.as_u128(), payload);
+                    }
+                    Change::RolloutRemoved(id) => {
+                        stored.rollouts.remove(&id.as_u128());
+                        stored.payloads.remove(&id.as_u128());
+                    }
                     Change::Meta(key, Some(value)) => {
                         stored.meta.insert(key, value);
                     }
@@ -111,7 +132,9 @@ fn start_on(storage: &MapStorage) -> (RegistryGuard, Registry) {
 fn request(kind: &str) -> CommandRequest {
     CommandRequest {
         kind: kind.into(),
-        payload: Some(serde_json::json!({"routeId": "route-1"})),
+        payload: Some(Payload::from_value(
+            &serde_json::json!({"routeId": "route-1"}),
+        )),
     }
 }
 
@@ -166,7 +189,7 @@ async fn a_restart_keeps_agents_tokens_and_acknowledged_commands() {
     assert_eq!(kept.result, Some(AckResult::Failure));
     assert_eq!(kept.message.as_deref(), Some("no such route"));
     assert_eq!(kept.created_at, command.created_at);
-    assert_eq!(*kept.payload, serde_json::json!({"routeId": "route-1"}));
+    assert_eq!(kept.payload.get(), r#"{"routeId":"route-1"}"#);
     assert!(!registry.agent("a-1").unwrap().connected);
 }
 
@@ -286,9 +309,92 @@ async fn a_fleet_command_is_one_write() {
         .durably(|registry| registry.send_to_fleet(request("config-update")))
         .await
         .unwrap();
-    assert_eq!(commands.len(), 200);
+    assert_eq!(commands.commands.len(), 200);
     assert_eq!(storage.with(|stored| stored.commits), before + 1);
     assert_eq!(storage.with(|stored| stored.commands.len()), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollouts_payload_is_stored_once_and_its_commands_hold_none() {
+    let storage = MapStorage::default();
+    let (_guard, registry) = start_on(&storage);
+    for n in 0..20 {
+        register(&registry, &format!("a-{n}")).await;
+    }
+    let rollout = registry
+        .durably(|registry| registry.send_to_fleet(request("config-update")))
+        .await
+        .unwrap();
+    storage.with(|stored| {
+        assert_eq!(stored.payload_writes, 1);
+        assert_eq!(stored.payloads.len(), 1);
+        assert!(
+            stored
+                .commands
+                .values()
+                .all(|command| command.payload.is_none()
+                    && command.rollout_id == Some(rollout.rollout_id))
+        );
+    });
+    // Counting acks writes the rollout's record again, never its payload.
+    for command in &rollout.commands[..5] {
+        let id = command.command_id.to_string();
+        registry
+            .durably(|registry| registry.ack(command.agent_id.as_str(), &id, Ack::default()))
+            .await
+            .unwrap();
+    }
+    storage.with(|stored| {
+        assert_eq!(stored.payload_writes, 1);
+        let record = &stored.rollouts[&rollout.rollout_id.as_u128()];
+        assert_eq!(record.counts.succeeded, 5);
+        assert_eq!(record.counts.pending, 15);
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_keeps_rollouts_their_counts_and_their_shared_payload() {
+    let storage = MapStorage::default();
+    let (guard, registry) = start_on(&storage);
+    for n in 0..3 {
+        register(&registry, &format!("a-{n}")).await;
+    }
+    let rollout = registry
+        .durably(|registry| registry.send_to_fleet(request("config-update")))
+        .await
+        .unwrap();
+    let first = &rollout.commands[0];
+    let id = first.command_id.to_string();
+    registry
+        .durably(|registry| registry.ack(first.agent_id.as_str(), &id, Ack::default()))
+        .await
+        .unwrap();
+    let before = registry.rollout(&rollout.rollout_id.to_string()).unwrap();
+    assert_eq!((before.succeeded, before.pending), (1, 2));
+    crash(guard).await;
+
+    let (_guard, registry) = start_on(&storage);
+    let rollout_id = rollout.rollout_id.to_string();
+    assert_eq!(registry.rollout(&rollout_id).unwrap(), before);
+    let commands: Vec<_> = rollout
+        .commands
+        .iter()
+        .map(|command| {
+            registry
+                .command(command.agent_id.as_str(), &command.command_id.to_string())
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        commands
+            .iter()
+            .all(|command| command.payload == rollout.payload)
+    );
+    // Counting goes on where it stopped: the other two expire, and it is done.
+    advance_ms(60_000).await;
+    yield_a_few_times().await;
+    let after = registry.rollout(&rollout_id).unwrap();
+    assert_eq!((after.succeeded, after.expired, after.done), (1, 2, true));
 }
 
 #[tokio::test(start_paused = true)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::{FutureExt, StreamExt};
 use registry_core::{
     Ack, CommandEvent, CommandId, CommandRequest, CommandStatus, CommandView, DetachReason,
-    Registry, RegistryGuard, Replay, Settings, Subscription,
+    Payload, Registry, RegistryGuard, Replay, Settings, Subscription,
 };
 use serde_json::json;
 
@@ -41,7 +41,7 @@ fn send(registry: &Registry, n: u64) -> CommandView {
             AGENT,
             CommandRequest {
                 kind: "config-update".to_owned(),
-                payload: Some(json!({ "n": n })),
+                payload: Some(Payload::from_value(&json!({ "n": n }))),
             },
         )
         .unwrap()

@@ -13,11 +13,18 @@
 //! | `format` | `"version"` | [`FORMAT_VERSION`] |
 //! | `agents` | agentId | the agent's record, JSON |
 //! | `heartbeats` | agentId | its heartbeat time, Unix milliseconds, written behind |
-//! | `commands` | commandId as a 128-bit number | the command's record, JSON |
+//! | `commands` | commandId as a 128-bit number | the command's record, JSON (a rollout's command holds no payload) |
+//! | `rollouts` | rolloutId as a 128-bit number | the rollout's record (its counts), JSON |
+//! | `payloads` | rolloutId as a 128-bit number | the rollout's payload, JSON text, written once |
 //! | `values` | a name | named values (the signing key, the brake) |
 //!
 //! Records are JSON: self-describing, so a later version can add fields with
-//! defaults, and readable with any redb tool when something goes wrong.
+//! defaults, and readable with any redb tool when something goes wrong. A
+//! rollout's payload is a table of its own: its record is written again as
+//! its counts change, the payload (up to `server.max_body_bytes`) only once.
+//!
+//! A file of format version 1 (before rollouts) is read as it is and marked
+//! version 2 when opened: its records are version 2 records.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -27,15 +34,18 @@ use redb::{
     WriteTransaction,
 };
 use registry_core::storage::{
-    AgentRecord, Change, CommandRecord, FORMAT_VERSION, Snapshot, Storage, StorageError,
+    AgentRecord, Change, CommandRecord, FORMAT_VERSION, OLDEST_FORMAT_READ, RolloutRecord,
+    Snapshot, Storage, StorageError,
 };
-use registry_core::{AgentId, Timestamp};
+use registry_core::{AgentId, Payload, RolloutId, Timestamp};
 use tracing::{info, warn};
 
 const FORMAT: TableDefinition<&str, u64> = TableDefinition::new("format");
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const HEARTBEATS: TableDefinition<&str, u64> = TableDefinition::new("heartbeats");
 const COMMANDS: TableDefinition<u128, &[u8]> = TableDefinition::new("commands");
+const ROLLOUTS: TableDefinition<u128, &[u8]> = TableDefinition::new("rollouts");
+const PAYLOADS: TableDefinition<u128, &[u8]> = TableDefinition::new("payloads");
 const VALUES: TableDefinition<&str, &[u8]> = TableDefinition::new("values");
 
 /// The key of the format version in the `format` table.
@@ -120,7 +130,8 @@ impl Embedded {
         &self.path
     }
 
-    /// A new file gets the format version; a file that has one must have ours.
+    /// A new file gets the format version; a file that has one must have ours,
+    /// or an older one this version reads, which is then marked ours.
     fn check_format(&self) -> Result<(), String> {
         let read = self.db.begin_read().map_err(|err| err.to_string())?;
         let tables: Vec<String> = read
@@ -144,8 +155,16 @@ impl Embedded {
             .get(VERSION_KEY)
             .map_err(|err| err.to_string())?
             .map(|version| version.value());
+        drop(read);
         match version {
             Some(FORMAT_VERSION) => Ok(()),
+            Some(old) if (OLDEST_FORMAT_READ..FORMAT_VERSION).contains(&old) => {
+                let write = self.db.begin_write().map_err(|err| err.to_string())?;
+                create_tables(&write).map_err(|err| err.to_string())?;
+                write.commit().map_err(|err| err.to_string())?;
+                info!(path = %self.path.display(), from = old, to = FORMAT_VERSION, "storage file format upgraded");
+                Ok(())
+            }
             Some(other) => Err(format!(
                 "its format is version {other}; this server reads version {FORMAT_VERSION}"
             )),
@@ -178,6 +197,24 @@ impl Embedded {
             let record: CommandRecord = serde_json::from_slice(value.value())
                 .map_err(|err| format!("command {:x}: {err}", key.value()))?;
             snapshot.commands.push(record);
+        }
+        let rollouts = read.open_table(ROLLOUTS).map_err(|err| err.to_string())?;
+        for entry in rollouts.iter().map_err(|err| err.to_string())? {
+            let (key, value) = entry.map_err(|err| err.to_string())?;
+            let record: RolloutRecord = serde_json::from_slice(value.value())
+                .map_err(|err| format!("rollout {:x}: {err}", key.value()))?;
+            snapshot.rollouts.push(record);
+        }
+        let payloads = read.open_table(PAYLOADS).map_err(|err| err.to_string())?;
+        for entry in payloads.iter().map_err(|err| err.to_string())? {
+            let (key, value) = entry.map_err(|err| err.to_string())?;
+            let payload = std::str::from_utf8(value.value())
+                .map_err(|err| err.to_string())
+                .and_then(|text| Payload::parse(text).map_err(|err| err.to_string()))
+                .map_err(|err| format!("payload of rollout {:x}: {err}", key.value()))?;
+            snapshot
+                .payloads
+                .push((RolloutId::from_u128(key.value()), payload));
         }
         let values = read.open_table(VALUES).map_err(|err| err.to_string())?;
         for entry in values.iter().map_err(|err| err.to_string())? {
@@ -218,6 +255,8 @@ fn create_tables(write: &WriteTransaction) -> Result<(), redb::Error> {
     write.open_table(AGENTS)?;
     write.open_table(HEARTBEATS)?;
     write.open_table(COMMANDS)?;
+    write.open_table(ROLLOUTS)?;
+    write.open_table(PAYLOADS)?;
     write.open_table(VALUES)?;
     Ok(())
 }
@@ -239,6 +278,8 @@ fn write_changes(write: &WriteTransaction, changes: &[Change]) -> Result<(), red
     let mut agents = write.open_table(AGENTS)?;
     let mut heartbeats = write.open_table(HEARTBEATS)?;
     let mut commands = write.open_table(COMMANDS)?;
+    let mut rollouts = write.open_table(ROLLOUTS)?;
+    let mut payloads = write.open_table(PAYLOADS)?;
     let mut values = write.open_table(VALUES)?;
     let mut buffer = Vec::new();
     for change in changes {
@@ -265,6 +306,18 @@ fn write_changes(write: &WriteTransaction, changes: &[Change]) -> Result<(), red
             Change::CommandRemoved(id) => {
                 commands.remove(id.as_u128())?;
             }
+            Change::Rollout(record) => {
+                buffer.clear();
+                serde_json::to_writer(&mut buffer, record).map_err(to_redb)?;
+                rollouts.insert(record.rollout_id.as_u128(), buffer.as_slice())?;
+            }
+            Change::RolloutPayload(id, payload) => {
+                payloads.insert(id.as_u128(), payload.get().as_bytes())?;
+            }
+            Change::RolloutRemoved(id) => {
+                rollouts.remove(id.as_u128())?;
+                payloads.remove(id.as_u128())?;
+            }
             Change::Meta(key, Some(value)) => {
                 values.insert(key.as_str(), value.as_slice())?;
             }
@@ -278,4 +331,104 @@ fn write_changes(write: &WriteTransaction, changes: &[Change]) -> Result<(), red
 
 fn to_redb(err: serde_json::Error) -> redb::Error {
     redb::Error::Corrupted(format!("a record could not be written: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file path of its own under the system's temporary folder, removed after.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "registry-embedded-{}-{name}.redb",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_file(&path);
+            Self(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    const V1_AGENT: &str = r#"{"agentId":"a-1","metadata":{"name":"n","group":"g","version":null,"routeIds":[],"capabilities":[]},"status":"LIVE","registeredAt":"2026-03-11T18:10:15.000Z","lastHeartbeatAt":"2026-03-11T18:10:15.000Z","statusChangedAt":"2026-03-11T18:10:15.000Z","credential":null}"#;
+    const V1_COMMAND: &str = r#"{"commandId":"0190f0c2-5c1e-7d4a-9a53-2f0e8f6c1b7d","seq":1,"agentId":"a-1","type":"replay","payload":{"routeId":"route-1"},"status":"PENDING","createdAt":"2026-03-11T18:10:15.000Z","expiresAt":"2026-03-11T18:11:15.000Z","deliveredAt":null,"acknowledgedAt":null,"ack":null}"#;
+
+    /// A file as version 1 wrote it: no rollouts, a payload in each command.
+    fn write_version_1(path: &Path) {
+        let db = Database::create(path).unwrap();
+        let write = db.begin_write().unwrap();
+        write
+            .open_table(FORMAT)
+            .unwrap()
+            .insert(VERSION_KEY, 1)
+            .unwrap();
+        write
+            .open_table(AGENTS)
+            .unwrap()
+            .insert("a-1", V1_AGENT.as_bytes())
+            .unwrap();
+        write.open_table(HEARTBEATS).unwrap();
+        let id: registry_core::CommandId = "0190f0c2-5c1e-7d4a-9a53-2f0e8f6c1b7d".parse().unwrap();
+        write
+            .open_table(COMMANDS)
+            .unwrap()
+            .insert(id.as_u128(), V1_COMMAND.as_bytes())
+            .unwrap();
+        write.open_table(VALUES).unwrap();
+        write.commit().unwrap();
+    }
+
+    #[test]
+    fn a_version_1_file_is_read_and_marked_version_2() {
+        let file = TempFile::new("v1");
+        write_version_1(&file.0);
+        let mut engine = Embedded::open(&file.0).unwrap();
+        let snapshot = engine.load().unwrap();
+        assert_eq!(snapshot.agents.len(), 1);
+        assert_eq!(snapshot.commands.len(), 1);
+        let command = &snapshot.commands[0];
+        assert_eq!(command.rollout_id, None);
+        assert_eq!(
+            command.payload.as_ref().map(Payload::get),
+            Some(r#"{"routeId":"route-1"}"#)
+        );
+        assert!(snapshot.rollouts.is_empty());
+        drop(engine);
+
+        let db = Database::open(&file.0).unwrap();
+        let read = db.begin_read().unwrap();
+        let version = read.open_table(FORMAT).unwrap().get(VERSION_KEY).unwrap();
+        assert_eq!(version.map(|v| v.value()), Some(FORMAT_VERSION));
+    }
+
+    #[test]
+    fn a_rollouts_payload_is_one_row_its_commands_none() {
+        let file = TempFile::new("rollout");
+        let mut engine = Embedded::open(&file.0).unwrap();
+        let id = RolloutId::from_u128(7);
+        let payload = Payload::parse(r#"{"blob": "x"}"#).unwrap();
+        let record: RolloutRecord = serde_json::from_str(
+            r#"{"rolloutId":"00000000-0000-0000-0000-000000000007","type":"replay","target":"fleet","createdAt":"2026-03-11T18:10:15.000Z","expiresAt":"2026-03-11T18:11:15.000Z","targeted":2,"skipped":0,"counts":{"pending":2,"delivered":0,"succeeded":0,"failed":0,"expired":0},"doneAt":null}"#,
+        )
+        .unwrap();
+        engine
+            .commit(&[
+                Change::RolloutPayload(id, payload.clone()),
+                Change::Rollout(record.clone()),
+            ])
+            .unwrap();
+        let snapshot = engine.load().unwrap();
+        assert_eq!(snapshot.rollouts, [record]);
+        assert_eq!(snapshot.payloads, [(id, payload)]);
+        engine.commit(&[Change::RolloutRemoved(id)]).unwrap();
+        let snapshot = engine.load().unwrap();
+        assert!(snapshot.rollouts.is_empty() && snapshot.payloads.is_empty());
+    }
 }

@@ -64,7 +64,8 @@ impl ApiError {
                 RegistryError::InvalidField(_) => StatusCode::BAD_REQUEST,
                 RegistryError::UnknownAgent(_)
                 | RegistryError::UnknownGroup(_)
-                | RegistryError::UnknownCommand { .. } => StatusCode::NOT_FOUND,
+                | RegistryError::UnknownCommand { .. }
+                | RegistryError::UnknownRollout(_) => StatusCode::NOT_FOUND,
                 RegistryError::CommandExpired(_) => StatusCode::CONFLICT,
                 RegistryError::TooManyStreams { .. }
                 | RegistryError::ShuttingDown

@@ -28,6 +28,48 @@ const VIEW_FIELDS: [&str; 11] = [
     "message",
 ];
 
+/// Every field of the answer to a group or fleet command (SPEC 3.2).
+const ROLLOUT_FIELDS: [&str; 8] = [
+    "rolloutId",
+    "type",
+    "payload",
+    "targeted",
+    "skipped",
+    "createdAt",
+    "expiresAt",
+    "commands",
+];
+
+/// The command view of each `{commandId, agentId}` of a rollout's answer.
+async fn views_of(server: &TestServer, rollout: &Value) -> Vec<Value> {
+    let mut views = Vec::new();
+    for pair in rollout["commands"].as_array().expect("a list of commands") {
+        assert_eq!(
+            keys(pair),
+            BTreeSet::from(["commandId", "agentId"]),
+            "{pair}"
+        );
+        let agent_id = pair["agentId"].as_str().expect("an agentId");
+        let (status, view) = get_command(server, agent_id, &id_of(pair)).await;
+        assert_eq!(status, StatusCode::OK, "{pair}");
+        views.push(view);
+    }
+    views
+}
+
+/// Asserts that `body` is a rollout's answer of `kind` that targeted nobody.
+fn assert_targets_nobody(body: &Value, kind: &str) {
+    assert_eq!(keys(body), BTreeSet::from(ROLLOUT_FIELDS), "{body}");
+    assert!(is_uuid(body["rolloutId"].as_str().unwrap()), "{body}");
+    assert_eq!(body["type"], kind);
+    assert_eq!(body["payload"], json!({}));
+    assert_eq!(
+        (&body["targeted"], &body["skipped"]),
+        (&json!(0), &json!(0))
+    );
+    assert_eq!(body["commands"], json!([]));
+}
+
 /// Whether `text` is a UUID written 8-4-4-4-12 in hex.
 fn is_uuid(text: &str) -> bool {
     let groups: Vec<&str> = text.split('-').collect();
@@ -340,19 +382,29 @@ async fn a_group_command_targets_only_the_live_members_of_that_group() {
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(keys(&body), BTreeSet::from(["targeted", "commands"]));
-    assert_eq!(body["targeted"], 2);
-    let commands = body["commands"].as_array().expect("a list of commands");
-    let targets: BTreeSet<&str> = commands
+    assert_eq!(keys(&body), BTreeSet::from(ROLLOUT_FIELDS));
+    assert!(is_uuid(body["rolloutId"].as_str().unwrap()), "{body}");
+    assert_eq!(body["type"], "deep-trace");
+    assert_eq!(body["payload"], json!({"routeId": "route-9"}));
+    assert_eq!(
+        (&body["targeted"], &body["skipped"]),
+        (&json!(2), &json!(0))
+    );
+    let targets: Vec<&str> = body["commands"]
+        .as_array()
+        .expect("a list of commands")
         .iter()
         .map(|command| command["agentId"].as_str().unwrap())
         .collect();
-    assert_eq!(targets, BTreeSet::from(["grp-a", "grp-b"]));
-    for command in commands {
-        assert_eq!(keys(command), BTreeSet::from(VIEW_FIELDS), "{command}");
+    assert_eq!(targets, ["grp-a", "grp-b"], "ordered by agentId");
+    let commands = views_of(&server, &body).await;
+    for command in &commands {
         assert_eq!(command["type"], "deep-trace");
         assert_eq!(command["payload"], json!({"routeId": "route-9"}));
         assert_eq!(command["status"], "PENDING");
+        assert_eq!(command["rolloutId"], body["rolloutId"]);
+        assert_eq!(command["createdAt"], body["createdAt"]);
+        assert_eq!(command["expiresAt"], body["expiresAt"]);
     }
     assert_ne!(id_of(&commands[0]), id_of(&commands[1]));
     assert!(
@@ -379,7 +431,7 @@ async fn a_group_whose_members_are_all_stale_answers_202_with_none_targeted() {
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(body, json!({"targeted": 0, "commands": []}));
+    assert_targets_nobody(&body, "replay");
 }
 
 #[tokio::test]
@@ -440,9 +492,9 @@ async fn a_fleet_command_gives_each_live_agent_its_own_command_on_its_stream() {
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(keys(&body), BTreeSet::from(["targeted", "commands"]));
+    assert_eq!(keys(&body), BTreeSet::from(ROLLOUT_FIELDS));
     assert_eq!(body["targeted"], 2);
-    let commands = body["commands"].as_array().expect("a list of commands");
+    let commands = views_of(&server, &body).await;
     assert_eq!(commands.len(), 2);
     let id_for = |agent_id: &str| {
         commands
@@ -481,7 +533,7 @@ async fn a_fleet_command_with_no_live_agent_targets_none() {
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(body, json!({"targeted": 0, "commands": []}));
+    assert_targets_nobody(&body, "replay");
 }
 
 #[tokio::test]

@@ -61,19 +61,16 @@ pub(crate) async fn timed_push(
     })
 }
 
-/// `targeted` of a group or fleet command's answer, read from the start of the
-/// body without parsing the (possibly megabytes of) commands after it.
+/// `targeted` of a group or fleet command's answer (read after the push was
+/// timed; the answer names the payload once and a pair of ids per agent).
 fn targeted_of(body: &[u8]) -> Option<usize> {
-    const KEY: &[u8] = b"\"targeted\":";
-    let head = &body[..body.len().min(256)];
-    let start = super::sse::find(head, KEY)? + KEY.len();
-    let digits: Vec<u8> = head[start..]
-        .iter()
-        .copied()
-        .skip_while(u8::is_ascii_whitespace)
-        .take_while(u8::is_ascii_digit)
-        .collect();
-    std::str::from_utf8(&digits).ok()?.parse().ok()
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        targeted: usize,
+    }
+    serde_json::from_slice::<Answer>(body)
+        .ok()
+        .map(|answer| answer.targeted)
 }
 
 /// Prints a one-line summary of a push to stderr.
@@ -98,9 +95,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_targeted_from_the_start() {
+    fn reads_targeted_of_a_rollout() {
         assert_eq!(
-            targeted_of(b"{\"targeted\":19000,\"commands\":[{}]}"),
+            targeted_of(b"{\"rolloutId\":\"r\",\"payload\":{\"targeted\":1},\"targeted\":19000,\"commands\":[{}]}"),
             Some(19_000)
         );
         assert_eq!(targeted_of(b"{\"commandId\":\"x\"}"), None);

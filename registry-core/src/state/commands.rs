@@ -1,23 +1,22 @@
-//! The rules of commands: creation for one agent, a group or the fleet, reads,
-//! and acknowledgement. Delivery to an open stream is `streams`'.
+//! The rules of commands: creation for one agent, or for a group or the fleet
+//! as a rollout, reads, and acknowledgement. Delivery to an open stream is `streams`'.
 
 use std::sync::Arc;
 
-use serde_json::Value;
 use tokio::time::Instant;
 
+use super::rollouts::Launch;
 use super::streams::deliver;
 use super::{AgentEntry, CommandEntry, Due, HashMap, State, unknown_agent};
 use crate::agent::{AgentId, AgentStatus};
 use crate::command::{Ack, CommandId, CommandRequest, CommandStatus, CommandView};
 use crate::error::{InvalidField, RegistryError};
+use crate::payload::Payload;
+use crate::rollout::{CommandRef, NewRollout, RolloutId, Target};
 
 impl State {
     /// Checks a command request against the configured types; returns the type and payload.
-    fn command_parts(
-        &self,
-        request: CommandRequest,
-    ) -> Result<(Arc<str>, Arc<Value>), InvalidField> {
+    fn command_parts(&self, request: CommandRequest) -> Result<(Arc<str>, Payload), InvalidField> {
         let kind = self
             .command_types
             .iter()
@@ -33,10 +32,8 @@ impl State {
                     ),
                 )
             })?;
-        let payload = request
-            .payload
-            .unwrap_or_else(|| Value::Object(Default::default()));
-        Ok((kind, Arc::new(payload)))
+        let payload = request.payload.unwrap_or_else(Payload::empty_object);
+        Ok((kind, payload))
     }
 
     /// Sends a command to one agent, whatever its status.
@@ -52,34 +49,37 @@ impl State {
             .get(agent_id)
             .map(|agent| agent.id.clone())
             .ok_or_else(|| unknown_agent(agent_id))?;
-        Ok(self.create_command(&agent_id, &kind, &payload, now))
+        self.journal.stats.payload_bytes += payload.len();
+        let id = self.create_command(&agent_id, &kind, &payload, None, now);
+        Ok(self.commands[&id].view(&self.journal.clock))
     }
 
-    /// Sends one command to each LIVE agent of a group.
+    /// Sends one command to each LIVE agent of a group: a rollout.
     pub(crate) fn send_to_group(
         &mut self,
         group: &str,
         request: CommandRequest,
         now: Instant,
-    ) -> Result<Vec<CommandView>, RegistryError> {
+    ) -> Result<NewRollout, RegistryError> {
         let (kind, payload) = self.command_parts(request)?;
-        let members = self
+        let (group, members) = self
             .groups
-            .get(group)
+            .get_key_value(group)
             .ok_or_else(|| RegistryError::UnknownGroup(group.to_owned()))?;
+        let target = Target::Group(group.clone());
         let targets = self.live(members.iter());
-        Ok(self.create_commands(targets, &kind, &payload, now))
+        Ok(self.launch(target, targets, kind, payload, now))
     }
 
-    /// Sends one command to each LIVE agent.
+    /// Sends one command to each LIVE agent: a rollout.
     pub(crate) fn send_to_fleet(
         &mut self,
         request: CommandRequest,
         now: Instant,
-    ) -> Result<Vec<CommandView>, RegistryError> {
+    ) -> Result<NewRollout, RegistryError> {
         let (kind, payload) = self.command_parts(request)?;
         let targets = self.live(self.agents.keys());
-        Ok(self.create_commands(targets, &kind, &payload, now))
+        Ok(self.launch(Target::Fleet, targets, kind, payload, now))
     }
 
     /// The LIVE agents among `ids`, ordered by id.
@@ -96,17 +96,48 @@ impl State {
         live
     }
 
-    fn create_commands(
+    /// Creates a rollout of one command per agent of `targets`, all sharing
+    /// `payload`, which is counted and stored once.
+    fn launch(
         &mut self,
+        target: Target,
         targets: Vec<AgentId>,
-        kind: &Arc<str>,
-        payload: &Arc<Value>,
+        kind: Arc<str>,
+        payload: Payload,
         now: Instant,
-    ) -> Vec<CommandView> {
-        targets
-            .iter()
-            .map(|agent_id| self.create_command(agent_id, kind, payload, now))
-            .collect()
+    ) -> NewRollout {
+        let id = RolloutId::new();
+        let expires_at = now + self.settings.command_expiry;
+        self.journal.rollouts.insert(Launch {
+            id,
+            kind: kind.clone(),
+            target,
+            payload: payload.clone(),
+            created_at: now,
+            expires_at,
+            targeted: targets.len(),
+            skipped: 0,
+        });
+        self.journal.dirty.rollout_payload(id);
+        self.journal.stats.payload_bytes += payload.len();
+        let commands = targets
+            .into_iter()
+            .map(|agent_id| CommandRef {
+                command_id: self.create_command(&agent_id, &kind, &payload, Some(id), now),
+                agent_id,
+            })
+            .collect::<Vec<_>>();
+        let clock = &self.journal.clock;
+        NewRollout {
+            rollout_id: id,
+            kind,
+            payload,
+            targeted: commands.len(),
+            skipped: 0,
+            created_at: clock.timestamp(now),
+            expires_at: clock.timestamp(expires_at),
+            commands,
+        }
     }
 
     /// Creates a command for a known agent and, if it has a stream open, delivers it at once.
@@ -114,9 +145,10 @@ impl State {
         &mut self,
         agent_id: &AgentId,
         kind: &Arc<str>,
-        payload: &Arc<Value>,
+        payload: &Payload,
+        rollout: Option<RolloutId>,
         now: Instant,
-    ) -> CommandView {
+    ) -> CommandId {
         let seq = self.next_seq();
         let id = CommandId::new();
         let expires_at = now + self.settings.command_expiry;
@@ -127,6 +159,7 @@ impl State {
             agent_id: agent_id.clone(),
             kind: kind.clone(),
             payload: payload.clone(),
+            rollout,
             status: CommandStatus::Pending,
             created_at: now,
             expires_at,
@@ -145,9 +178,8 @@ impl State {
                 deliver(agent, &mut command, now, &mut self.journal);
             }
         }
-        let view = command.view(&self.journal.clock);
         self.commands.insert(id, command);
-        view
+        id
     }
 
     /// The agent's retained commands, newest first.
@@ -193,7 +225,7 @@ impl State {
                 let purge_at = now + self.settings.command_retention;
                 command.deadline = self.deadlines.insert(purge_at, Due::Command(command.id));
                 self.journal
-                    .command_status(command, CommandStatus::Acknowledged);
+                    .command_status(command, CommandStatus::Acknowledged, now);
             }
         }
         Ok(command.view(&self.journal.clock))

@@ -7,11 +7,14 @@ use std::collections::BTreeMap;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::rollouts::Launch;
 use super::{AgentEntry, CommandEntry, Due, HashMap, HashSet, State, index};
 use crate::agent::{AgentId, AgentStatus};
 use crate::clock::{Clock, Timestamp};
 use crate::command::{CommandId, CommandStatus};
-use crate::storage::{AgentRecord, Change, CommandRecord, Snapshot};
+use crate::payload::Payload;
+use crate::rollout::RolloutId;
+use crate::storage::{AgentRecord, Change, CommandRecord, RolloutRecord, Snapshot};
 use crate::subscription::DetachReason;
 
 /// What changed since the last batch was taken, by id: the records are built
@@ -24,6 +27,9 @@ pub(super) struct Dirty {
     /// Agents whose heartbeat time alone moved.
     heartbeats: HashSet<AgentId>,
     commands: HashSet<CommandId>,
+    rollouts: HashSet<RolloutId>,
+    /// New rollouts, whose payload is written (once).
+    payloads: HashSet<RolloutId>,
     meta: BTreeMap<String, Option<Vec<u8>>>,
 }
 
@@ -53,10 +59,24 @@ impl Dirty {
         }
     }
 
+    pub(super) fn rollout(&mut self, id: RolloutId) {
+        if self.recording {
+            self.rollouts.insert(id);
+        }
+    }
+
+    pub(super) fn rollout_payload(&mut self, id: RolloutId) {
+        if self.recording {
+            self.payloads.insert(id);
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.agents.is_empty()
             && self.heartbeats.is_empty()
             && self.commands.is_empty()
+            && self.rollouts.is_empty()
+            && self.payloads.is_empty()
             && self.meta.is_empty()
     }
 }
@@ -82,7 +102,9 @@ impl CommandEntry {
             seq: self.seq,
             agent_id: self.agent_id.clone(),
             kind: self.kind.clone(),
-            payload: self.payload.clone(),
+            // A rollout's payload is kept once, with the rollout.
+            payload: self.rollout.is_none().then(|| self.payload.clone()),
+            rollout_id: self.rollout,
             status: self.status,
             created_at: clock.timestamp(self.created_at),
             expires_at: clock.timestamp(self.expires_at),
@@ -104,7 +126,12 @@ impl State {
         let clock = self.journal.clock;
         let dirty = &mut self.journal.dirty;
         let mut changes = Vec::with_capacity(
-            dirty.agents.len() + dirty.heartbeats.len() + dirty.commands.len() + dirty.meta.len(),
+            dirty.agents.len()
+                + dirty.heartbeats.len()
+                + dirty.commands.len()
+                + dirty.rollouts.len()
+                + dirty.payloads.len()
+                + dirty.meta.len(),
         );
         for id in dirty.heartbeats.drain() {
             if dirty.agents.contains(&id) {
@@ -130,6 +157,15 @@ impl State {
                     None => Change::CommandRemoved(id),
                 }),
         );
+        let rollouts = &self.journal.rollouts.entries;
+        changes.extend(dirty.payloads.drain().filter_map(|id| {
+            let entry = rollouts.get(&id)?;
+            Some(Change::RolloutPayload(id, entry.payload.clone()))
+        }));
+        changes.extend(dirty.rollouts.drain().map(|id| match rollouts.get(&id) {
+            Some(entry) => Change::Rollout(entry.record(&clock)),
+            None => Change::RolloutRemoved(id),
+        }));
         changes.extend(
             std::mem::take(&mut dirty.meta)
                 .into_iter()
@@ -200,6 +236,7 @@ impl State {
                 },
             );
         }
+        self.restore_rollouts(snapshot.rollouts, snapshot.payloads);
         for record in snapshot.commands {
             let Some(agent) = self.agents.get_mut(&record.agent_id) else {
                 // Its agent's removal was written and this was not: finish the job.
@@ -207,6 +244,23 @@ impl State {
                 self.journal.dirty.command(record.command_id);
                 continue;
             };
+            // A command of a rollout reads the rollout's payload; one of a
+            // version 1 store, or sent to one agent, holds its own.
+            let payload = match record.rollout_id {
+                Some(id) => self.journal.rollouts.entries.get_mut(&id).map(|rollout| {
+                    rollout.retained += 1;
+                    rollout.payload.clone()
+                }),
+                None => record.payload,
+            };
+            let Some(payload) = payload else {
+                warn!(command_id = %record.command_id, "a stored command without its payload is dropped");
+                self.journal.dirty.command(record.command_id);
+                continue;
+            };
+            if record.rollout_id.is_none() {
+                self.journal.stats.payload_bytes += payload.len();
+            }
             let expires_at = clock.instant(record.expires_at);
             let acknowledged_at = record.acknowledged_at.map(|at| clock.instant(at));
             // The same arithmetic as the rules: an open command is due at its
@@ -230,7 +284,8 @@ impl State {
                     id,
                     agent_id: agent.id.clone(),
                     kind: self.command_kind(record.kind),
-                    payload: record.payload,
+                    payload,
+                    rollout: record.rollout_id,
                     status: record.status,
                     created_at: clock.instant(record.created_at),
                     expires_at,
@@ -242,12 +297,75 @@ impl State {
                 },
             );
         }
+        self.settle_restored_rollouts(now);
         self.meta = snapshot.meta;
         debug!(
             agents = self.agents.len(),
             commands = self.commands.len(),
             "state restored"
         );
+    }
+
+    /// The rollouts of `records`, each with its payload, their counts as
+    /// stored; their commands are counted as retained as they are restored.
+    fn restore_rollouts(
+        &mut self,
+        records: Vec<RolloutRecord>,
+        payloads: Vec<(RolloutId, Payload)>,
+    ) {
+        let clock = self.journal.clock;
+        let mut payloads: HashMap<RolloutId, Payload> = payloads.into_iter().collect();
+        for record in records {
+            let id = record.rollout_id;
+            let Some(payload) = payloads.remove(&id) else {
+                warn!(rollout_id = %id, "a stored rollout without its payload is dropped, with its commands");
+                self.journal.dirty.rollout(id);
+                continue;
+            };
+            self.journal.stats.payload_bytes += payload.len();
+            let launch = Launch {
+                id,
+                kind: self.command_kind(record.kind),
+                target: record.target,
+                payload,
+                created_at: clock.instant(record.created_at),
+                expires_at: clock.instant(record.expires_at),
+                targeted: record.targeted,
+                skipped: record.skipped,
+            };
+            let done_at = record.done_at.map(|at| clock.instant(at));
+            self.journal
+                .rollouts
+                .restore(launch, record.counts, done_at);
+        }
+        for (id, _) in payloads {
+            // Its rollout's removal was written and this was not.
+            self.journal.dirty.rollout(id);
+        }
+    }
+
+    /// Schedules the end of each restored rollout that is done. One that is
+    /// not, and whose commands are all gone (which a store written by this
+    /// version never holds), could never be done: its unfinished count as
+    /// expired now.
+    fn settle_restored_rollouts(&mut self, now: Instant) {
+        let retention = self.settings.command_retention;
+        for entry in self.journal.rollouts.entries.values_mut() {
+            if entry.done_at.is_none() && entry.retained == 0 {
+                entry.counts.expired += entry.counts.unfinished();
+                entry.counts.pending = 0;
+                entry.counts.delivered = 0;
+                entry.done_at = Some(now);
+                self.journal.dirty.rollout(entry.id);
+            }
+            if let Some(done_at) = entry.done_at {
+                entry.settled_done = true;
+                entry.deadline = Some(
+                    self.deadlines
+                        .insert(done_at + retention, Due::Rollout(entry.id)),
+                );
+            }
+        }
     }
 
     /// Replaces the state with `snapshot` after a write failed, as at a

@@ -229,7 +229,7 @@ impl State {
             if first_delivery {
                 command.delivered_at = Some(now);
                 self.journal
-                    .command_status(command, CommandStatus::Delivered);
+                    .command_status(command, CommandStatus::Delivered, now);
             }
             command.delivered_on = stream_id;
             replayed.push_back(Replayed {
@@ -247,6 +247,7 @@ impl State {
         agent_id: &str,
         stream_id: u64,
         unwritten: &[CommandId],
+        now: Instant,
     ) {
         if let Some(agent) = self.agents.get_mut(agent_id)
             && agent
@@ -264,7 +265,8 @@ impl State {
             {
                 command.delivered_at = None;
                 command.delivered_on = 0;
-                self.journal.command_status(command, CommandStatus::Pending);
+                self.journal
+                    .command_status(command, CommandStatus::Pending, now);
             }
         }
     }
@@ -300,7 +302,7 @@ pub(super) fn deliver(
         Ok(()) => {
             command.delivered_at = Some(now);
             command.delivered_on = stream.id;
-            journal.command_status(command, CommandStatus::Delivered);
+            journal.command_status(command, CommandStatus::Delivered, now);
         }
         Err(mpsc::error::TrySendError::Full(_)) => {
             warn!(agent_id = %agent.id, "stream reader fell a whole queue behind; closing its stream");

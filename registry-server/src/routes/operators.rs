@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use registry_core::{AgentFilter, AgentStatus, AgentView, CommandRequest, CommandView};
+use registry_core::{AgentFilter, AgentStatus, AgentView, CommandRequest, CommandView, NewRollout};
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
@@ -45,24 +45,6 @@ pub(super) struct BulkDeleteQuery {
     /// `true`: a bulk delete never happens by accident.
     #[param(value_type = String, required = true, pattern = "^true$", example = "true")]
     confirm: Option<String>,
-}
-
-/// The answer to a group or fleet command.
-#[derive(Serialize, ToSchema)]
-pub(super) struct Targeted {
-    /// How many agents were targeted: one command each.
-    targeted: usize,
-    /// The commands created, one per targeted agent.
-    commands: Vec<CommandView>,
-}
-
-impl From<Vec<CommandView>> for Targeted {
-    fn from(commands: Vec<CommandView>) -> Self {
-        Self {
-            targeted: commands.len(),
-            commands,
-        }
-    }
 }
 
 /// The answer to a bulk delete.
@@ -256,7 +238,7 @@ pub(super) async fn send_to_agent(
     params(GroupPath),
     request_body(content = CommandRequest, content_type = "application/json"),
     responses(
-        (status = 202, description = "One command per LIVE agent of the group", body = Targeted),
+        (status = 202, description = "A rollout: one command per LIVE agent of the group, the payload named once", body = NewRollout),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -272,12 +254,12 @@ pub(super) async fn send_to_group(
     State(app): State<AppState>,
     ApiPath(GroupPath { group }): ApiPath<GroupPath>,
     ApiJson(request): ApiJson<CommandRequest>,
-) -> Result<(StatusCode, Json<Targeted>), ApiError> {
-    let commands = app
+) -> Result<(StatusCode, Json<NewRollout>), ApiError> {
+    let rollout = app
         .registry()
         .durably(|registry| registry.send_to_group(&group, request))
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(commands.into())))
+    Ok((StatusCode::ACCEPTED, Json(rollout)))
 }
 
 /// `POST /api/v1/agents/commands`: one command per LIVE agent.
@@ -289,7 +271,7 @@ pub(super) async fn send_to_group(
     summary = "Send a command to every LIVE agent",
     request_body(content = CommandRequest, content_type = "application/json"),
     responses(
-        (status = 202, description = "One command per LIVE agent", body = Targeted),
+        (status = 202, description = "A rollout: one command per LIVE agent, the payload named once", body = NewRollout),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -303,12 +285,12 @@ pub(super) async fn send_to_group(
 pub(super) async fn send_to_fleet(
     State(app): State<AppState>,
     ApiJson(request): ApiJson<CommandRequest>,
-) -> Result<(StatusCode, Json<Targeted>), ApiError> {
-    let commands = app
+) -> Result<(StatusCode, Json<NewRollout>), ApiError> {
+    let rollout = app
         .registry()
         .durably(|registry| registry.send_to_fleet(request))
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(commands.into())))
+    Ok((StatusCode::ACCEPTED, Json(rollout)))
 }
 
 /// `GET /api/v1/agents/{agentId}/commands`: its retained commands, newest first.
