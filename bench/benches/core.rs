@@ -31,7 +31,9 @@ fn registration(agent_id: &str) -> registry_core::Registration {
 fn fleet(agents: usize, settings: Settings) -> Registry {
     let registry = Registry::new(settings, Clock::new());
     for n in 0..agents {
-        registry.register(registration(&format!("agent-{n:07}")));
+        registry
+            .register(registration(&format!("agent-{n:07}")))
+            .unwrap();
     }
     registry
 }
@@ -51,7 +53,9 @@ fn register(c: &mut Criterion) {
     c.bench_function("register a new agent (100k registered)", |b| {
         b.iter(|| {
             n += 1;
-            registry.register(registration(&format!("new-{n}")))
+            registry
+                .register(registration(&format!("new-{n}")))
+                .unwrap()
         });
     });
     c.bench_function("register again, resuming (100k registered)", |b| {

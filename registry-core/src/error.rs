@@ -1,6 +1,8 @@
 //! What can go wrong in the registry, named in the domain's words; the server
 //! maps each variant to one HTTP status.
 
+use std::time::Duration;
+
 use crate::command::CommandId;
 
 /// A request field that breaks a rule of the contract.
@@ -21,6 +23,12 @@ impl InvalidField {
         }
     }
 }
+
+/// What a client refused for lack of room is told to wait (`Retry-After`)
+/// when the registry can't tell when room will be made: commands are dropped
+/// `commands.retention` after they end, and agents only when an operator
+/// deletes them.
+pub const RETRY_LATER: Duration = Duration::from_secs(60);
 
 /// Why a registry operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +56,31 @@ pub enum RegistryError {
     /// The command expired before it was acknowledged.
     #[error("command '{0}' expired before it was acknowledged")]
     CommandExpired(CommandId),
+    /// The agent already holds `commands.max_unfinished_per_agent` PENDING or
+    /// DELIVERED commands.
+    #[error(
+        "agent '{agent_id}' already holds {limit} unfinished commands, the most it may (commands.max_unfinished_per_agent)"
+    )]
+    TooManyUnfinished {
+        /// The agent.
+        agent_id: String,
+        /// The configured limit.
+        limit: usize,
+        /// When its oldest unfinished command expires.
+        retry_after: Duration,
+    },
+    /// Storing the command (or the rollout's commands) would pass
+    /// `commands.max_retained` or `commands.max_retained_bytes`: nothing was stored.
+    #[error("{0}; nothing was stored")]
+    CommandsFull(String),
+    /// Registering one more agent would pass `lifecycle.max_agents`.
+    #[error(
+        "{limit} agents are registered, the most this registry holds (lifecycle.max_agents); delete DEAD ones to make room"
+    )]
+    TooManyAgents {
+        /// The configured limit.
+        limit: usize,
+    },
     /// Opening one more stream would pass the configured limit.
     #[error("{limit} streams are open, the most this server accepts")]
     TooManyStreams {
@@ -60,4 +93,16 @@ pub enum RegistryError {
     /// Storage could not keep the change: nothing of it was kept.
     #[error("storage is unavailable, nothing was changed: {0}")]
     StorageUnavailable(String),
+}
+
+impl RegistryError {
+    /// How long a client refused for lack of room should wait before trying
+    /// again, for the refusals that have one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::TooManyUnfinished { retry_after, .. } => Some(*retry_after),
+            Self::CommandsFull(_) | Self::TooManyAgents { .. } => Some(RETRY_LATER),
+            _ => None,
+        }
+    }
 }

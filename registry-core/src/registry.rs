@@ -339,8 +339,8 @@ impl Registry {
     }
 
     /// Registers an agent, or resumes its identity if it is known. Returns its
-    /// view and whether it resumed.
-    pub fn register(&self, registration: Registration) -> (AgentView, bool) {
+    /// view and whether it resumed. A new agent past `max_agents` is refused.
+    pub fn register(&self, registration: Registration) -> Result<(AgentView, bool), RegistryError> {
         self.with_state_durable(|state, now| state.register(registration, now))
     }
 

@@ -49,6 +49,16 @@ pub struct Settings {
     pub brake_max: Duration,
     /// What a new stream is sent first.
     pub replay: Replay,
+    /// Agents of any status, DEAD included, at most: a new agent past it is
+    /// refused (SPEC 13).
+    pub max_agents: usize,
+    /// PENDING and DELIVERED commands one agent holds at most: one more to it
+    /// is refused, and a rollout skips it.
+    pub max_unfinished_per_agent: usize,
+    /// Commands retained at most, in any status.
+    pub max_retained: usize,
+    /// Payload bytes retained at most; a rollout's payload counts once.
+    pub max_retained_bytes: usize,
 }
 
 impl Default for Settings {
@@ -68,6 +78,10 @@ impl Default for Settings {
             brake_min_agents: 10,
             brake_max: Duration::from_secs(15 * 60),
             replay: Replay::None,
+            max_agents: 1_000_000,
+            max_unfinished_per_agent: 100,
+            max_retained: 1_000_000,
+            max_retained_bytes: 1 << 30,
         }
     }
 }

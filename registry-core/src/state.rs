@@ -10,6 +10,7 @@
 
 mod brake;
 mod commands;
+mod limits;
 mod persist;
 mod rollouts;
 mod streams;
@@ -189,6 +190,8 @@ struct AgentEntry {
     credential: Option<Credential>,
     /// The agent's retained commands by creation sequence, so newest first is a reverse walk.
     commands: BTreeMap<u64, CommandId>,
+    /// How many of them are PENDING or DELIVERED (`commands.max_unfinished_per_agent`).
+    unfinished: usize,
 }
 
 impl AgentEntry {
@@ -377,6 +380,9 @@ impl State {
             debug!(command_id = %id, agent_id = %command.agent_id, "command expired");
             self.journal
                 .command_status(command, CommandStatus::Expired, when);
+            if let Some(agent) = self.agents.get_mut(&command.agent_id) {
+                agent.unfinished -= 1;
+            }
             let purge_at = when + self.settings.command_retention;
             command.deadline = self.deadlines.insert(purge_at, Due::Command(id));
             return;
@@ -394,12 +400,15 @@ impl State {
         &mut self,
         registration: Registration,
         now: Instant,
-    ) -> (AgentView, bool) {
+    ) -> Result<(AgentView, bool), RegistryError> {
         let Registration {
             agent_id,
             credential,
             metadata,
         } = registration;
+        if !self.agents.contains_key(&agent_id) {
+            self.check_agent_room()?;
+        }
         self.journal.stats.registrations += 1;
         let stale_at = now + self.settings.stale_after;
         let (agent, resumed) = match self.agents.entry(agent_id.clone()) {
@@ -436,6 +445,7 @@ impl State {
                     replacements: None,
                     credential: None,
                     commands: BTreeMap::new(),
+                    unfinished: 0,
                 });
                 self.journal
                     .agent_event(agent, None, Some(AgentStatus::Live), now);
@@ -454,7 +464,7 @@ impl State {
             .replace(&mut agent.deadline, stale_at, Due::Agent(agent_id));
         let view = agent.view(&self.journal.clock);
         self.reconsider_brake(now);
-        (view, resumed)
+        Ok((view, resumed))
     }
 
     /// Records a heartbeat: the agent is LIVE and its stale deadline moves.

@@ -46,7 +46,7 @@ impl Fleet {
         let live: Vec<String> = (0..live).map(|n| format!("live-{n:02}")).collect();
         let silent: Vec<String> = (0..silent).map(|n| format!("silent-{n:02}")).collect();
         for id in live.iter().chain(&silent) {
-            registry.register(registration(id, "fleet"));
+            registry.register(registration(id, "fleet")).unwrap();
         }
         Self {
             _guard: guard,
@@ -253,7 +253,7 @@ async fn stale_transitions_older_than_stale_after_do_not_count() {
     let (_guard, registry) = start_with(settings());
     let ids: Vec<String> = (0..20).map(|n| format!("agent-{n:02}")).collect();
     for id in &ids {
-        registry.register(registration(id, "fleet"));
+        registry.register(registration(id, "fleet")).unwrap();
     }
     for step in 1..=6 {
         advance_ms(HEARTBEAT_MS).await;

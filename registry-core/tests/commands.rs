@@ -98,11 +98,11 @@ fn poll_now(subscription: &mut Subscription) -> Option<Option<registry_core::Com
 #[tokio::test(start_paused = true)]
 async fn command_is_created_for_one_agent_in_any_status() {
     let (_guard, registry) = start();
-    registry.register(registration("dead-1", "g"));
+    registry.register(registration("dead-1", "g")).unwrap();
     advance_ms(STALE_MS + DEAD_MS).await;
-    registry.register(registration("stale-1", "g"));
+    registry.register(registration("stale-1", "g")).unwrap();
     advance_ms(STALE_MS).await;
-    registry.register(registration("live-1", "g"));
+    registry.register(registration("live-1", "g")).unwrap();
     assert_eq!(registry.stats().agents, [1, 1, 1]);
 
     for agent_id in ["live-1", "stale-1", "dead-1"] {
@@ -120,7 +120,7 @@ async fn command_is_created_for_one_agent_in_any_status() {
 #[tokio::test(start_paused = true)]
 async fn command_for_a_stale_or_dead_agent_with_an_open_stream_is_delivered() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
     let mut subscription = registry.open_stream("order-7f3a").unwrap();
     advance_ms(STALE_MS + DEAD_MS).await;
     assert_eq!(
@@ -140,7 +140,7 @@ async fn command_for_a_stale_or_dead_agent_with_an_open_stream_is_delivered() {
 #[tokio::test(start_paused = true)]
 async fn command_for_an_unknown_agent_is_unknown_agent() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
 
     assert_eq!(
         registry.send_to_agent("nobody", config_update()),
@@ -156,7 +156,7 @@ async fn command_for_an_unknown_agent_is_unknown_agent() {
 #[tokio::test(start_paused = true)]
 async fn command_of_an_unknown_type_is_invalid_field_type_naming_the_allowed_types() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
 
     let errors = [
         registry
@@ -190,7 +190,7 @@ async fn command_of_an_unknown_type_is_invalid_field_type_naming_the_allowed_typ
 #[tokio::test(start_paused = true)]
 async fn command_payload_defaults_to_an_empty_object_and_is_kept_as_sent() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
 
     let empty = registry
         .send_to_agent("order-7f3a", config_update())
@@ -227,7 +227,7 @@ async fn command_payload_defaults_to_an_empty_object_and_is_kept_as_sent() {
 #[tokio::test(start_paused = true)]
 async fn command_times_are_created_at_and_created_at_plus_expiry() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
     advance_ms(1_500).await;
 
     let command = registry
@@ -245,7 +245,7 @@ async fn command_times_are_created_at_and_created_at_plus_expiry() {
 #[tokio::test(start_paused = true)]
 async fn command_ids_are_unique_time_ordered_uuid_v7() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
 
     let commands: Vec<CommandView> = (0..50)
         .map(|_| {
@@ -268,7 +268,7 @@ async fn command_ids_are_unique_time_ordered_uuid_v7() {
 #[tokio::test(start_paused = true)]
 async fn command_for_an_agent_with_an_open_stream_is_delivered_at_once() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
     let mut subscription = registry.open_stream("order-7f3a").unwrap();
     assert_eq!(subscription.agent_id().as_str(), "order-7f3a");
     advance_ms(2_000).await;
@@ -310,7 +310,7 @@ async fn command_for_an_agent_with_an_open_stream_is_delivered_at_once() {
 #[tokio::test(start_paused = true)]
 async fn command_without_a_stream_stays_pending_until_it_expires() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
 
     let command = registry
         .send_to_agent("order-7f3a", config_update())
@@ -332,7 +332,7 @@ async fn command_without_a_stream_stays_pending_until_it_expires() {
 #[tokio::test(start_paused = true)]
 async fn pending_commands_are_not_pushed_when_a_stream_opens_later() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
     let pending = registry
         .send_to_agent("order-7f3a", config_update())
         .unwrap();
@@ -355,13 +355,13 @@ async fn pending_commands_are_not_pushed_when_a_stream_opens_later() {
 #[tokio::test(start_paused = true)]
 async fn group_command_goes_to_live_members_only() {
     let (_guard, registry) = start();
-    registry.register(registration("dead-1", "g"));
+    registry.register(registration("dead-1", "g")).unwrap();
     advance_ms(STALE_MS + DEAD_MS).await;
-    registry.register(registration("stale-1", "g"));
+    registry.register(registration("stale-1", "g")).unwrap();
     advance_ms(STALE_MS).await;
-    registry.register(registration("live-2", "g"));
-    registry.register(registration("live-1", "g"));
-    registry.register(registration("other-1", "other"));
+    registry.register(registration("live-2", "g")).unwrap();
+    registry.register(registration("live-1", "g")).unwrap();
+    registry.register(registration("other-1", "other")).unwrap();
     let mut stream = registry.open_stream("live-2").unwrap();
 
     let sent = registry
@@ -405,7 +405,7 @@ async fn group_command_goes_to_live_members_only() {
 #[tokio::test(start_paused = true)]
 async fn group_command_for_a_group_without_live_members_targets_nobody() {
     let (_guard, registry) = start();
-    registry.register(registration("stale-1", "g"));
+    registry.register(registration("stale-1", "g")).unwrap();
     advance_ms(STALE_MS).await;
 
     let sent = registry.send_to_group("g", config_update()).unwrap();
@@ -415,7 +415,7 @@ async fn group_command_for_a_group_without_live_members_targets_nobody() {
 #[tokio::test(start_paused = true)]
 async fn group_command_for_an_unknown_group_is_unknown_group() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
 
     assert_eq!(
         registry.send_to_group("nope", config_update()),
@@ -432,13 +432,13 @@ async fn group_command_for_an_unknown_group_is_unknown_group() {
 #[tokio::test(start_paused = true)]
 async fn fleet_command_goes_to_every_live_agent_only() {
     let (_guard, registry) = start();
-    registry.register(registration("dead-1", "g1"));
+    registry.register(registration("dead-1", "g1")).unwrap();
     advance_ms(STALE_MS + DEAD_MS).await;
-    registry.register(registration("stale-1", "g2"));
+    registry.register(registration("stale-1", "g2")).unwrap();
     advance_ms(STALE_MS).await;
-    registry.register(registration("live-c", "g2"));
-    registry.register(registration("live-a", "g1"));
-    registry.register(registration("live-b", "g3"));
+    registry.register(registration("live-c", "g2")).unwrap();
+    registry.register(registration("live-a", "g1")).unwrap();
+    registry.register(registration("live-b", "g3")).unwrap();
 
     let sent = registry.send_to_fleet(config_update()).unwrap();
 
@@ -456,7 +456,7 @@ async fn fleet_command_goes_to_every_live_agent_only() {
 async fn fleet_command_with_no_live_agent_targets_nobody() {
     let (_guard, registry) = start();
     assert_eq!(registry.send_to_fleet(config_update()).unwrap().targeted, 0);
-    registry.register(registration("stale-1", "g"));
+    registry.register(registration("stale-1", "g")).unwrap();
     advance_ms(STALE_MS).await;
     let sent = registry.send_to_fleet(config_update()).unwrap();
     assert_eq!((sent.targeted, sent.commands.len()), (0, 0));
@@ -465,7 +465,7 @@ async fn fleet_command_with_no_live_agent_targets_nobody() {
 #[tokio::test(start_paused = true)]
 async fn ack_of_a_pending_command_acknowledges_it_with_success_by_default() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
     let command = registry
         .send_to_agent("order-7f3a", config_update())
         .unwrap();
@@ -495,7 +495,7 @@ async fn ack_of_a_pending_command_acknowledges_it_with_success_by_default() {
 #[tokio::test(start_paused = true)]
 async fn ack_of_a_delivered_command_records_result_and_message() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
     let mut subscription = registry.open_stream("order-7f3a").unwrap();
     let command = registry
         .send_to_agent("order-7f3a", config_update())
@@ -530,7 +530,7 @@ async fn ack_of_a_delivered_command_records_result_and_message() {
 #[tokio::test(start_paused = true)]
 async fn second_ack_answers_the_command_and_keeps_the_first_result() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
     let command = registry
         .send_to_agent("order-7f3a", config_update())
         .unwrap();
@@ -562,7 +562,7 @@ async fn second_ack_answers_the_command_and_keeps_the_first_result() {
 #[tokio::test(start_paused = true)]
 async fn ack_after_expiry_is_command_expired() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
     let command = registry
         .send_to_agent("order-7f3a", config_update())
         .unwrap();
@@ -581,7 +581,7 @@ async fn ack_after_expiry_is_command_expired() {
 #[tokio::test(start_paused = true)]
 async fn ack_exactly_at_created_at_plus_expiry_is_command_expired() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
     let mut subscription = registry.open_stream("order-7f3a").unwrap();
     let command = registry
         .send_to_agent("order-7f3a", config_update())
@@ -599,8 +599,8 @@ async fn ack_exactly_at_created_at_plus_expiry_is_command_expired() {
 #[tokio::test(start_paused = true)]
 async fn ack_by_another_agent_is_unknown_command() {
     let (_guard, registry) = start();
-    registry.register(registration("owner", "g"));
-    registry.register(registration("intruder", "g"));
+    registry.register(registration("owner", "g")).unwrap();
+    registry.register(registration("intruder", "g")).unwrap();
     let command = registry.send_to_agent("owner", config_update()).unwrap();
 
     assert_eq!(
@@ -624,7 +624,7 @@ async fn ack_by_another_agent_is_unknown_command() {
 #[tokio::test(start_paused = true)]
 async fn ack_of_a_malformed_or_unknown_command_id_is_unknown_command() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
     registry
         .send_to_agent("order-7f3a", config_update())
         .unwrap();
@@ -652,7 +652,7 @@ async fn ack_of_a_malformed_or_unknown_command_id_is_unknown_command() {
 #[tokio::test(start_paused = true)]
 async fn command_expires_exactly_at_created_at_plus_expiry() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
     let mut subscription = registry.open_stream("order-7f3a").unwrap();
     advance_ms(700).await;
     let delivered = registry
@@ -682,8 +682,12 @@ async fn command_expires_exactly_at_created_at_plus_expiry() {
 #[tokio::test(start_paused = true)]
 async fn expiry_handles_only_the_commands_that_are_due() {
     // No scheduler task: the test's ticks are the only ones.
-    let registry = Registry::new(settings(), test_clock());
-    registry.register(registration("order-7f3a", "g"));
+    let settings = Settings {
+        max_unfinished_per_agent: 2_000,
+        ..settings()
+    };
+    let registry = Registry::new(settings, test_clock());
+    registry.register(registration("order-7f3a", "g")).unwrap();
     for _ in 0..3 {
         registry
             .send_to_agent("order-7f3a", config_update())
@@ -713,7 +717,7 @@ async fn expiry_handles_only_the_commands_that_are_due() {
 #[tokio::test(start_paused = true)]
 async fn acknowledged_command_is_dropped_exactly_retention_after_its_ack() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
     let kept = registry
         .send_to_agent("order-7f3a", config_update())
         .unwrap();
@@ -759,7 +763,7 @@ async fn acknowledged_command_is_dropped_exactly_retention_after_its_ack() {
 #[tokio::test(start_paused = true)]
 async fn expired_command_is_dropped_exactly_retention_after_it_expired() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
     let command = registry
         .send_to_agent("order-7f3a", config_update())
         .unwrap();
@@ -789,8 +793,8 @@ async fn expired_command_is_dropped_exactly_retention_after_it_expired() {
 #[tokio::test(start_paused = true)]
 async fn commands_of_lists_the_agents_retained_commands_newest_first() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
-    registry.register(registration("other", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
+    registry.register(registration("other", "g")).unwrap();
     let mut sent = Vec::new();
     for step in 0..4 {
         sent.push(
@@ -821,7 +825,7 @@ async fn commands_of_lists_the_agents_retained_commands_newest_first() {
 #[tokio::test(start_paused = true)]
 async fn a_second_stream_replaces_the_first() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
     let mut first = registry.open_stream("order-7f3a").unwrap();
 
     let mut second = registry.open_stream("order-7f3a").unwrap();
@@ -848,7 +852,7 @@ async fn a_second_stream_replaces_the_first() {
 #[tokio::test(start_paused = true)]
 async fn commands_queued_on_a_replaced_stream_go_back_to_pending_when_it_drops() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
     let first = registry.open_stream("order-7f3a").unwrap();
     let queued = registry
         .send_to_agent("order-7f3a", config_update())
@@ -866,7 +870,7 @@ async fn commands_queued_on_a_replaced_stream_go_back_to_pending_when_it_drops()
 #[tokio::test(start_paused = true)]
 async fn dropping_a_subscription_disconnects_the_agent() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
     let subscription = registry.open_stream("order-7f3a").unwrap();
     assert!(registry.agent("order-7f3a").unwrap().connected);
     assert_eq!(registry.stats().open_streams, 1);
@@ -884,7 +888,7 @@ async fn dropping_a_subscription_disconnects_the_agent() {
 #[tokio::test(start_paused = true)]
 async fn commands_queued_but_unread_when_a_subscription_drops_go_back_to_pending() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
     let mut subscription = registry.open_stream("order-7f3a").unwrap();
     let read = registry
         .send_to_agent("order-7f3a", config_update())
@@ -922,7 +926,7 @@ async fn commands_queued_but_unread_when_a_subscription_drops_go_back_to_pending
 #[tokio::test(start_paused = true)]
 async fn a_reader_a_whole_queue_behind_loses_its_stream_and_the_command_stays_pending() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
     let mut subscription = registry.open_stream("order-7f3a").unwrap();
     let queued: Vec<CommandView> = (0..STREAM_QUEUE)
         .map(|_| {
@@ -972,7 +976,7 @@ async fn a_reader_a_whole_queue_behind_loses_its_stream_and_the_command_stays_pe
 #[tokio::test(start_paused = true)]
 async fn a_reader_that_keeps_up_never_loses_its_stream() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
     let mut subscription = registry.open_stream("order-7f3a").unwrap();
 
     for _ in 0..10 * STREAM_QUEUE {
@@ -995,7 +999,7 @@ async fn max_streams_refuses_one_more_stream_but_allows_replacing_an_agents_own(
         ..settings()
     });
     for agent_id in ["a", "b", "c"] {
-        registry.register(registration(agent_id, "g"));
+        registry.register(registration(agent_id, "g")).unwrap();
     }
     let _a = registry.open_stream("a").unwrap();
     let b = registry.open_stream("b").unwrap();
@@ -1032,8 +1036,8 @@ async fn open_stream_for_an_unknown_agent_is_unknown_agent() {
 #[tokio::test(start_paused = true)]
 async fn close_all_streams_ends_every_stream_and_refuses_new_ones() {
     let (_guard, registry) = start();
-    registry.register(registration("a", "g"));
-    registry.register(registration("b", "g"));
+    registry.register(registration("a", "g")).unwrap();
+    registry.register(registration("b", "g")).unwrap();
     let mut a = registry.open_stream("a").unwrap();
     let mut b = registry.open_stream("b").unwrap();
 
@@ -1062,7 +1066,7 @@ async fn expired_command_applied_late_is_still_dropped_retention_after_its_expir
     // No scheduler task: the expiry is applied late, by a read at 100 s, yet the
     // retention counts from the moment it expired.
     let registry = Registry::new(settings(), test_clock());
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
     let command = registry
         .send_to_agent("order-7f3a", config_update())
         .unwrap();
@@ -1087,7 +1091,7 @@ async fn expired_command_applied_late_is_still_dropped_retention_after_its_expir
 #[tokio::test(start_paused = true)]
 async fn an_unread_command_that_expired_stays_expired_when_its_subscription_drops() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "g"));
+    registry.register(registration("order-7f3a", "g")).unwrap();
     let subscription = registry.open_stream("order-7f3a").unwrap();
     let command = registry
         .send_to_agent("order-7f3a", config_update())

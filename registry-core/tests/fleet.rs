@@ -67,7 +67,7 @@ async fn registration_transitions_and_deletion_are_agent_events() {
     let (_guard, registry) = start_with(settings());
     let mut events = subscribe(&registry);
 
-    registry.register(registration("a-1", "prod"));
+    registry.register(registration("a-1", "prod")).unwrap();
     let registered = next_agent_event(&mut events).await;
     assert_eq!(
         seen(&registered),
@@ -107,7 +107,7 @@ async fn registration_transitions_and_deletion_are_agent_events() {
     // A re-registration that changes the status is from the old status to LIVE,
     // and carries the group it moved to.
     advance_ms(500).await;
-    registry.register(registration("a-1", "canary"));
+    registry.register(registration("a-1", "canary")).unwrap();
     let revived = next_agent_event(&mut events).await;
     let now = STALE_MS + DEAD_MS + 500;
     assert_eq!(
@@ -142,7 +142,7 @@ async fn registration_transitions_and_deletion_are_agent_events() {
 async fn connection_and_metadata_changes_keep_from_and_to_at_the_status() {
     use AgentStatus::Live;
     let (_guard, registry) = start_with(settings());
-    registry.register(registration("a-1", "prod"));
+    registry.register(registration("a-1", "prod")).unwrap();
     let mut events = subscribe(&registry);
 
     advance_ms(10).await;
@@ -157,8 +157,8 @@ async fn connection_and_metadata_changes_keep_from_and_to_at_the_status() {
     let replacing = registry.open_stream("a-1").unwrap();
     drop(stream);
     // The same registration again changes nothing either.
-    registry.register(registration("a-1", "prod"));
-    registry.register(registration("a-1", "canary"));
+    registry.register(registration("a-1", "prod")).unwrap();
+    registry.register(registration("a-1", "canary")).unwrap();
     let moved = next_agent_event(&mut events).await;
     assert_eq!(
         seen(&moved),
@@ -194,7 +194,9 @@ async fn a_reader_that_falls_behind_loses_its_subscription_and_others_go_on() {
     let mut keeping_up = subscribe(&registry);
 
     for n in 0..20 {
-        registry.register(registration(&format!("a-{n}"), "prod"));
+        registry
+            .register(registration(&format!("a-{n}"), "prod"))
+            .unwrap();
         let event = next_agent_event(&mut keeping_up).await;
         assert_eq!(event.agent_id.as_str(), format!("a-{n}"));
     }
@@ -203,7 +205,7 @@ async fn a_reader_that_falls_behind_loses_its_subscription_and_others_go_on() {
     assert_eq!(behind.next().await, None, "a reader 12 events behind ends");
     assert_eq!(behind.next().await, None, "and stays ended");
 
-    registry.register(registration("a-20", "prod"));
+    registry.register(registration("a-20", "prod")).unwrap();
     let event = next_agent_event(&mut keeping_up).await;
     assert_eq!(event.agent_id.as_str(), "a-20");
 }
@@ -223,8 +225,8 @@ async fn shutting_down_ends_every_subscription_and_refuses_new_ones() {
 #[tokio::test(start_paused = true)]
 async fn bulk_deletion_sends_one_event_per_dead_agent() {
     let (_guard, registry) = start_with(settings());
-    registry.register(registration("a-1", "prod"));
-    registry.register(registration("a-2", "prod"));
+    registry.register(registration("a-1", "prod")).unwrap();
+    registry.register(registration("a-2", "prod")).unwrap();
     advance_ms(STALE_MS + DEAD_MS).await;
     let mut events = subscribe(&registry);
     assert_eq!(registry.delete_dead_agents(), 2);

@@ -121,7 +121,9 @@ fn test_clock_timestamp(ms: u64) -> registry_core::Timestamp {
 async fn registration_of_a_new_agent_answers_new_and_is_live() {
     let (_guard, registry) = start();
 
-    let (view, resumed) = registry.register(registration("order-7f3a", "order-prod"));
+    let (view, resumed) = registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
 
     assert!(!resumed);
     assert_eq!(view.agent_id.as_str(), "order-7f3a");
@@ -143,17 +145,21 @@ async fn registration_of_a_new_agent_answers_new_and_is_live() {
 #[tokio::test(start_paused = true)]
 async fn re_registration_answers_resumed_keeps_registered_at_and_replaces_metadata() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
     advance_ms(10_000).await;
 
     let new_metadata = metadata("order-prod", None, &["route-2", "route-3"], &[]);
-    let (view, resumed) = registry.register(registration_with(
-        "order-7f3a",
-        "order-prod",
-        None,
-        &["route-2", "route-3"],
-        &[],
-    ));
+    let (view, resumed) = registry
+        .register(registration_with(
+            "order-7f3a",
+            "order-prod",
+            None,
+            &["route-2", "route-3"],
+            &[],
+        ))
+        .unwrap();
 
     assert!(resumed);
     assert_eq!(view.metadata, new_metadata, "metadata is replaced whole");
@@ -184,11 +190,17 @@ async fn re_registration_answers_resumed_keeps_registered_at_and_replaces_metada
 #[tokio::test(start_paused = true)]
 async fn re_registration_into_another_group_moves_the_agent_between_groups() {
     let (_guard, registry) = start();
-    registry.register(registration("mover", "old-group"));
-    registry.register(registration("stayer", "new-group"));
+    registry
+        .register(registration("mover", "old-group"))
+        .unwrap();
+    registry
+        .register(registration("stayer", "new-group"))
+        .unwrap();
     assert_eq!(list(&registry, None, Some("old-group")), ["mover"]);
 
-    let (view, resumed) = registry.register(registration("mover", "new-group"));
+    let (view, resumed) = registry
+        .register(registration("mover", "new-group"))
+        .unwrap();
 
     assert!(resumed);
     assert_eq!(view.metadata.group.as_str(), "new-group");
@@ -213,10 +225,14 @@ async fn re_registration_into_another_group_moves_the_agent_between_groups() {
 #[tokio::test(start_paused = true)]
 async fn re_registration_keeps_an_open_stream_open() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
     let mut subscription = registry.open_stream("order-7f3a").unwrap();
 
-    let (view, resumed) = registry.register(registration("order-7f3a", "order-prod"));
+    let (view, resumed) = registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
 
     assert!(resumed);
     assert!(view.connected);
@@ -229,7 +245,9 @@ async fn re_registration_keeps_an_open_stream_open() {
 #[tokio::test(start_paused = true)]
 async fn live_agent_becomes_stale_exactly_at_stale_after() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
 
     advance_ms(STALE_MS - 1).await;
     let view = registry.agent("order-7f3a").unwrap();
@@ -246,7 +264,9 @@ async fn live_agent_becomes_stale_exactly_at_stale_after() {
 #[tokio::test(start_paused = true)]
 async fn stale_agent_becomes_dead_exactly_at_dead_after_from_status_changed_at() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
     advance_ms(STALE_MS).await;
     assert_eq!(status_of(&registry, "order-7f3a"), AgentStatus::Stale);
 
@@ -270,7 +290,9 @@ async fn stale_agent_applied_late_still_dies_at_its_status_changed_at_plus_dead_
     // No read and no scheduler: the LIVE -> STALE deadline is applied late, by
     // the read at 100 s, but statusChangedAt is the deadline and DEAD follows from it.
     let registry = Registry::new(settings(), test_clock());
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
 
     advance_ms(100_000).await;
     let view = registry.agent("order-7f3a").unwrap();
@@ -286,7 +308,9 @@ async fn stale_agent_applied_late_still_dies_at_its_status_changed_at_plus_dead_
 #[tokio::test(start_paused = true)]
 async fn heartbeat_exactly_at_the_stale_deadline_finds_it_stale_and_revives_it() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
     let mut changes = registry.status_changes();
 
     advance_ms(STALE_MS).await;
@@ -330,7 +354,9 @@ async fn heartbeat_exactly_at_the_stale_deadline_finds_it_stale_and_revives_it()
 #[tokio::test(start_paused = true)]
 async fn heartbeat_one_ms_before_the_stale_deadline_keeps_it_live_and_moves_the_deadline() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
 
     advance_ms(STALE_MS - 1).await;
     registry.heartbeat("order-7f3a").unwrap();
@@ -362,7 +388,9 @@ async fn heartbeat_one_ms_before_the_stale_deadline_keeps_it_live_and_moves_the_
 #[tokio::test(start_paused = true)]
 async fn heartbeat_revives_a_stale_agent_at_the_moment_of_the_heartbeat() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
     advance_ms(STALE_MS + 5_000).await;
     assert_eq!(status_of(&registry, "order-7f3a"), AgentStatus::Stale);
 
@@ -389,7 +417,9 @@ async fn heartbeat_revives_a_stale_agent_at_the_moment_of_the_heartbeat() {
 #[tokio::test(start_paused = true)]
 async fn heartbeat_revives_a_dead_agent_at_the_moment_of_the_heartbeat() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
     advance_ms(STALE_MS + DEAD_MS + 7_000).await;
     assert_eq!(status_of(&registry, "order-7f3a"), AgentStatus::Dead);
 
@@ -414,7 +444,9 @@ async fn heartbeat_revives_a_dead_agent_at_the_moment_of_the_heartbeat() {
 #[tokio::test(start_paused = true)]
 async fn heartbeat_of_an_unknown_agent_is_unknown_agent() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
 
     assert_eq!(
         registry.heartbeat("nobody"),
@@ -430,12 +462,16 @@ async fn heartbeat_of_an_unknown_agent_is_unknown_agent() {
 #[tokio::test(start_paused = true)]
 async fn registration_of_a_dead_agent_revives_it_and_keeps_registered_at() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
     advance_ms(STALE_MS + DEAD_MS).await;
     assert_eq!(status_of(&registry, "order-7f3a"), AgentStatus::Dead);
     advance_ms(1_234).await;
 
-    let (view, resumed) = registry.register(registration("order-7f3a", "order-prod"));
+    let (view, resumed) = registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
 
     let now = STALE_MS + DEAD_MS + 1_234;
     assert!(resumed);
@@ -454,10 +490,14 @@ async fn registration_of_a_dead_agent_revives_it_and_keeps_registered_at() {
 #[tokio::test(start_paused = true)]
 async fn registration_of_a_stale_agent_revives_it() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
     advance_ms(STALE_MS + 1).await;
 
-    let (view, resumed) = registry.register(registration("order-7f3a", "order-prod"));
+    let (view, resumed) = registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
 
     assert!(resumed);
     assert_eq!(view.status, AgentStatus::Live);
@@ -467,7 +507,9 @@ async fn registration_of_a_stale_agent_revives_it() {
 #[tokio::test(start_paused = true)]
 async fn dead_agents_are_kept_until_an_operator_deletes_them() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
     advance_ms(STALE_MS + DEAD_MS).await;
     assert_eq!(status_of(&registry, "order-7f3a"), AgentStatus::Dead);
     assert_eq!(
@@ -492,8 +534,12 @@ async fn dead_agents_are_kept_until_an_operator_deletes_them() {
 #[tokio::test(start_paused = true)]
 async fn delete_removes_the_agent_and_unknown_is_unknown_agent() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "order-prod"));
-    registry.register(registration("order-9b1c", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
+    registry
+        .register(registration("order-9b1c", "order-prod"))
+        .unwrap();
     advance_ms(5_000).await;
 
     registry.delete_agent("order-7f3a").unwrap();
@@ -516,7 +562,9 @@ async fn delete_removes_the_agent_and_unknown_is_unknown_agent() {
     assert_eq!(stats.scheduled_deadlines, 1, "its deadline went with it");
 
     // Registering again is a new identity.
-    let (view, resumed) = registry.register(registration("order-7f3a", "order-prod"));
+    let (view, resumed) = registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
     assert!(!resumed);
     assert_eq!(view.registered_at.unix_millis(), at(5_000));
 }
@@ -524,7 +572,9 @@ async fn delete_removes_the_agent_and_unknown_is_unknown_agent() {
 #[tokio::test(start_paused = true)]
 async fn delete_ends_the_stream_and_drops_the_commands() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
     let mut subscription = registry.open_stream("order-7f3a").unwrap();
     let delivered = registry.send_to_agent("order-7f3a", command()).unwrap();
     assert_eq!(delivered.status, CommandStatus::Delivered);
@@ -546,20 +596,22 @@ async fn delete_ends_the_stream_and_drops_the_commands() {
     assert_eq!(registry.stats().open_streams, 0);
 
     // The same id registered again starts with no commands.
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
     assert!(registry.commands_of("order-7f3a").unwrap().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
 async fn bulk_delete_removes_dead_agents_only() {
     let (_guard, registry) = start();
-    registry.register(registration("dead-1", "g"));
-    registry.register(registration("dead-2", "g"));
+    registry.register(registration("dead-1", "g")).unwrap();
+    registry.register(registration("dead-2", "g")).unwrap();
     registry.send_to_agent("dead-1", command()).unwrap();
     advance_ms(STALE_MS + DEAD_MS).await;
-    registry.register(registration("stale-1", "g"));
+    registry.register(registration("stale-1", "g")).unwrap();
     advance_ms(STALE_MS).await;
-    registry.register(registration("live-1", "g"));
+    registry.register(registration("live-1", "g")).unwrap();
     let stale_before = registry.agent("stale-1").unwrap();
     let live_before = registry.agent("live-1").unwrap();
     assert_eq!(stale_before.status, AgentStatus::Stale);
@@ -586,13 +638,13 @@ async fn bulk_delete_removes_dead_agents_only() {
 #[tokio::test(start_paused = true)]
 async fn list_filters_by_status_by_group_and_both_and_sorts_by_id() {
     let (_guard, registry) = start();
-    registry.register(registration("agent-d", "g2"));
+    registry.register(registration("agent-d", "g2")).unwrap();
     advance_ms(STALE_MS + DEAD_MS).await;
-    registry.register(registration("agent-a", "g1"));
+    registry.register(registration("agent-a", "g1")).unwrap();
     advance_ms(STALE_MS).await;
-    registry.register(registration("agent-e", "g1"));
-    registry.register(registration("agent-c", "g1"));
-    registry.register(registration("agent-b", "g2"));
+    registry.register(registration("agent-e", "g1")).unwrap();
+    registry.register(registration("agent-c", "g1")).unwrap();
+    registry.register(registration("agent-b", "g2")).unwrap();
 
     use AgentStatus::{Dead, Live, Stale};
     assert_eq!(
@@ -634,8 +686,12 @@ async fn list_filters_by_status_by_group_and_both_and_sorts_by_id() {
 async fn transitions_are_counted_in_stats_and_broadcast_on_status_changes() {
     let (_guard, registry) = start();
     let mut changes = registry.status_changes();
-    registry.register(registration("order-7f3a", "order-prod"));
-    registry.register(registration("order-9b1c", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
+    registry
+        .register(registration("order-9b1c", "order-prod"))
+        .unwrap();
 
     advance_ms(STALE_MS).await;
     registry.heartbeat("order-9b1c").unwrap();
@@ -672,7 +728,9 @@ async fn transitions_are_counted_in_stats_and_broadcast_on_status_changes() {
 #[tokio::test(start_paused = true)]
 async fn an_open_stream_is_not_a_heartbeat() {
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
     let _subscription = registry.open_stream("order-7f3a").unwrap();
 
     advance_ms(STALE_MS).await;
@@ -691,7 +749,9 @@ async fn an_open_stream_is_not_a_heartbeat() {
 async fn the_scheduler_applies_transitions_on_its_own_at_the_deadline() {
     let (_guard, registry) = start();
     let mut changes = registry.status_changes();
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
 
     // Only the scheduler task can apply deadlines here: nothing reads the registry.
     advance_ms(STALE_MS - 1).await;
@@ -731,7 +791,9 @@ async fn the_scheduler_wakes_for_each_deadline_while_time_runs() {
     let (_guard, registry) = start();
     let start = registry.clock().now();
     let mut changes = registry.status_changes();
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
 
     // Awaiting lets the paused runtime jump to the next timer: the scheduler's.
     let first = next_change(&mut changes).await;
@@ -751,7 +813,9 @@ async fn the_scheduler_wakes_for_each_deadline_while_time_runs() {
 
     // The scheduler now sleeps until the DEAD deadline at 390 s; a registration
     // and a heartbeat add earlier deadlines, and it wakes for them.
-    registry.register(registration("order-9b1c", "order-prod"));
+    registry
+        .register(registration("order-9b1c", "order-prod"))
+        .unwrap();
     advance_ms(1_000).await;
     registry.heartbeat("order-9b1c").unwrap();
     let second = next_change(&mut changes).await;
@@ -788,7 +852,9 @@ async fn the_scheduler_wakes_for_each_deadline_while_time_runs() {
 #[tokio::test(start_paused = true)]
 async fn reads_apply_due_deadlines_even_without_the_scheduler() {
     let registry = Registry::new(settings(), test_clock());
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
 
     advance_ms(STALE_MS).await;
 
@@ -808,7 +874,9 @@ async fn idle_tick_handles_nothing_with_100k_agents_registered() {
     let (_guard, registry) = start();
     let registered_at = registry.clock().now();
     for n in 0..AGENTS {
-        registry.register(registration(&format!("agent-{n:06}"), "fleet"));
+        registry
+            .register(registration(&format!("agent-{n:06}"), "fleet"))
+            .unwrap();
     }
     advance_ms(STALE_MS - 1).await;
 
@@ -853,7 +921,9 @@ async fn idle_tick_handles_nothing_with_100k_agents_registered() {
 async fn heartbeat_exactly_at_the_dead_deadline_finds_it_dead_and_revives_it() {
     let (_guard, registry) = start();
     let mut changes = registry.status_changes();
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
     advance_ms(STALE_MS).await;
     assert_eq!(status_of(&registry, "order-7f3a"), AgentStatus::Stale);
 

@@ -86,13 +86,17 @@ async fn every_transition_is_logged_at_info_level_with_agent_id_from_and_to() {
     // The test runtime is single-threaded: the scheduler task logs on this thread too.
     let _default = tracing::subscriber::set_default(recorder.clone());
     let (_guard, registry) = start();
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
 
     advance_ms(STALE_MS).await;
     yield_a_few_times().await;
     registry.heartbeat("order-7f3a").unwrap();
     advance_ms(STALE_MS + DEAD_MS).await;
-    registry.register(registration("order-7f3a", "order-prod"));
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
 
     let transitions: Vec<(Level, String, String, String)> = recorder
         .events
@@ -155,8 +159,8 @@ impl Recorder {
 async fn an_agent_id_replaced_more_than_3_times_within_stale_after_is_warned_once_a_minute() {
     let (recorder, _default) = Recorder::install();
     let (_guard, registry) = start();
-    registry.register(registration("twin", "g"));
-    registry.register(registration("single", "g"));
+    registry.register(registration("twin", "g")).unwrap();
+    registry.register(registration("single", "g")).unwrap();
     let mut streams = vec![registry.open_stream("twin").unwrap()];
     let mut replace = |registry: &Registry| {
         streams.push(registry.open_stream("twin").unwrap());

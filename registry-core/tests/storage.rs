@@ -140,7 +140,7 @@ fn request(kind: &str) -> CommandRequest {
 
 async fn register(registry: &Registry, agent_id: &str) {
     registry
-        .durably(|registry| Ok(registry.register(registration(agent_id, "orders"))))
+        .durably(|registry| registry.register(registration(agent_id, "orders")))
         .await
         .unwrap();
 }
@@ -158,7 +158,7 @@ async fn a_restart_keeps_agents_tokens_and_acknowledged_commands() {
     let credential = Credential([7; 32]);
     registry
         .durably(|registry| {
-            Ok(registry.register(registration("a-1", "orders").with_credential(credential)))
+            registry.register(registration("a-1", "orders").with_credential(credential))
         })
         .await
         .unwrap();
@@ -410,7 +410,7 @@ async fn a_write_that_fails_keeps_nothing_of_the_request() {
     assert!(matches!(refused, Err(RegistryError::StorageUnavailable(_))));
     assert_eq!(registry.commands_of("a-1").unwrap(), []);
     let refused = registry
-        .durably(|registry| Ok(registry.register(registration("a-2", "orders"))))
+        .durably(|registry| registry.register(registration("a-2", "orders")))
         .await;
     assert!(matches!(refused, Err(RegistryError::StorageUnavailable(_))));
     assert!(registry.agent("a-2").is_err());

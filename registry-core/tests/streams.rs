@@ -31,7 +31,7 @@ fn settings(replay: Replay) -> Settings {
 /// A registry with replay on and one registered agent.
 fn start() -> (RegistryGuard, Registry) {
     let (guard, registry) = start_with(settings(Replay::Unacknowledged));
-    registry.register(registration(AGENT, "g"));
+    registry.register(registration(AGENT, "g")).unwrap();
     (guard, registry)
 }
 
@@ -78,7 +78,7 @@ fn read_and_close(registry: &Registry) -> Vec<CommandId> {
 #[tokio::test(start_paused = true)]
 async fn without_replay_a_new_stream_is_sent_nothing_it_missed() {
     let (_guard, registry) = start_with(settings(Replay::None));
-    registry.register(registration(AGENT, "g"));
+    registry.register(registration(AGENT, "g")).unwrap();
     let pending = send(&registry, 1);
     let mut stream = registry.open_stream_after(AGENT, None).unwrap();
     assert_eq!(ready_now(&mut stream), []);
@@ -161,7 +161,7 @@ async fn last_event_id_skips_the_delivered_commands_up_to_and_including_it_but_n
 #[tokio::test(start_paused = true)]
 async fn a_last_event_id_that_names_no_retained_command_of_the_agent_is_ignored() {
     let (_guard, registry) = start();
-    registry.register(registration("other", "g"));
+    registry.register(registration("other", "g")).unwrap();
     let theirs = registry
         .send_to_agent(
             "other",
@@ -268,7 +268,7 @@ async fn a_replayed_event_carries_the_same_data_as_when_it_was_first_sent() {
 #[tokio::test(start_paused = true)]
 async fn a_detached_stream_says_why_and_replacements_are_counted() {
     let (_guard, registry) = start_with(settings(Replay::None));
-    registry.register(registration(AGENT, "g"));
+    registry.register(registration(AGENT, "g")).unwrap();
     let mut first = registry.open_stream(AGENT).unwrap();
     assert_eq!(first.detach_reason(), None);
 
@@ -291,7 +291,7 @@ async fn a_detached_stream_says_why_and_replacements_are_counted() {
     assert_eq!(third.next().await, None);
     assert_eq!(third.detach_reason(), Some(DetachReason::AgentDeleted));
 
-    registry.register(registration(AGENT, "g"));
+    registry.register(registration(AGENT, "g")).unwrap();
     let mut fourth = registry.open_stream(AGENT).unwrap();
     registry.close_all_streams();
     assert_eq!(fourth.next().await, None);

@@ -159,6 +159,8 @@ pub struct LifecycleConfig {
     /// The brake releases this long after it engaged at the latest.
     #[serde(with = "humantime_serde")]
     pub brake_max: Duration,
+    /// Agents of any status (DEAD included) at most; a new one past it is 429.
+    pub max_agents: usize,
 }
 
 impl Default for LifecycleConfig {
@@ -171,6 +173,7 @@ impl Default for LifecycleConfig {
             brake_threshold: core.brake_threshold,
             brake_min_agents: core.brake_min_agents,
             brake_max: core.brake_max,
+            max_agents: core.max_agents,
         }
     }
 }
@@ -188,6 +191,13 @@ pub struct CommandsConfig {
     pub retention: Duration,
     /// The command types operators may send.
     pub types: Vec<String>,
+    /// PENDING and DELIVERED commands one agent holds at most: one more is
+    /// 429, and a group or fleet command skips the agent.
+    pub max_unfinished_per_agent: usize,
+    /// Commands retained at most, in any status.
+    pub max_retained: usize,
+    /// Payload bytes retained at most; a rollout's payload counts once.
+    pub max_retained_bytes: usize,
 }
 
 impl Default for CommandsConfig {
@@ -197,6 +207,9 @@ impl Default for CommandsConfig {
             expiry: core.command_expiry,
             retention: core.command_retention,
             types: core.command_types,
+            max_unfinished_per_agent: core.max_unfinished_per_agent,
+            max_retained: core.max_retained,
+            max_retained_bytes: core.max_retained_bytes,
         }
     }
 }
@@ -431,6 +444,7 @@ impl Config {
                 format!("{threshold} must be more than 0 and at most 1 (1 turns the brake off)"),
             ));
         }
+        check_at_least("lifecycle.max_agents", lifecycle.max_agents, 1)?;
         Ok(())
     }
 
@@ -438,6 +452,17 @@ impl Config {
         let commands = &self.commands;
         check_positive_duration("commands.expiry", commands.expiry)?;
         check_positive_duration("commands.retention", commands.retention)?;
+        check_at_least(
+            "commands.max_unfinished_per_agent",
+            commands.max_unfinished_per_agent,
+            1,
+        )?;
+        check_at_least("commands.max_retained", commands.max_retained, 1)?;
+        check_at_least(
+            "commands.max_retained_bytes",
+            commands.max_retained_bytes,
+            1,
+        )?;
         if commands.types.is_empty() {
             return Err(ConfigError::key(
                 "commands.types",
@@ -541,6 +566,10 @@ impl Config {
             brake_threshold: self.lifecycle.brake_threshold,
             brake_min_agents: self.lifecycle.brake_min_agents,
             brake_max: self.lifecycle.brake_max,
+            max_agents: self.lifecycle.max_agents,
+            max_unfinished_per_agent: self.commands.max_unfinished_per_agent,
+            max_retained: self.commands.max_retained,
+            max_retained_bytes: self.commands.max_retained_bytes,
         }
     }
 }
@@ -574,6 +603,17 @@ fn check_positive_duration(key: &str, value: Duration) -> Result<(), ConfigError
         return Err(ConfigError::key(key, "must be at least 1ms"));
     }
     check_duration(key, value)
+}
+
+/// Fails unless `value` is at least `min`: a cap of zero would refuse everything.
+fn check_at_least(key: &str, value: usize, min: usize) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(ConfigError::key(
+            key,
+            format!("{value} must be at least {min}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Fails unless `value` is in `range`.

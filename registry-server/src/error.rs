@@ -67,6 +67,9 @@ impl ApiError {
                 | RegistryError::UnknownCommand { .. }
                 | RegistryError::UnknownRollout(_) => StatusCode::NOT_FOUND,
                 RegistryError::CommandExpired(_) => StatusCode::CONFLICT,
+                RegistryError::TooManyUnfinished { .. }
+                | RegistryError::CommandsFull(_)
+                | RegistryError::TooManyAgents { .. } => StatusCode::TOO_MANY_REQUESTS,
                 RegistryError::TooManyStreams { .. }
                 | RegistryError::ShuttingDown
                 | RegistryError::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -100,6 +103,10 @@ struct Problem<'a> {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status_code();
+        let retry_after = match &self {
+            Self::Registry(err) => err.retry_after(),
+            _ => None,
+        };
         let problem = Problem {
             kind: "about:blank",
             title: status.canonical_reason().unwrap_or("Error"),
@@ -116,7 +123,11 @@ impl IntoResponse for ApiError {
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(after) = retry_after {
+            // Whole seconds, rounded up: a client that waits that long finds room.
+            let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECONDS),

@@ -283,6 +283,12 @@ impl Collector for CoreCollector {
         )?;
         gauge(
             &mut encoder,
+            "registry_command_payload_bytes",
+            "Payload bytes retained (a rollout's payload once), bounded by commands.max_retained_bytes",
+            stats.payload_bytes,
+        )?;
+        gauge(
+            &mut encoder,
             "registry_open_streams",
             "Agent streams open now",
             stats.open_streams,

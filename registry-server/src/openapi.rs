@@ -66,6 +66,7 @@ pub const AGENT_TOKEN: &str = "agentToken";
             UriTooLong,
             UnsupportedMediaType,
             HeadersTooLarge,
+            TooManyRequests,
             ServiceUnavailable
         ),
     ),
@@ -155,6 +156,18 @@ pub struct HeadersTooLarge(pub Problem);
     headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))
 )]
 pub struct ServiceUnavailable(pub Problem);
+
+/// A cap of SPEC 13 is reached and nothing was stored: the agent's unfinished
+/// commands (`commands.max_unfinished_per_agent`; `Retry-After` is when its
+/// oldest expires), the commands or payload bytes the registry retains
+/// (`commands.max_retained`, `commands.max_retained_bytes`), or the agents it
+/// holds (`lifecycle.max_agents`).
+#[derive(ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))
+)]
+pub struct TooManyRequests(pub Problem);
 
 /// Adds the bearer scheme of each role.
 struct BearerSchemes;

@@ -3,6 +3,7 @@
 mod agents;
 mod auth;
 mod brake;
+mod caps;
 mod commands;
 mod errors;
 mod fleet;

@@ -44,11 +44,13 @@ impl State {
         now: Instant,
     ) -> Result<CommandView, RegistryError> {
         let (kind, payload) = self.command_parts(request)?;
-        let agent_id = self
+        let agent = self
             .agents
             .get(agent_id)
-            .map(|agent| agent.id.clone())
             .ok_or_else(|| unknown_agent(agent_id))?;
+        self.check_unfinished_room(agent, now)?;
+        self.check_retained_room(1, payload.len())?;
+        let agent_id = agent.id.clone();
         self.journal.stats.payload_bytes += payload.len();
         let id = self.create_command(&agent_id, &kind, &payload, None, now);
         Ok(self.commands[&id].view(&self.journal.clock))
@@ -68,7 +70,7 @@ impl State {
             .ok_or_else(|| RegistryError::UnknownGroup(group.to_owned()))?;
         let target = Target::Group(group.clone());
         let targets = self.live(members.iter());
-        Ok(self.launch(target, targets, kind, payload, now))
+        self.launch(target, targets, kind, payload, now)
     }
 
     /// Sends one command to each LIVE agent: a rollout.
@@ -79,7 +81,7 @@ impl State {
     ) -> Result<NewRollout, RegistryError> {
         let (kind, payload) = self.command_parts(request)?;
         let targets = self.live(self.agents.keys());
-        Ok(self.launch(Target::Fleet, targets, kind, payload, now))
+        self.launch(Target::Fleet, targets, kind, payload, now)
     }
 
     /// The LIVE agents among `ids`, ordered by id.
@@ -96,16 +98,28 @@ impl State {
         live
     }
 
-    /// Creates a rollout of one command per agent of `targets`, all sharing
-    /// `payload`, which is counted and stored once.
+    /// Creates a rollout of one command per agent of `live`, all sharing
+    /// `payload`, which is counted and stored once. Agents at their cap of
+    /// unfinished commands are skipped; the rest must fit the registry's caps
+    /// as a whole, or nothing is stored.
     fn launch(
         &mut self,
         target: Target,
-        targets: Vec<AgentId>,
+        live: Vec<AgentId>,
         kind: Arc<str>,
         payload: Payload,
         now: Instant,
-    ) -> NewRollout {
+    ) -> Result<NewRollout, RegistryError> {
+        let limit = self.settings.max_unfinished_per_agent;
+        let mut targets = live;
+        let live = targets.len();
+        targets.retain(|id| {
+            self.agents
+                .get(id)
+                .is_some_and(|agent| agent.unfinished < limit)
+        });
+        let skipped = live - targets.len();
+        self.check_retained_room(targets.len(), payload.len())?;
         let id = RolloutId::new();
         let expires_at = now + self.settings.command_expiry;
         self.journal.rollouts.insert(Launch {
@@ -116,7 +130,7 @@ impl State {
             created_at: now,
             expires_at,
             targeted: targets.len(),
-            skipped: 0,
+            skipped,
         });
         self.journal.dirty.rollout_payload(id);
         self.journal.stats.payload_bytes += payload.len();
@@ -128,16 +142,16 @@ impl State {
             })
             .collect::<Vec<_>>();
         let clock = &self.journal.clock;
-        NewRollout {
+        Ok(NewRollout {
             rollout_id: id,
             kind,
             payload,
             targeted: commands.len(),
-            skipped: 0,
+            skipped,
             created_at: clock.timestamp(now),
             expires_at: clock.timestamp(expires_at),
             commands,
-        }
+        })
     }
 
     /// Creates a command for a known agent and, if it has a stream open, delivers it at once.
@@ -174,6 +188,7 @@ impl State {
         self.journal.dirty.command(id);
         if let Some(agent) = self.agents.get_mut(agent_id) {
             agent.commands.insert(seq, id);
+            agent.unfinished += 1;
             if !self.closing {
                 deliver(agent, &mut command, now, &mut self.journal);
             }
@@ -226,6 +241,9 @@ impl State {
                 command.deadline = self.deadlines.insert(purge_at, Due::Command(command.id));
                 self.journal
                     .command_status(command, CommandStatus::Acknowledged, now);
+                if let Some(agent) = self.agents.get_mut(agent_id) {
+                    agent.unfinished -= 1;
+                }
             }
         }
         Ok(command.view(&self.journal.clock))

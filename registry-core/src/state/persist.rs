@@ -233,6 +233,7 @@ impl State {
                     replacements: None,
                     credential: record.credential,
                     commands: BTreeMap::new(),
+                    unfinished: 0,
                 },
             );
         }
@@ -275,6 +276,9 @@ impl State {
             let id = record.command_id;
             let deadline = self.deadlines.insert(due_at, Due::Command(id));
             agent.commands.insert(record.seq, id);
+            if !record.status.is_final() {
+                agent.unfinished += 1;
+            }
             self.next_seq = self.next_seq.max(record.seq);
             self.journal.stats.commands[record.status.index()] += 1;
             self.commands.insert(

@@ -13,7 +13,7 @@ use crate::auth;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, OptionalJson};
 use crate::openapi::{
-    BadRequest, Forbidden, PayloadTooLarge, Problem, RequestTimeout, Unauthorized,
+    BadRequest, Forbidden, PayloadTooLarge, Problem, RequestTimeout, TooManyRequests, Unauthorized,
     UnsupportedMediaType,
 };
 use crate::state::AppState;
@@ -82,6 +82,7 @@ pub(super) struct Registered {
         (status = 408, response = RequestTimeout),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
+        (status = 429, response = TooManyRequests),
     ),
     security(("enrollmentToken" = [])),
 )]
@@ -103,7 +104,7 @@ pub(super) async fn register(
     }
     let (agent, resumed) = app
         .registry()
-        .durably(|registry| Ok(registry.register(registration)))
+        .durably(|registry| registry.register(registration))
         .await?;
     let config = app.config();
     let body = Registered {

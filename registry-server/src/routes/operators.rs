@@ -13,7 +13,7 @@ use super::{AgentPath, CommandPath, GroupPath};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::openapi::{
-    BadRequest, Forbidden, PayloadTooLarge, Problem, RequestTimeout, Unauthorized,
+    BadRequest, Forbidden, PayloadTooLarge, Problem, RequestTimeout, TooManyRequests, Unauthorized,
     UnsupportedMediaType,
 };
 use crate::state::AppState;
@@ -212,6 +212,7 @@ pub(super) async fn delete_dead(
         (status = 408, response = RequestTimeout),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
+        (status = 429, response = TooManyRequests),
     ),
     security(("operatorToken" = [])),
 )]
@@ -246,6 +247,7 @@ pub(super) async fn send_to_agent(
         (status = 408, response = RequestTimeout),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
+        (status = 429, response = TooManyRequests),
     ),
     security(("operatorToken" = [])),
 )]
@@ -278,6 +280,7 @@ pub(super) async fn send_to_group(
         (status = 408, response = RequestTimeout),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
+        (status = 429, response = TooManyRequests),
     ),
     security(("operatorToken" = [])),
 )]
