@@ -1,9 +1,12 @@
 //! What changes in the fleet, as one broadcast every operator stream reads:
 //! an [`AgentEvent`] for every transition, registration, deletion, and change
-//! of an agent's metadata or connection. Each reader has a bounded backlog; one
-//! that falls behind loses its subscription and never slows the registry.
+//! of an agent's metadata or connection; a rollout's view as its counts change
+//! (at most one per rollout per [`ROLLOUT_EVENT_INTERVAL`], the one saying it
+//! is done at once); the brake. Each reader has a bounded backlog; one that
+//! falls behind loses its subscription and never slows the registry.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
@@ -13,6 +16,11 @@ use tracing::info;
 use crate::agent::{AgentId, AgentStatus, GroupName, StatusChange};
 use crate::brake::BrakeChange;
 use crate::clock::Timestamp;
+use crate::rollout::RolloutView;
+
+/// A rollout's counts are announced at most once in this long (SPEC 11); the
+/// announcement that it is done goes out at once.
+pub const ROLLOUT_EVENT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// One change in the fleet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +29,8 @@ pub enum FleetEvent {
     Brake(BrakeChange),
     /// An agent appeared, changed status, connection or metadata, or was deleted.
     Agent(AgentEvent),
+    /// A rollout's counts changed.
+    Rollout(RolloutView),
 }
 
 /// The data of an `agent` event of the fleet stream.

@@ -57,7 +57,7 @@ pub use command::{
     Ack, AckResult, CommandEvent, CommandId, CommandRequest, CommandStatus, CommandView,
 };
 pub use error::{InvalidField, RegistryError};
-pub use fleet::{AgentEvent, FleetEvent, FleetSubscription, StatusChanges};
+pub use fleet::{AgentEvent, FleetEvent, FleetSubscription, ROLLOUT_EVENT_INTERVAL, StatusChanges};
 pub use payload::Payload;
 pub use registry::{Registry, RegistryGuard, Tick};
 pub use rollout::{CommandRef, NewRollout, RolloutCounts, RolloutId, RolloutView, Target};

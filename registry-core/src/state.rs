@@ -332,7 +332,7 @@ impl State {
             match due {
                 Due::Agent(id) => self.agent_due(id, when),
                 Due::Command(id) => self.command_due(id, when),
-                Due::Rollout(id) => self.rollout_due(id),
+                Due::Rollout(id) => self.rollout_due(id, when),
                 Due::Brake => self.release_brake(when),
             }
         }

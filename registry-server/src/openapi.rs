@@ -56,7 +56,12 @@ pub const AGENT_TOKEN: &str = "agentToken";
         license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0"),
     ),
     components(
-        schemas(Problem, registry_core::CommandEvent, registry_core::AgentEvent),
+        schemas(
+            Problem,
+            registry_core::CommandEvent,
+            registry_core::AgentEvent,
+            registry_core::RolloutView
+        ),
         responses(
             BadRequest,
             Unauthorized,

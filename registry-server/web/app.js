@@ -496,10 +496,14 @@ async function trackRollout(answer, target) {
   }
 }
 
+/** Commands that reached a final status: a rollout's progress never goes back. */
+const finished = (view) => view.acknowledged + view.expired;
+
 function applyRollout(view) {
   const known = state.rollouts.get(view.rolloutId);
-  // A `done` view is final: an older one arriving late changes nothing.
-  if (known && known.done && known.counted) return;
+  // The answer to GET and the stream's events may cross: an older view (a
+  // `done` one is final) arriving late changes nothing.
+  if (known && known.counted && (known.done || finished(view) < finished(known))) return;
   state.rollouts.set(view.rolloutId, { ...view, counted: true });
   drawRollouts();
 }

@@ -72,6 +72,11 @@ const OPERATOR_ROUTES: &[(&str, &str)] = &[
         "/api/v1/agents/alpha/commands/0190f0c2-0000-7000-8000-000000000000",
     ),
     ("GET", "/api/v1/events"),
+    ("GET", "/api/v1/rollouts"),
+    (
+        "GET",
+        "/api/v1/rollouts/0190f0c2-0000-7000-8000-000000000001",
+    ),
     ("GET", "/metrics"),
 ];
 

@@ -14,5 +14,6 @@ mod limits;
 mod openapi;
 mod page;
 mod probes;
+mod rollouts;
 mod smoke;
 mod streams;

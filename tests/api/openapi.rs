@@ -32,6 +32,8 @@ const SPEC_ROUTES: &[(&str, &[&str])] = &[
     ("/readyz", &["get"]),
     ("/metrics", &["get"]),
     ("/api/v1/events", &["get"]),
+    ("/api/v1/rollouts", &["get"]),
+    ("/api/v1/rollouts/{rolloutId}", &["get"]),
 ];
 
 const HTTP_METHODS: [&str; 8] = [
@@ -177,7 +179,8 @@ async fn every_documented_operation_is_routed() {
         let concrete = path
             .replace("{agent_id}", "no-such-agent")
             .replace("{command_id}", "0190f0c2-0000-7000-8000-000000000000")
-            .replace("{group}", "no-such-group");
+            .replace("{group}", "no-such-group")
+            .replace("{rollout_id}", "0190f0c2-0000-7000-8000-000000000001");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let response = server
             .client

@@ -26,7 +26,7 @@ after(async () => {
 
 const row = (agentId) => `#agent-rows tr[data-agent-id="${agentId}"]`;
 
-test('the page shows the fleet live, pushes a group command and shows it acknowledged', async () => {
+test('the page shows the fleet live, pushes a group command and shows its rollout reach done', async () => {
   const server = await startServer({
     REGISTRY_LIFECYCLE__STALE_AFTER: '2s',
     REGISTRY_LIFECYCLE__DEAD_AFTER: '3s',
@@ -84,6 +84,10 @@ test('the page shows the fleet live, pushes a group command and shows it acknowl
       null, WITHIN);
     await page.waitForSelector('#rollout-list .rollout', WITHIN);
     await waitFor(() => agents.slice(0, 3).every((agent) => agent.acked.length === 1), 'three acks');
+    // The rollout fills in from the fleet stream's rollout events, to done.
+    await page.waitForSelector('#rollout-list .rollout[data-done="true"]', WITHIN);
+    assert.match(await page.textContent('#rollout-list .rollout'),
+      /config-update → group:checkout-prod.*3\/3 acknowledged \(3 ok, 0 failed\).*done/);
 
     // An agent's commands: the one it acknowledged.
     await page.click(row('checkout-2'));

@@ -6,18 +6,22 @@
 //!
 //! The journal counts each change as it happens ([`Rollouts::count`]) and
 //! marks the rollout touched; after the operation, [`State::settle_rollouts`]
-//! schedules what follows from the new counts (the purge once done), so a
-//! rollout has at most one deadline at a time.
+//! draws what follows from the new counts: the `rollout` event of the fleet
+//! stream (at most one per rollout per 500 ms, the one saying it is done at
+//! once) and the purge once done. A rollout has at most one deadline at a
+//! time, and nothing is found by scanning.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::{Due, Journal, State};
 use crate::clock::Clock;
 use crate::command::{AckResult, CommandStatus};
 use crate::error::RegistryError;
+use crate::fleet::{FleetEvent, ROLLOUT_EVENT_INTERVAL};
 use crate::payload::Payload;
 use crate::rollout::{RolloutCounts, RolloutId, RolloutView, Target};
 use crate::schedule::DeadlineKey;
@@ -41,11 +45,15 @@ pub(super) struct RolloutEntry {
     pub(super) settled_done: bool,
     /// Its commands still retained.
     pub(super) retained: usize,
-    /// Once done: its purge, `commands.retention` after it was done.
+    /// While it runs: its next announcement, when one is held back by
+    /// [`ROLLOUT_EVENT_INTERVAL`]; once done: its purge, `commands.retention`
+    /// after it was done.
     pub(super) deadline: Option<DeadlineKey>,
     /// Its retention ended while some of its commands were still retained:
     /// it goes with the last of them.
     pub(super) overdue: bool,
+    /// When its counts were last announced to the fleet's readers.
+    last_event_at: Option<Instant>,
     /// Listed in [`Rollouts::touched`] since the last settling.
     touched: bool,
 }
@@ -94,6 +102,7 @@ impl RolloutEntry {
             retained,
             deadline: None,
             overdue: false,
+            last_event_at: None,
             touched: false,
         }
     }
@@ -276,40 +285,75 @@ impl State {
             .collect()
     }
 
-    /// Draws what follows from the counts that changed since the last call:
-    /// a rollout that became done is dropped `commands.retention` later (or
-    /// with its last command, if that is later). Called after every operation
-    /// and every pass of the schedule; costs what was touched.
-    pub(crate) fn settle_rollouts(&mut self, _now: Instant) {
+    /// Draws what follows from the counts that changed since the last call,
+    /// at `now`: a rollout's view goes to the fleet's readers at once, unless
+    /// one went less than [`ROLLOUT_EVENT_INTERVAL`] ago, in which case one is
+    /// scheduled for the end of that interval (later changes ride on it); a
+    /// rollout that became done is announced at once, and dropped
+    /// `commands.retention` later (or with its last command, if that is
+    /// later). Called after every operation and every pass of the schedule;
+    /// costs what was touched.
+    pub(crate) fn settle_rollouts(&mut self, now: Instant) {
         let retention = self.settings.command_retention;
         for id in self.journal.rollouts.take_touched() {
             self.journal.dirty.rollout(id);
             let Some(entry) = self.journal.rollouts.entries.get_mut(&id) else {
                 continue;
             };
-            if let Some(done_at) = entry.done_at
-                && !entry.settled_done
-            {
-                entry.settled_done = true;
-                if let Some(key) = entry.deadline.take() {
-                    self.deadlines.schedule.remove(key);
+            match entry.done_at {
+                Some(_) if entry.settled_done => {}
+                Some(done_at) => {
+                    entry.settled_done = true;
+                    if let Some(key) = entry.deadline.take() {
+                        self.deadlines.schedule.remove(key);
+                    }
+                    entry.deadline =
+                        Some(self.deadlines.insert(done_at + retention, Due::Rollout(id)));
+                    announce(&self.journal.events, &self.journal.clock, entry, now);
                 }
-                entry.deadline = Some(self.deadlines.insert(done_at + retention, Due::Rollout(id)));
+                // An announcement is already scheduled: it will carry these counts.
+                None if entry.deadline.is_some() => {}
+                None => match entry.last_event_at.map(|at| at + ROLLOUT_EVENT_INTERVAL) {
+                    Some(next) if next > now => {
+                        entry.deadline = Some(self.deadlines.insert(next, Due::Rollout(id)));
+                    }
+                    _ => announce(&self.journal.events, &self.journal.clock, entry, now),
+                },
             }
         }
     }
 
-    /// A rollout's deadline came: once done, its retention is over, and it
-    /// goes now unless some of its commands are still retained.
-    pub(super) fn rollout_due(&mut self, id: RolloutId) {
+    /// A rollout's deadline came at `when`: while it runs, the counts that
+    /// changed since its last announcement are announced; once done, its
+    /// retention is over, and it goes now unless some of its commands are
+    /// still retained.
+    pub(super) fn rollout_due(&mut self, id: RolloutId, when: Instant) {
         let Some(entry) = self.journal.rollouts.entries.get_mut(&id) else {
             return;
         };
         entry.deadline = None;
-        if entry.retained == 0 {
+        if !entry.settled_done {
+            announce(&self.journal.events, &self.journal.clock, entry, when);
+        } else if entry.retained == 0 {
             self.journal.drop_rollout(id);
         } else {
             entry.overdue = true;
         }
     }
+}
+
+/// Sends `entry`'s view to the fleet's readers, if there are any, and notes
+/// when, for the next one's interval.
+fn announce(
+    events: &broadcast::Sender<FleetEvent>,
+    clock: &Clock,
+    entry: &mut RolloutEntry,
+    at: Instant,
+) {
+    entry.last_event_at = Some(at);
+    if events.receiver_count() == 0 {
+        return;
+    }
+    // A reader gone since is fine: the counts are kept either way.
+    let _ = events.send(FleetEvent::Rollout(entry.view(clock)));
 }

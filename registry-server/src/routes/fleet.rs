@@ -32,8 +32,10 @@ const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering
         `: open`; then each change in the fleet arrives as one event. `event: agent`, data an \
         `AgentEvent`: for every lifecycle transition (`from` and `to` the statuses), a new agent \
         (`from` null), a deleted one (`to` null), and a change of an agent's metadata or of \
-        `connected` (`from` = `to` = its status). When nothing else is sent, a comment is sent \
-        at least every `sse.keepalive`. Nothing is replayed: list first, then follow. A reader \
+        `connected` (`from` = `to` = its status). `event: rollout`, data a `RolloutView`: a \
+        rollout's counts whenever they change, at most one per rollout in any 500 ms, and the \
+        one with `done: true` at once, once. `event: brake`: the brake engaged or released. \
+        When nothing else is sent, a comment is sent at least every `sse.keepalive`. Nothing is replayed: list first, then follow. A reader \
         that falls `sse.fleet_queue` events behind loses its stream (list again, then \
         reconnect); shutting the server down ends it. Clients ignore fields and events they \
         don't know.",
@@ -74,6 +76,7 @@ fn to_event(event: &FleetEvent) -> Option<Event> {
     let (name, data) = match event {
         FleetEvent::Agent(agent) => ("agent", serde_json::to_string(agent)),
         FleetEvent::Brake(brake) => ("brake", serde_json::to_string(brake)),
+        FleetEvent::Rollout(rollout) => ("rollout", serde_json::to_string(rollout)),
     };
     match data {
         Ok(data) => Some(Event::default().event(name).data(data)),

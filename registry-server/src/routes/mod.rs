@@ -11,6 +11,7 @@ mod fleet;
 mod operators;
 mod page;
 mod probes;
+mod rollouts;
 
 use std::sync::Arc;
 
@@ -80,6 +81,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(operators::command))
         .routes(routes!(operators::send_to_group))
         .routes(routes!(operators::send_to_fleet))
+        .routes(routes!(rollouts::list))
+        .routes(routes!(rollouts::rollout))
         .routes(routes!(fleet::stream))
         .routes(routes!(probes::metrics));
     // With no token configured every check would pass: leave them out of the way.
