@@ -122,7 +122,11 @@ impl Shared {
             if self.stop.is_cancelled() {
                 return Err(Error::Stopped);
             }
-            self.set_state(State::Registering);
+            // A registration under an open stream (a new token, a new key)
+            // leaves the agent connected.
+            if *self.state.borrow() != State::Connected {
+                self.set_state(State::Registering);
+            }
             match self.register(generation).await {
                 Ok(session) => {
                     let session = Arc::new(session);
