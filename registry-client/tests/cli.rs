@@ -489,3 +489,139 @@ async fn completions_are_printed_for_each_shell() {
         assert!(script.stdout.contains("prune-dead"), "{shell}");
     }
 }
+
+/// Starts an agent of `group` that acknowledges every command: FAILURE when
+/// its payload says `"fail": true`, else SUCCESS.
+async fn answering_agent(
+    server: &TestServer,
+    agent_id: &str,
+    group: &str,
+) -> tokio::task::JoinHandle<()> {
+    let mut agent = Agent::builder(&server.base, agent_id, "order-service", group)
+        .backoff(Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(500),
+        })
+        .start()
+        .unwrap();
+    let mut states = agent.states();
+    tokio::time::timeout(
+        PROMPTLY,
+        states.wait_for(|state| *state == State::Connected),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    tokio::spawn(async move {
+        while let Some(command) = agent.next_command().await {
+            let outcome = if command.payload["fail"] == true {
+                Outcome::failure("refused by the test")
+            } else {
+                Outcome::success("applied")
+            };
+            command.ack(outcome).await.unwrap();
+        }
+    })
+}
+
+/// The value of `name` in a detail view (`name  value` lines).
+fn field<'a>(view: &'a str, name: &str) -> &'a str {
+    view.lines()
+        .find_map(|line| {
+            let (key, value) = line.split_once("  ")?;
+            (key == name).then(|| value.trim())
+        })
+        .unwrap_or_else(|| panic!("no {name} in:\n{view}"))
+}
+
+#[tokio::test]
+async fn push_to_a_group_or_the_fleet_follows_the_rollout_until_done() {
+    let server = TestServer::start().await;
+    let agents = [
+        answering_agent(&server, "a-1", "G").await,
+        answering_agent(&server, "a-2", "G").await,
+        answering_agent(&server, "b-1", "other").await,
+    ];
+
+    let pushed = run(
+        &server,
+        &[
+            "push",
+            "config-update",
+            "--group",
+            "G",
+            "--payload",
+            r#"{"sampling":0.5}"#,
+        ],
+    )
+    .await;
+    let started = pushed.succeeded().stdout.clone();
+    assert_eq!(field(&started, "targeted"), "2");
+    assert_eq!(field(&started, "skipped"), "0");
+    assert_eq!(field(&started, "payload"), r#"{"sampling":0.5}"#);
+
+    let waited = run(
+        &server,
+        &[
+            "push",
+            "config-update",
+            "--group",
+            "G",
+            "--payload",
+            r#"{"sampling":0.5}"#,
+            "--wait",
+        ],
+    )
+    .await;
+    let done = &waited.succeeded().stdout;
+    assert_eq!(field(done, "target"), "group:G");
+    assert_eq!(field(done, "targeted"), "2");
+    assert_eq!(field(done, "succeeded"), "2");
+    assert_eq!(field(done, "failed"), "0");
+    assert_eq!(field(done, "done"), "yes");
+    let rollout_id = field(done, "rolloutId").to_owned();
+
+    let fleet = run(
+        &server,
+        &[
+            "push",
+            "replay",
+            "--fleet",
+            "--payload",
+            r#"{"fail":true}"#,
+            "--wait",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(fleet.code, 1, "a FAILURE exits 1: {}", fleet.stderr);
+    let fleet = fleet.json();
+    assert_eq!(fleet["target"], "fleet");
+    assert_eq!(fleet["targeted"], 3);
+    assert_eq!(fleet["failed"], 3);
+    assert_eq!(fleet["done"], true);
+
+    let listed = run(&server, &["rollouts"]).await;
+    let rows = rows(&listed.succeeded().stdout);
+    assert_eq!(rows[0][..3], ["ROLLOUT", "ID", "TYPE"]);
+    assert_eq!(rows.len(), 4, "{}", listed.stdout);
+    assert_eq!(
+        rows[1][..3],
+        [fleet["rolloutId"].as_str().unwrap(), "replay", "fleet"]
+    );
+    let shown = run(&server, &["rollout", &rollout_id]).await;
+    assert_eq!(field(&shown.succeeded().stdout, "succeeded"), "2");
+    let json = run(&server, &["rollout", &rollout_id, "-o", "json"]).await;
+    assert_eq!(json.succeeded().json()["rolloutId"], rollout_id.as_str());
+    let unknown = run(
+        &server,
+        &["rollout", "0190f0c2-0000-7000-8000-000000000000"],
+    )
+    .await;
+    assert_eq!(unknown.code, 1);
+    assert!(unknown.stderr.starts_with("error: "), "{}", unknown.stderr);
+    for agent in agents {
+        agent.abort();
+    }
+}
