@@ -1,5 +1,6 @@
 //! The command model: ids, statuses, the operator's request, the agent's
-//! acknowledgement, the command view, and the event written to an agent's stream.
+//! acknowledgement, the command view, and the event written to an agent's
+//! stream, whose serde form is the canonical form the server signs.
 
 use std::fmt;
 use std::str::FromStr;
@@ -167,28 +168,34 @@ pub struct CommandView {
     pub message: Option<String>,
 }
 
-/// What an agent's stream carries for one command; serialized as the event's `data`.
+/// What an agent's stream carries for one command; serialized as the event's
+/// `data`, before the server appends its `signature` (SPEC 12).
+///
+/// The fields are declared in canonical order (RFC 8785 sorts members by
+/// name) and the payload is canonical already, so that serde_json's form of
+/// an event is its canonical form: what the server signs, with no second
+/// serialization. A test holds this to the canonical serializer's output.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CommandEvent {
+    /// The agent it is for: a signature names its agent.
+    pub agent_id: AgentId,
     /// The command's id, also the event's `id`.
     pub command_id: CommandId,
-    /// The agent it is for.
-    pub agent_id: AgentId,
+    /// When it was created.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub created_at: Timestamp,
+    /// When it expires unless acknowledged: a signature is worth nothing after it.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub expires_at: Timestamp,
+    /// What the operator sent, in its canonical form.
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
+    pub payload: Payload,
     /// Its type, also the event's `event` name.
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     #[serde(rename = "type")]
     pub kind: Arc<str>,
-    /// What the operator sent.
-    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
-    pub payload: Payload,
-    /// When it was created.
-    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
-    pub created_at: Timestamp,
-    /// When it expires unless acknowledged.
-    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
-    pub expires_at: Timestamp,
 }
 
 #[cfg(test)]
@@ -201,6 +208,31 @@ mod tests {
         let second = CommandId::new();
         assert!(first < second);
         assert_eq!(first.to_string().parse::<CommandId>().unwrap(), first);
+    }
+
+    #[test]
+    fn an_event_as_serde_json_writes_it_is_its_canonical_form() {
+        let payload = r#"{"z": [1.0, 1e-7, 0.000001, -0.0, 4.50], "a": {"\u20ac": "\/\u000f", "\ud83d\ude02": 1, "\ufb33": 2}}"#;
+        for (kind, payload) in [
+            ("config-update", payload),
+            ("deep\"trace\u{7f}é", "null"),
+            ("replay", r#""text""#),
+        ] {
+            let event = CommandEvent {
+                agent_id: AgentId::parse("order-7f3a:a_b.c").unwrap(),
+                command_id: CommandId::new(),
+                created_at: Timestamp::from_unix_millis(1_764_000_000_123),
+                expires_at: Timestamp::from_unix_millis(1_764_000_060_123),
+                payload: Payload::parse(payload).unwrap(),
+                kind: Arc::from(kind),
+            };
+            let written = serde_json::to_string(&event).unwrap();
+            let canonical = registry_signing::canonical::to_string(
+                &serde_json::from_str::<serde_json::Value>(&written).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(written, canonical);
+        }
     }
 
     #[test]

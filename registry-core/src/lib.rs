@@ -16,7 +16,8 @@
 //! - [`agent`]: agent ids, registration, status and the agent view.
 //! - [`brake`]: [`BrakeChange`], what the brake (SPEC 13) announces; its rule is in `state`.
 //! - [`command`]: command ids, statuses, requests, acks, views and stream events.
-//! - [`payload`]: [`Payload`], a command's JSON held as compact text, shared by a rollout.
+//! - [`payload`]: [`Payload`], a command's JSON held as its canonical (signed)
+//!   text, shared by a rollout.
 //! - [`rollout`]: what a group or fleet command creates: [`NewRollout`] (the
 //!   push's answer) and [`RolloutView`] (its progress); counted in `state::rollouts`.
 //! - [`subscription`]: what one open stream reads, [`Subscription`], and why it

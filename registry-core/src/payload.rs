@@ -1,21 +1,24 @@
-//! A command's payload as the registry holds it: the JSON text the operator
-//! sent, checked once when it arrived, less its insignificant white space, and
-//! shared (`Arc`) by every command of a rollout. Never a parsed tree: a
-//! `serde_json::Value` costs up to 16 times its text (a 256 KiB `[0,0,...]`
-//! takes 4 MiB), and each command would have held one.
+//! A command's payload as the registry holds it: the canonical form (RFC 8785)
+//! of the JSON the operator sent, made once when it arrived and shared (`Arc`)
+//! by every command of a rollout. It is the form each agent's event is signed
+//! in (SPEC 12), so a stream writes it as it is. A tree (`serde_json::Value`)
+//! is built only for the moment of canonicalizing, never kept: it costs up to
+//! 16 times its text (a 256 KiB `[0,0,...]` takes 4 MiB).
 
 use std::fmt;
 use std::sync::Arc;
 
-use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
 use serde_json::value::RawValue;
 
-/// A JSON value as compact text, cheap to clone: every clone shares one copy.
+/// A JSON value as canonical text (RFC 8785), cheap to clone: every clone
+/// shares one copy.
 ///
-/// Numbers, strings and the order of members are kept exactly as sent; only
-/// white space between tokens is dropped, so the value is written on one line
-/// (an SSE `data:` line) and takes no more than its size on the wire.
+/// No white space, members sorted by name, strings with the fewest escapes,
+/// numbers as ECMAScript writes doubles: the same value as sent, on one line
+/// (an SSE `data:` line), and no larger than its compact form but for a rare
+/// exponent (`1e21` is written `1e+21`).
 #[derive(Clone)]
 pub struct Payload(Arc<RawValue>);
 
@@ -25,32 +28,63 @@ impl Payload {
         Self::parse("{}").expect("{} is a JSON value")
     }
 
-    /// The payload of the JSON text `raw` (whose syntax `serde_json` checked
-    /// as it read it), compacted, once it passes the rules of [`check`].
+    /// The payload of the JSON text `raw`, as an operator sent it: refused if
+    /// it is not JSON `serde_json` would read into a tree (a lone surrogate
+    /// such as `"\ud800"`, nesting deeper than 128), or holds a number
+    /// beyond ±2^53, which a signature's canonical form (a double) would
+    /// change; then made canonical.
     pub fn from_raw(raw: Box<RawValue>) -> Result<Self, serde_json::Error> {
-        check(raw.get())?;
-        let compact = match compact(raw.get()) {
-            // Compacting valid JSON leaves valid JSON, so this check never fails.
-            Some(text) => RawValue::from_string(text).unwrap_or(raw),
-            None => raw,
-        };
-        Ok(Self(Arc::from(compact)))
+        Self::canonical(raw.get(), true)
     }
 
-    /// Parses `text` as one JSON value.
+    /// Parses `text` as one JSON value sent by an operator ([`from_raw`](Self::from_raw)).
     pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
         Self::from_raw(serde_json::from_str::<Box<RawValue>>(text)?)
     }
 
-    /// The payload of a parsed value (for tests and tools; the server never
-    /// parses a payload into a tree).
-    pub fn from_value(value: &serde_json::Value) -> Self {
-        let raw = serde_json::value::to_raw_value(value)
-            .expect("a JSON value always serializes: its keys are strings");
-        Self(Arc::from(raw))
+    /// A payload as storage kept it, made canonical again (a version before
+    /// signing kept it as sent). A number beyond ±2^53, which only such a
+    /// version let in, is kept as the double it reads as rather than make
+    /// the file unreadable.
+    pub fn from_stored(text: &str) -> Result<Self, serde_json::Error> {
+        Self::canonical(text, false)
     }
 
-    /// The compact JSON text.
+    /// Reads an optional payload from a stored record ([`from_stored`](Self::from_stored)).
+    pub fn deserialize_stored<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Self>, D::Error> {
+        match Option::<Box<RawValue>>::deserialize(deserializer)? {
+            Some(raw) => Self::from_stored(raw.get())
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+
+    /// The payload of a parsed value (for tests and tools; the server never
+    /// keeps a payload as a tree). Numbers are not checked.
+    pub fn from_value(value: &Value) -> Self {
+        let text = registry_signing::canonical::to_string(value)
+            .expect("a JSON value has a canonical form: its keys are strings, its numbers finite");
+        Self(Arc::from(
+            RawValue::from_string(text).expect("canonical JSON is JSON"),
+        ))
+    }
+
+    fn canonical(text: &str, check_numbers: bool) -> Result<Self, serde_json::Error> {
+        use serde::de::Error as _;
+        let value: Value = serde_json::from_str(text)?;
+        if check_numbers {
+            registry_signing::check_numbers(&value, "payload")
+                .map_err(serde_json::Error::custom)?;
+        }
+        let text =
+            registry_signing::canonical::to_string(&value).map_err(serde_json::Error::custom)?;
+        Ok(Self(Arc::from(RawValue::from_string(text)?)))
+    }
+
+    /// The canonical JSON text.
     pub fn get(&self) -> &str {
         self.0.get()
     }
@@ -71,100 +105,6 @@ impl Payload {
     }
 }
 
-/// Reads `text` as `serde_json` reads a value into a tree, building nothing:
-/// what taking its raw text skips is checked here, once, as parsing it would
-/// have: escapes (a lone surrogate such as `"\\ud800"` is refused) and nesting
-/// at most 128 deep, which a `serde_json` reader (an agent's, say) would refuse.
-fn check(text: &str) -> Result<(), serde_json::Error> {
-    serde_json::from_str::<Checked>(text).map(drop)
-}
-
-/// A JSON value read to its end and dropped as it is read.
-struct Checked;
-
-impl<'de> Deserialize<'de> for Checked {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // `deserialize_any`, not `deserialize_ignored_any`, which skips without checking.
-        deserializer.deserialize_any(CheckedVisitor)
-    }
-}
-
-struct CheckedVisitor;
-
-impl<'de> Visitor<'de> for CheckedVisitor {
-    type Value = Checked;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-
-    fn visit_unit<E>(self) -> Result<Checked, E> {
-        Ok(Checked)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
-        while seq.next_element::<Checked>()?.is_some() {}
-        Ok(Checked)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
-        while map.next_entry::<Checked, Checked>()?.is_some() {}
-        Ok(Checked)
-    }
-}
-
-/// `text` without white space outside strings, or `None` when it has none.
-/// `text` is valid JSON, so a string is whatever lies between an unescaped
-/// quote and the next one.
-fn compact(text: &str) -> Option<String> {
-    let is_space = |byte: u8| matches!(byte, b' ' | b'\t' | b'\n' | b'\r');
-    let mut in_string = false;
-    let mut escaped = false;
-    let first_space = text.bytes().position(|byte| {
-        match (in_string, escaped, byte) {
-            (true, true, _) => escaped = false,
-            (true, false, b'\\') => escaped = true,
-            (_, false, b'"') => in_string = !in_string,
-            (false, _, byte) if is_space(byte) => return true,
-            _ => {}
-        }
-        false
-    })?;
-    let mut out = String::with_capacity(text.len());
-    out.push_str(&text[..first_space]);
-    for c in text[first_space..].chars() {
-        match (in_string, escaped, c) {
-            (true, true, _) => escaped = false,
-            (true, false, '\\') => escaped = true,
-            (_, false, '"') => in_string = !in_string,
-            (false, _, c) if c.is_ascii() && is_space(c as u8) => continue,
-            _ => {}
-        }
-        out.push(c);
-    }
-    Some(out)
-}
-
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.get())
@@ -177,7 +117,7 @@ impl fmt::Display for Payload {
     }
 }
 
-/// Two payloads are equal when their compact texts are.
+/// Two payloads are equal when their canonical texts are: when they hold the same JSON value.
 impl PartialEq for Payload {
     fn eq(&self, other: &Self) -> bool {
         self.get() == other.get()
@@ -204,22 +144,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn white_space_between_tokens_goes_and_strings_stay_as_sent() {
+    fn white_space_goes_members_are_sorted_and_numbers_are_written_as_doubles() {
         let payload =
-            Payload::parse("{ \"a b\" : [1, 2.50, 1e3] ,\n\t\"q\\\" x\": \"\\\\ \" }").unwrap();
-        assert_eq!(payload.get(), r#"{"a b":[1,2.50,1e3],"q\" x":"\\ "}"#);
+            Payload::parse("{ \"q\\\" x\" : \"\\\\ \\/\" ,\n\t\"a b\" : [1, 2.50, 1e3, -0.0] }").unwrap();
+        assert_eq!(payload.get(), r#"{"a b":[1,2.5,1000,0],"q\" x":"\\ /"}"#);
     }
 
     #[test]
-    fn compact_text_is_kept_without_a_copy() {
-        let text = r#"{"z":1,"a":"é ü"}"#;
-        assert_eq!(compact(text), None);
-        assert_eq!(Payload::parse(text).unwrap().get(), text);
-    }
-
-    #[test]
-    fn non_ascii_text_around_white_space_survives() {
-        let payload = Payload::parse("[ \"日本\" , \"€\" ]").unwrap();
+    fn non_ascii_text_stays_as_itself() {
+        let payload = Payload::parse("[ \"日本\" , \"\\u20ac\" ]").unwrap();
         assert_eq!(payload.get(), r#"["日本","€"]"#);
     }
 
@@ -228,7 +161,7 @@ mod tests {
         let payload = Payload::parse(r#"{"n":1}"#).unwrap();
         let clone = payload.clone();
         assert!(payload.shares_with(&clone));
-        assert_eq!(payload, Payload::parse(r#"{ "n": 1 }"#).unwrap());
+        assert_eq!(payload, Payload::parse(r#"{ "n": 1.0 }"#).unwrap());
     }
 
     #[test]
@@ -246,6 +179,19 @@ mod tests {
     }
 
     #[test]
+    fn a_number_beyond_two_to_the_53_is_refused_from_an_operator_and_kept_from_storage() {
+        let err = Payload::parse(r#"{"ids": [1, 9007199254740993]}"#).unwrap_err();
+        assert!(err.to_string().contains("payload.ids[1]"), "{err}");
+        assert!(Payload::parse("[9007199254740992, -9007199254740992]").is_ok());
+        assert!(Payload::parse("1e300").is_err());
+        let stored = Payload::from_stored(r#"{"ids": [9007199254740993]}"#).unwrap();
+        assert_eq!(stored.get(), r#"{"ids":[9007199254740992]}"#);
+        let record: Option<Payload> =
+            Payload::deserialize_stored(&mut serde_json::Deserializer::from_str("null")).unwrap();
+        assert_eq!(record, None);
+    }
+
+    #[test]
     fn serializes_as_the_json_it_holds() {
         let payload = Payload::parse(r#"{ "n" : [true, null] }"#).unwrap();
         assert_eq!(
@@ -254,5 +200,6 @@ mod tests {
         );
         let back: Payload = serde_json::from_str(r#"{"n":[true,null]}"#).unwrap();
         assert_eq!(back, payload);
+        assert_eq!(Payload::from_value(&serde_json::json!({"b": 1.0, "a": 2})).get(), r#"{"a":2,"b":1}"#);
     }
 }

@@ -251,12 +251,12 @@ impl CommandEntry {
 
     fn event(&self, clock: &Clock) -> CommandEvent {
         CommandEvent {
-            command_id: self.id,
             agent_id: self.agent_id.clone(),
-            kind: self.kind.clone(),
-            payload: self.payload.clone(),
+            command_id: self.id,
             created_at: clock.timestamp(self.created_at),
             expires_at: clock.timestamp(self.expires_at),
+            payload: self.payload.clone(),
+            kind: self.kind.clone(),
         }
     }
 }

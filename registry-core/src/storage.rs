@@ -13,8 +13,9 @@
 //!   and token digest ([`AgentRecord`]); a command's status, timestamps and
 //!   result ([`CommandRecord`]); a rollout's counts ([`RolloutRecord`]) and,
 //!   once, its payload, which its commands share instead of each holding a
-//!   copy; a few named values ([`Change::Meta`]: the format, the signing key,
-//!   the brake). Every deadline follows from the facts
+//!   copy, in its canonical form (RFC 8785), the one it is signed in; a few
+//!   named values ([`Change::Meta`]: the format, the signing key, the
+//!   brake). Every deadline follows from the facts
 //!   and the settings (LIVE: `lastHeartbeatAt + stale_after`; STALE:
 //!   `statusChangedAt + dead_after`; an open command: `expiresAt`; a final one:
 //!   the moment it became final + `retention`), so a restart loads the facts
@@ -83,6 +84,13 @@
 //! ([`Change`]), the engine stores them. The grace after a restart becomes the
 //! grace after Redis is back: deadlines are the later of their own and the
 //! moment the registry was served again.
+//!
+//! The signing key is the one value replicas must agree on before they
+//! serve: [`Storage::meta_or_insert`] is `SET key value NX` then `GET`, so
+//! the first replica to start decides. A replica started with a
+//! `signing.key_file` must also refuse to start (exit 2) when its registry's
+//! other replicas sign with another key (SPEC 12): the Redis engine will need
+//! to keep the public key each live replica signs with beside its heartbeat.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -122,7 +130,17 @@ pub trait Storage: Send + 'static {
     /// Writes `changes`, in order, as one atomic transaction: all of them or
     /// none. A later change to the same entity wins over an earlier one.
     fn commit(&mut self, changes: &[Change]) -> Result<(), StorageError>;
+
+    /// The named value `key`, storing `value` as it first if none is stored,
+    /// in one atomic step: when replicas start at once, the first to store
+    /// decides and every one gets the same value. The server keeps its
+    /// signing key ([`SIGNING_KEY`]) this way, before the registry starts.
+    fn meta_or_insert(&mut self, key: &str, value: &[u8]) -> Result<Vec<u8>, StorageError>;
 }
+
+/// The named value that holds the server's generated signing key: the 32-byte
+/// Ed25519 seed (SPEC 12). A key read from `signing.key_file` is never stored.
+pub const SIGNING_KEY: &str = "signing.key";
 
 /// Everything an engine holds, as [`Storage::load`] returns it.
 #[derive(Debug, Clone, Default)]
@@ -198,9 +216,13 @@ pub struct CommandRecord {
     /// Its type.
     #[serde(rename = "type")]
     pub kind: Arc<str>,
-    /// What the operator sent; none for a command of a rollout, whose
-    /// payload is the rollout's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// What the operator sent, in its canonical form; none for a command of
+    /// a rollout, whose payload is the rollout's.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "Payload::deserialize_stored"
+    )]
     pub payload: Option<Payload>,
     /// The rollout it belongs to, if it was sent to a group or the fleet.
     #[serde(default, skip_serializing_if = "Option::is_none")]

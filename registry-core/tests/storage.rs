@@ -69,6 +69,16 @@ impl Storage for MapStorage {
         }))
     }
 
+    fn meta_or_insert(&mut self, key: &str, value: &[u8]) -> Result<Vec<u8>, StorageError> {
+        Ok(self.with(|stored| {
+            stored
+                .meta
+                .entry(key.to_owned())
+                .or_insert_with(|| value.to_vec())
+                .clone()
+        }))
+    }
+
     fn commit(&mut self, changes: &[Change]) -> Result<(), StorageError> {
         self.with(|stored| {
             if stored.failing {

@@ -210,7 +210,7 @@ impl Embedded {
             let (key, value) = entry.map_err(|err| err.to_string())?;
             let payload = std::str::from_utf8(value.value())
                 .map_err(|err| err.to_string())
-                .and_then(|text| Payload::parse(text).map_err(|err| err.to_string()))
+                .and_then(|text| Payload::from_stored(text).map_err(|err| err.to_string()))
                 .map_err(|err| format!("payload of rollout {:x}: {err}", key.value()))?;
             snapshot
                 .payloads
@@ -244,6 +244,31 @@ impl Storage for Embedded {
         let write = self.db.begin_write().map_err(|err| fail(&err))?;
         write_changes(&write, changes).map_err(|err| fail(&err))?;
         write.commit().map_err(|err| fail(&err))
+    }
+
+    fn meta_or_insert(&mut self, key: &str, value: &[u8]) -> Result<Vec<u8>, StorageError> {
+        let fail = |err: &dyn std::fmt::Display| {
+            StorageError::new(format!("writing {} failed: {err}", self.path.display()))
+        };
+        // One write transaction: redb runs one at a time, so no other writer
+        // comes between the read and the insert.
+        let write = self.db.begin_write().map_err(|err| fail(&err))?;
+        let kept = {
+            let mut values = write.open_table(VALUES).map_err(|err| fail(&err))?;
+            let stored = values
+                .get(key)
+                .map_err(|err| fail(&err))?
+                .map(|stored| stored.value().to_vec());
+            match stored {
+                Some(stored) => stored,
+                None => {
+                    values.insert(key, value).map_err(|err| fail(&err))?;
+                    value.to_vec()
+                }
+            }
+        };
+        write.commit().map_err(|err| fail(&err))?;
+        Ok(kept)
     }
 }
 
@@ -430,5 +455,17 @@ mod tests {
         engine.commit(&[Change::RolloutRemoved(id)]).unwrap();
         let snapshot = engine.load().unwrap();
         assert!(snapshot.rollouts.is_empty() && snapshot.payloads.is_empty());
+    }
+
+    #[test]
+    fn a_named_value_is_stored_once_and_survives_reopening() {
+        let file = TempFile::new("meta");
+        let mut engine = Embedded::open(&file.0).unwrap();
+        assert_eq!(engine.meta_or_insert("k", b"first").unwrap(), b"first");
+        assert_eq!(engine.meta_or_insert("k", b"second").unwrap(), b"first");
+        drop(engine);
+        let mut engine = Embedded::open(&file.0).unwrap();
+        assert_eq!(engine.load().unwrap().meta["k"], b"first");
+        assert_eq!(engine.meta_or_insert("k", b"third").unwrap(), b"first");
     }
 }

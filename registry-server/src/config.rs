@@ -83,6 +83,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[storage]`
     pub storage: StorageConfig,
+    /// `[signing]`
+    pub signing: SigningConfig,
 }
 
 /// `[server]`: where and how the server listens.
@@ -290,6 +292,30 @@ impl Default for StorageConfig {
             path: PathBuf::from("data/registry.redb"),
             redis_url: "redis://127.0.0.1:6379/0".into(),
             redis_prefix: "registry:".into(),
+        }
+    }
+}
+
+/// `[signing]`: the key commands are signed with (SPEC 12).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(default, deny_unknown_fields)]
+pub struct SigningConfig {
+    /// The Ed25519 private key, unencrypted PKCS#8 PEM; empty: a key
+    /// generated at first start and kept in storage (a new one at each start
+    /// with `memory`).
+    pub key_file: String,
+    /// Whether commands are signed. Off only to measure what signing costs:
+    /// events then carry no `signature` and `serverPublicKey` is null, which
+    /// agents that verify (the SDK) refuse.
+    pub enabled: bool,
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        Self {
+            key_file: String::new(),
+            enabled: true,
         }
     }
 }

@@ -18,6 +18,7 @@
 //! - [`openapi`]: the OpenAPI 3.1 document, built from the handlers' annotations
 //!   and served at `/api/v1/openapi.json`.
 //! - [`limits`]: the open-file limit, raised at start, and the size of request heads.
+//! - [`signing`]: the key commands are signed with, and each event's signed data (SPEC 12).
 
 pub mod auth;
 pub mod config;
@@ -30,6 +31,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod signing;
 pub mod state;
 
 use std::future::Future;
@@ -116,7 +118,7 @@ pub async fn serve(
 pub async fn serve_with_storage(
     listener: TcpListener,
     config: Config,
-    storage: Option<Box<dyn Storage>>,
+    mut storage: Option<Box<dyn Storage>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let local_addr = listener.local_addr()?;
@@ -131,8 +133,9 @@ pub async fn serve_with_storage(
     );
     let settings = config.core_settings(limits);
     let grace = config.server.shutdown_grace;
+    let key = signing::server_key(&config.signing, storage.as_deref_mut())?;
     let guard = start_registry(settings, storage, &config)?;
-    let state = AppState::new(guard.registry(), config, auth);
+    let state = AppState::new(guard.registry(), config, auth, key);
     let app = routes::router(state.clone());
 
     let stopping = CancellationToken::new();

@@ -59,6 +59,7 @@ pub const AGENT_TOKEN: &str = "agentToken";
         schemas(
             Problem,
             registry_core::CommandEvent,
+            SignedCommandEvent,
             registry_core::AgentEvent,
             registry_core::RolloutView
         ),
@@ -105,6 +106,25 @@ pub struct Problem {
     pub status: u16,
     /// What was wrong, naming the field at fault when there is one.
     pub detail: String,
+}
+
+/// The `data` of a command event as an agent's stream carries it (SPEC 3.1
+/// and 12): the command's members, then `signature`. Only the document uses
+/// this type: the stream appends the signature to the canonical text it signed.
+#[derive(serde::Serialize, ToSchema)]
+pub struct SignedCommandEvent {
+    /// The command.
+    #[serde(flatten)]
+    pub event: registry_core::CommandEvent,
+    /// The last member: the standard base64 (with padding) of the Ed25519
+    /// signature of the UTF-8 bytes of the RFC 8785 canonical form of this
+    /// object without `signature`. It verifies with the registration answer's
+    /// `serverPublicKey`. Absent only when the server runs with
+    /// `signing.enabled = false`.
+    #[schema(examples(
+        "5ApLvGbuaN0XqLKT3Rs1Z2gIvn/5rbsqFzPSZVCS9UO1WyoX5T0eg2BhZnYa3kDpuq9lCeL1ffUl5RsoOzGmAw=="
+    ))]
+    pub signature: String,
 }
 
 /// Malformed JSON, an invalid field or parameter (named in `detail`), or a path that does not decode.

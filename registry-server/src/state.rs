@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::http::HeaderMap;
 use registry_core::{AgentId, Registry};
+use registry_signing::ServerKey;
 
 use crate::auth::{Auth, Gate};
 use crate::config::Config;
@@ -24,12 +25,23 @@ struct Inner {
     auth: Arc<Auth>,
     ready: AtomicBool,
     metrics: Arc<Metrics>,
+    /// What commands are signed with; none when `signing.enabled` is false.
+    signing_key: Option<ServerKey>,
+    /// Its public key as the registration answer gives it.
+    public_key: Option<String>,
 }
 
 impl AppState {
-    /// State for a server over `registry`; not ready until [`set_ready`](Self::set_ready).
-    pub fn new(registry: Registry, config: Config, auth: Auth) -> Self {
+    /// State for a server over `registry` that signs commands with
+    /// `signing_key`; not ready until [`set_ready`](Self::set_ready).
+    pub fn new(
+        registry: Registry,
+        config: Config,
+        auth: Auth,
+        signing_key: Option<ServerKey>,
+    ) -> Self {
         let metrics = Arc::new(Metrics::new(registry.clone()));
+        let public_key = signing_key.as_ref().map(|key| key.public_key().to_base64());
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -37,8 +49,20 @@ impl AppState {
                 auth: Arc::new(auth),
                 ready: AtomicBool::new(false),
                 metrics,
+                signing_key,
+                public_key,
             }),
         }
+    }
+
+    /// The key commands are signed with, if they are.
+    pub fn signing_key(&self) -> Option<&ServerKey> {
+        self.inner.signing_key.as_ref()
+    }
+
+    /// `serverPublicKey`: the standard base64 of the signing key's public key.
+    pub fn server_public_key(&self) -> Option<&str> {
+        self.inner.public_key.as_deref()
     }
 
     /// The registry.

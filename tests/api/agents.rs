@@ -89,10 +89,15 @@ async fn a_new_agent_id_answers_201_with_the_registration_body() {
     assert_eq!(body["status"], "LIVE");
     assert_eq!(body["resumed"], false);
     assert_eq!(body["heartbeatIntervalMs"], 30_000);
+    let key = body["serverPublicKey"].as_str().expect("a serverPublicKey");
     assert_eq!(
-        body.get("serverPublicKey"),
-        Some(&Value::Null),
-        "serverPublicKey is present and null: {body}"
+        key.len(),
+        44,
+        "32 bytes in standard base64 with padding: {key}"
+    );
+    assert!(
+        registry_signing::PublicKey::from_base64(key).is_ok(),
+        "{key}"
     );
     let endpoint = body["sseEndpoint"].as_str().expect("an sseEndpoint");
     assert!(endpoint.ends_with("/api/v1/agents/order-7f3a/events"));

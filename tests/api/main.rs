@@ -15,5 +15,6 @@ mod openapi;
 mod page;
 mod probes;
 mod rollouts;
+mod signing;
 mod smoke;
 mod streams;

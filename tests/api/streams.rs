@@ -157,7 +157,8 @@ async fn each_command_is_one_event_with_the_command_id_its_type_and_its_data() {
             "type",
             "payload",
             "createdAt",
-            "expiresAt"
+            "expiresAt",
+            "signature"
         ]),
         "{data}"
     );

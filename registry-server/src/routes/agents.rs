@@ -41,7 +41,10 @@ pub(super) struct Registered {
     command_expiry_ms: u128,
     /// The longest silence on the stream before a comment is sent (`sse.keepalive`).
     keepalive_ms: u128,
-    /// Null until command signing exists.
+    /// The standard base64 (with padding) of the server's 32-byte Ed25519
+    /// public key: every command event's `signature` verifies with it (SPEC 12).
+    /// Null only when `signing.enabled` is false.
+    #[schema(examples("11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="))]
     server_public_key: Option<String>,
     /// The agent's own token, when tokens are in use; the former one stops working.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -117,7 +120,7 @@ pub(super) async fn register(
         dead_after_ms: config.lifecycle.dead_after.as_millis(),
         command_expiry_ms: config.commands.expiry.as_millis(),
         keepalive_ms: config.sse.keepalive.as_millis(),
-        server_public_key: None,
+        server_public_key: app.server_public_key().map(str::to_owned),
         agent_token,
     };
     let status = if resumed {

@@ -16,12 +16,14 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{StreamExt, stream};
 use registry_core::{CommandEvent, DetachReason, Subscription};
+use registry_signing::ServerKey;
 use tracing::{error, instrument};
 
 use super::AgentPath;
 use crate::error::ApiError;
 use crate::extract::ApiPath;
 use crate::openapi::{BadRequest, Forbidden, Problem, ServiceUnavailable, Unauthorized};
+use crate::signing;
 use crate::state::AppState;
 
 /// Tells nginx and other proxies not to buffer the stream.
@@ -35,8 +37,11 @@ const STREAM_DESCRIPTION: &str = "A Server-Sent Events stream that stays open. I
     lines are `retry: N` (`sse.retry` plus a random jitter of up to as much again, in \
     milliseconds, drawn per stream, so that a fleet that lost its streams at once does not come \
     back at once) and the comment `: open`. Each command then arrives as one event, \
-    `id: <commandId>`, `event: <type>`, `data: <CommandEvent as JSON>` (see the `CommandEvent` \
-    schema); when nothing else is sent, a comment is sent at least every `sse.keepalive`. \
+    `id: <commandId>`, `event: <type>`, `data: <SignedCommandEvent as JSON>` (see the \
+    `SignedCommandEvent` schema): the command's members, then `signature`, the Ed25519 signature \
+    of the RFC 8785 canonical form of the data without it, which verifies with the registration \
+    answer's `serverPublicKey` (SPEC 12). When nothing else is sent, a comment is sent at least \
+    every `sse.keepalive`. \
     With `sse.replay = \"none\"` (the default) only commands created from now on are pushed: \
     PENDING ones are not sent again on reconnect. With `sse.replay = \"unacknowledged\"` the \
     stream first sends every PENDING and DELIVERED command of the agent in creation order, less \
@@ -91,6 +96,7 @@ pub(super) async fn stream(
         .comment("open");
     let events = AgentEvents {
         subscription,
+        app: app.clone(),
         replaced: Some(
             Event::default()
                 .comment("replaced")
@@ -164,6 +170,8 @@ fn with_jitter(retry: Duration) -> Duration {
 /// the stream back (SPEC 10).
 struct AgentEvents {
     subscription: Subscription,
+    /// Where the signing key is: shared, not copied into every stream.
+    app: AppState,
     replaced: Option<Event>,
 }
 
@@ -174,7 +182,7 @@ impl futures_util::Stream for AgentEvents {
         loop {
             match ready!(self.subscription.poll_next_unpin(cx)) {
                 Some(command) => {
-                    if let Some(event) = to_event(&command) {
+                    if let Some(event) = to_event(&command, self.app.signing_key()) {
                         return Poll::Ready(Some(Ok(event)));
                     }
                 }
@@ -189,11 +197,13 @@ impl futures_util::Stream for AgentEvents {
     }
 }
 
-/// The SSE event of one command. Every field is free of CR, LF and NUL: the id
-/// is a UUID, the type a configured token, the data compact JSON (which escapes
-/// control characters).
-fn to_event(command: &CommandEvent) -> Option<Event> {
-    match serde_json::to_string(command) {
+/// The SSE event of one command, signed with `key`. Signing happens here, in
+/// the stream's own task, not under the registry's lock: a fleet command's
+/// signatures are spread over the runtime's workers. Every field is free of
+/// CR, LF and NUL: the id is a UUID, the type a configured token, the data
+/// compact JSON (which escapes control characters) and base64.
+fn to_event(command: &CommandEvent, key: Option<&ServerKey>) -> Option<Event> {
+    match signing::event_data(command, key) {
         Ok(data) => Some(
             Event::default()
                 .id(command.command_id.to_string())
