@@ -122,7 +122,7 @@ pub struct SignedCommandEvent {
     /// `serverPublicKey`. Absent only when the server runs with
     /// `signing.enabled = false`.
     #[schema(examples(
-        "5ApLvGbuaN0XqLKT3Rs1Z2gIvn/5rbsqFzPSZVCS9UO1WyoX5T0eg2BhZnYa3kDpuq9lCeL1ffUl5RsoOzGmAw=="
+        "3KTl+DLlVdjHQ8m9o4cy3jYziCOvnmNwa6PURg29TBhAoLs7UU/GSjRxnz49tU1dRRi57ePsmy37WsYU2kSHAw=="
     ))]
     pub signature: String,
 }

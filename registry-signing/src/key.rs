@@ -7,7 +7,9 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, spki::der::pem::LineEnding};
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey, EncodePrivateKey, KeypairBytes, spki::der::pem::LineEnding,
+};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use zeroize::Zeroizing;
 
@@ -87,9 +89,15 @@ impl ServerKey {
         Zeroizing::new(self.key.to_bytes().to_vec())
     }
 
-    /// The key as an unencrypted PKCS#8 (v2) PEM document, as a key file holds it.
+    /// The key as an unencrypted PKCS#8 PEM document, as a key file holds
+    /// it: version 1, the seed alone, as `openssl genpkey` writes it (OpenSSL
+    /// 3.0 can't read version 2, which adds the public key).
     pub fn to_pkcs8_pem(&self) -> Zeroizing<String> {
-        match self.key.to_pkcs8_pem(LineEnding::LF) {
+        let seed_only = KeypairBytes {
+            secret_key: self.key.to_bytes(),
+            public_key: None,
+        };
+        match seed_only.to_pkcs8_pem(LineEnding::LF) {
             Ok(pem) => pem,
             // Encoding 32 + 32 known bytes has no way to fail.
             Err(err) => unreachable!("a PKCS#8 document of an Ed25519 key: {err}"),

@@ -12,13 +12,18 @@
 //     Last-Event-ID, and (sse.replay = "unacknowledged") gets the command pushed
 //     while it was away, and not the one it had seen;
 //   - duplicates: two clients sharing an agentId settle instead of flapping
-//     (stream opens counted over FLAP_SECONDS).
+//     (stream opens counted over FLAP_SECONDS);
+//   - signatures: every command's data verifies with the registration
+//     answer's serverPublicKey, by Node's crypto and the few lines of RFC 8785
+//     that docs/signing.md gives (when the server signs: an older binary
+//     answers null).
 //
 // Environment: REGISTRY_URL (http://host:port), RETRY_MS and KEEPALIVE_MS (the
 // server's sse.retry and sse.keepalive), FLAP_SECONDS (default 5), FLAP_ONLY=1
 // to run only the duplicate count (for a server that predates SPEC 10).
 
 import assert from "node:assert/strict";
+import { createPublicKey, verify } from "node:crypto";
 import { createRequire } from "node:module";
 import net from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -52,6 +57,28 @@ async function api(method, path, body) {
   });
   const text = await response.text();
   return { status: response.status, body: text ? JSON.parse(text) : null };
+}
+
+// RFC 8785 as docs/signing.md writes it: JSON.stringify already writes strings
+// and numbers canonically; members are sorted by UTF-16 code units.
+const canonical = (value) =>
+  value === null || typeof value !== "object"
+    ? JSON.stringify(value)
+    : Array.isArray(value)
+      ? `[${value.map(canonical).join(",")}]`
+      : `{${Object.keys(value)
+          .sort()
+          .map((name) => `${JSON.stringify(name)}:${canonical(value[name])}`)
+          .join(",")}}`;
+
+/// Whether a command's data verifies with the server's public key (docs/signing.md).
+function verifies(data, serverPublicKey) {
+  const { signature, ...unsigned } = JSON.parse(data);
+  const key = createPublicKey({
+    key: { kty: "OKP", crv: "Ed25519", x: Buffer.from(serverPublicKey, "base64").toString("base64url") },
+    format: "jwk",
+  });
+  return verify(null, Buffer.from(canonical(unsigned), "utf8"), key, Buffer.from(signature, "base64"));
 }
 
 async function register(agentId) {
@@ -143,7 +170,12 @@ function watch(client, url) {
   };
   for (const type of TYPES) {
     es.addEventListener(type, (event) =>
-      seen.events.push({ type, id: event.lastEventId, data: JSON.parse(event.data) }),
+      seen.events.push({
+        type,
+        id: event.lastEventId,
+        data: JSON.parse(event.data),
+        raw: event.data,
+      }),
     );
   }
   return seen;
@@ -151,7 +183,7 @@ function watch(client, url) {
 
 async function checkClient(client) {
   const agentId = `interop-${client.tag}`;
-  await register(agentId);
+  const { serverPublicKey } = await register(agentId);
   const relay = await proxy();
   const seen = watch(client, `${relay.url}/api/v1/agents/${agentId}/events`);
   try {
@@ -208,9 +240,17 @@ async function checkClient(client) {
       [first.commandId, missed.commandId, fresh.commandId],
       "each command once, in order",
     );
+    if (serverPublicKey !== null) {
+      for (const event of seen.events) {
+        assert.ok(verifies(event.raw, serverPublicKey), `signature of ${event.id}`);
+      }
+      const forged = seen.events[2].raw.replace('"n":3', '"n":4');
+      assert.ok(!verifies(forged, serverPublicKey), "a changed payload does not verify");
+    }
     console.log(
       `ok ${client.name}: events (CR/LF, U+2028, 200 KiB), keepalives, retry (reconnected after ${delay} ms), ` +
-        `reconnect with Last-Event-ID and replay`,
+        `reconnect with Last-Event-ID and replay` +
+        (serverPublicKey === null ? "" : ", every signature verified by Node's crypto"),
     );
   } finally {
     seen.es.close();
