@@ -1,0 +1,90 @@
+//! What signing costs per command (SPEC 12), as the server pays it for each
+//! event it writes to a stream, beside the same event unsigned; what the
+//! canonical payload costs once per request; and what an agent pays to
+//! verify. Run with `cargo bench -p registry-bench --bench signing`.
+
+// criterion_group! defines a public function it does not document.
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use registry_core::{AgentId, CommandEvent, CommandId, Payload, Timestamp};
+use registry_server::signing::event_data;
+use registry_signing::ServerKey;
+use serde_json::{Value, json};
+
+/// A payload of about `bytes` bytes, shaped as configuration is: a few
+/// members, numbers and strings, and a list of routes that makes up the size.
+fn payload(bytes: usize) -> Value {
+    let routes: Vec<Value> = (0..bytes / 40)
+        .map(|n| json!({"routeId": format!("route-{n}"), "sampling": 0.25}))
+        .collect();
+    json!({"level": "debug", "maxSpans": 1000, "sampling": 0.5, "routes": routes})
+}
+
+fn event(payload: &Payload) -> CommandEvent {
+    CommandEvent {
+        agent_id: AgentId::parse("agent-0000042").unwrap(),
+        command_id: "019ab0c2-5c1e-7d4a-9a53-2f0e8f6c1b7d"
+            .parse::<CommandId>()
+            .unwrap(),
+        created_at: Timestamp::from_unix_millis(1_764_000_000_123),
+        expires_at: Timestamp::from_unix_millis(1_764_000_060_123),
+        payload: payload.clone(),
+        kind: Arc::from("config-update"),
+    }
+}
+
+const SIZES: [usize; 3] = [64, 1024, 65_536];
+
+/// The data of one event, as a stream writes it, signed and not.
+fn per_event(c: &mut Criterion) {
+    let key = ServerKey::generate().unwrap();
+    let mut group = c.benchmark_group("event data");
+    for size in SIZES {
+        let payload = Payload::new(&payload(size)).unwrap();
+        let event = event(&payload);
+        let data = event_data(&event, Some(&key)).unwrap();
+        group.throughput(Throughput::Bytes(data.len() as u64));
+        group.bench_with_input(BenchmarkId::new("signed", size), &event, |b, event| {
+            b.iter(|| event_data(black_box(event), Some(&key)).unwrap());
+        });
+        group.bench_with_input(BenchmarkId::new("unsigned", size), &event, |b, event| {
+            b.iter(|| event_data(black_box(event), None).unwrap());
+        });
+    }
+    group.finish();
+}
+
+/// The canonical payload: once per request, shared by a rollout's commands.
+fn per_request(c: &mut Criterion) {
+    let mut group = c.benchmark_group("canonical payload");
+    for size in SIZES {
+        let value = payload(size);
+        group.throughput(Throughput::Bytes(value.to_string().len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(size), &value, |b, value| {
+            b.iter(|| Payload::new(black_box(value)).unwrap());
+        });
+    }
+    group.finish();
+}
+
+/// What an agent pays: parse, take the signature out, canonicalize, verify.
+fn verify(c: &mut Criterion) {
+    let key = ServerKey::generate().unwrap();
+    let public = key.public_key();
+    let mut group = c.benchmark_group("verify");
+    for size in [64, 1024] {
+        let payload = Payload::new(&payload(size)).unwrap();
+        let data = event_data(&event(&payload), Some(&key)).unwrap();
+        group.bench_with_input(BenchmarkId::from_parameter(size), &data, |b, data| {
+            b.iter(|| public.verify_data(black_box(data)).unwrap());
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, per_event, per_request, verify);
+criterion_main!(benches);
