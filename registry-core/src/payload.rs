@@ -33,13 +33,13 @@ impl Payload {
     /// such as `"\ud800"`, nesting deeper than 128), or holds a number
     /// beyond ±2^53, which a signature's canonical form (a double) would
     /// change; then made canonical.
-    pub fn from_raw(raw: Box<RawValue>) -> Result<Self, serde_json::Error> {
+    pub fn from_raw(raw: &RawValue) -> Result<Self, serde_json::Error> {
         Self::canonical(raw.get(), true)
     }
 
     /// Parses `text` as one JSON value sent by an operator ([`from_raw`](Self::from_raw)).
     pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
-        Self::from_raw(serde_json::from_str::<Box<RawValue>>(text)?)
+        Self::from_raw(&serde_json::from_str::<Box<RawValue>>(text)?)
     }
 
     /// A payload as storage kept it, made canonical again (a version before
@@ -135,7 +135,7 @@ impl Serialize for Payload {
 impl<'de> Deserialize<'de> for Payload {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = Box::<RawValue>::deserialize(deserializer)?;
-        Self::from_raw(raw).map_err(serde::de::Error::custom)
+        Self::from_raw(&raw).map_err(serde::de::Error::custom)
     }
 }
 
@@ -146,7 +146,8 @@ mod tests {
     #[test]
     fn white_space_goes_members_are_sorted_and_numbers_are_written_as_doubles() {
         let payload =
-            Payload::parse("{ \"q\\\" x\" : \"\\\\ \\/\" ,\n\t\"a b\" : [1, 2.50, 1e3, -0.0] }").unwrap();
+            Payload::parse("{ \"q\\\" x\" : \"\\\\ \\/\" ,\n\t\"a b\" : [1, 2.50, 1e3, -0.0] }")
+                .unwrap();
         assert_eq!(payload.get(), r#"{"a b":[1,2.5,1000,0],"q\" x":"\\ /"}"#);
     }
 
@@ -200,6 +201,9 @@ mod tests {
         );
         let back: Payload = serde_json::from_str(r#"{"n":[true,null]}"#).unwrap();
         assert_eq!(back, payload);
-        assert_eq!(Payload::from_value(&serde_json::json!({"b": 1.0, "a": 2})).get(), r#"{"a":2,"b":1}"#);
+        assert_eq!(
+            Payload::from_value(&serde_json::json!({"b": 1.0, "a": 2})).get(),
+            r#"{"a":2,"b":1}"#
+        );
     }
 }
