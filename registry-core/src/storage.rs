@@ -69,28 +69,21 @@
 //!
 //! # How the Redis engine keeps the same rules
 //!
-//! With replicas no process's memory is the truth, so the Redis engine cannot
-//! keep the whole state in one process's memory. The facts it keeps are these
-//! same records (the same serde forms, one hash or string per agent and per
-//! command, the heartbeat times in a hash of their own) and the deadlines are
-//! a sorted set of `(due, entity)` derived from them by the same arithmetic as
-//! above. The rules that today run under the lock become functions of a
-//! record, `now` and the settings (a heartbeat: status LIVE, `lastHeartbeatAt`
-//! = now; a due deadline: the transition the record's status calls for), run
-//! by any replica and written back with a per-entity compare-and-set (a
-//! version in the record checked by a Lua script, or `WATCH`/`MULTI`), so
-//! that two replicas applying the same deadline change it once. The seam here
-//! already separates those two halves: the rules produce records
-//! ([`Change`]), the engine stores them. The grace after a restart becomes the
-//! grace after Redis is back: deadlines are the later of their own and the
-//! moment the registry was served again.
+//! `docs/replicas.md` holds the design. In short: every replica keeps the
+//! whole state in memory and runs the rules here, once, under its lock, as a
+//! single server does; Redis keeps these same records (the same serde forms)
+//! and is the arbiter and the log. A commit is one Lua script that writes a
+//! batch atomically (and, once replicas tail the log, checks each entity's
+//! version and appends the batch to a Redis Stream that the other replicas
+//! apply with the same per-entity code as a load). The grace after a restart
+//! becomes also the grace after Redis is back.
 //!
 //! The signing key is the one value replicas must agree on before they
-//! serve: [`Storage::meta_or_insert`] is `SET key value NX` then `GET`, so
-//! the first replica to start decides. A replica started with a
+//! serve: [`Storage::meta_or_insert`] stores it only if none is stored, in one
+//! step, so the first replica to start decides. A replica started with a
 //! `signing.key_file` must also refuse to start (exit 2) when its registry's
 //! other replicas sign with another key (SPEC 12): the Redis engine will need
-//! to keep the public key each live replica signs with beside its heartbeat.
+//! to keep the public key each live replica signs with beside its liveness.
 
 use std::collections::BTreeMap;
 use std::fmt;
