@@ -1,6 +1,7 @@
 //! The heartbeat loop: one heartbeat every `heartbeatIntervalMs`, counted from
 //! the registration (which is one); a 404 or 401 registers again at once; a
-//! failed heartbeat is tried again sooner, with backoff.
+//! failed heartbeat is tried again sooner, with backoff, and at once when the
+//! stream opens again.
 
 use std::time::Duration;
 
@@ -17,15 +18,20 @@ pub(crate) async fn run(shared: &Shared) -> Result<(), Error> {
     let mut failures: u32 = 0;
     let mut floor = Duration::ZERO;
     loop {
-        let wait = if failures == 0 {
-            session.heartbeat_interval
+        if failures == 0 {
+            tokio::time::sleep(session.heartbeat_interval).await;
         } else {
-            shared
+            let wait = shared
                 .backoff
                 .delay(failures - 1, floor)
-                .min(session.heartbeat_interval)
-        };
-        tokio::time::sleep(wait).await;
+                .min(session.heartbeat_interval);
+            // Backing off while the registry was away; when the stream is
+            // back, so is the registry: heartbeat at once.
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shared.reachable.notified() => {}
+            }
+        }
         // The stream loop or an acknowledgement may have registered again.
         if let Some(current) = shared.current() {
             session = current;

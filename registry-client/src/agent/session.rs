@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use reqwest::header::AUTHORIZATION;
 use reqwest::{RequestBuilder, StatusCode};
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use url::Url;
@@ -74,6 +74,9 @@ pub(crate) struct Shared {
     /// Cancelled by shutdown, by the handle's drop, or by a fatal error.
     pub(crate) stop: CancellationToken,
     pub(crate) state: watch::Sender<State>,
+    /// Told when a stream opens: the registry is reachable again, so a
+    /// heartbeat backing off after failures is sent at once.
+    pub(crate) reachable: Notify,
     session: watch::Sender<Option<Arc<Session>>>,
     /// Held while registering, so that two loops needing it register once.
     registering: tokio::sync::Mutex<()>,
@@ -97,6 +100,7 @@ impl Shared {
             backoff,
             stop: CancellationToken::new(),
             state: watch::Sender::new(State::Registering),
+            reachable: Notify::new(),
             session: watch::Sender::new(None),
             registering: tokio::sync::Mutex::new(()),
             fatal: Mutex::new(None),

@@ -93,6 +93,7 @@ impl Streamer {
                 Ok(response) => {
                     failures = 0;
                     self.shared.set_state(State::Connected);
+                    self.shared.reachable.notify_waiters();
                     info!(agent_id = %self.shared.identity.agent_id, "stream open");
                     let ended = self.hold(response, &session).await?;
                     self.shared.set_state(State::Disconnected);
