@@ -434,6 +434,9 @@ pub(crate) struct Registered {
     /// The longest silence on the stream before a comment, when the server says.
     #[serde(default)]
     pub(crate) keepalive_ms: Option<u64>,
+    /// The base64 of the server's Ed25519 key, when it signs commands.
+    #[serde(default)]
+    pub(crate) server_public_key: Option<String>,
     /// The agent's own token, when the server uses tokens.
     #[serde(default)]
     pub(crate) agent_token: Option<String>,

@@ -35,6 +35,11 @@ impl Seen {
         true
     }
 
+    /// Whether `command_id` was recorded.
+    pub(crate) fn contains(&self, command_id: &str) -> bool {
+        self.ids.contains(command_id)
+    }
+
     fn forget_before(&mut self, now: SystemTime) {
         while let Some(first) = self.by_expiry.first() {
             if first.0 > now {

@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use registry_signing::PublicKey;
 use reqwest::header::AUTHORIZATION;
 use reqwest::{RequestBuilder, StatusCode};
 use serde::Serialize;
@@ -52,6 +53,40 @@ pub(crate) struct Session {
     pub(crate) heartbeat_interval: Duration,
     /// The longest silence the server allows itself on the stream.
     pub(crate) keepalive: Duration,
+    /// How this registration's commands are checked.
+    pub(crate) signatures: Signatures,
+}
+
+/// What the registration said of signatures (SPEC 12).
+#[derive(Debug)]
+pub(crate) enum Signatures {
+    /// No `serverPublicKey`: the server does not sign; nothing to check.
+    Unsigned,
+    /// Every command must carry this key's signature.
+    Key(PublicKey),
+    /// A `serverPublicKey` that is not a key: no command can be trusted.
+    Unusable(String),
+}
+
+impl Signatures {
+    fn from_advertised(key: Option<&str>) -> Self {
+        match key.filter(|key| !key.is_empty()) {
+            None => Self::Unsigned,
+            Some(key) => match PublicKey::from_base64(key) {
+                Ok(key) => Self::Key(key),
+                Err(err) => Self::Unusable(format!("serverPublicKey is not a key: {err}")),
+            },
+        }
+    }
+
+    /// Checks a command event's data, as it arrived.
+    pub(crate) fn check(&self, data: &str) -> Result<(), String> {
+        match self {
+            Self::Unsigned => Ok(()),
+            Self::Key(key) => key.verify_data(data).map_err(|err| err.to_string()),
+            Self::Unusable(why) => Err(why.clone()),
+        }
+    }
 }
 
 impl Session {
@@ -180,9 +215,14 @@ impl Shared {
         let registered: Registered = response.json().await?;
         let sse_endpoint = Url::parse(&registered.sse_endpoint)
             .map_err(|err| Error::Decode(format!("sseEndpoint: {err}")))?;
+        let signatures = Signatures::from_advertised(registered.server_public_key.as_deref());
+        if let Signatures::Unusable(why) = &signatures {
+            warn!(agent_id = %self.identity.agent_id, why, "every command will be refused");
+        }
         info!(
             agent_id = %self.identity.agent_id,
             resumed = registered.resumed,
+            signed = !matches!(signatures, Signatures::Unsigned),
             "registered"
         );
         Ok(Session {
@@ -194,6 +234,7 @@ impl Shared {
             keepalive: registered
                 .keepalive_ms
                 .map_or(DEFAULT_KEEPALIVE, Duration::from_millis),
+            signatures,
         })
     }
 
@@ -251,5 +292,45 @@ impl Shared {
             }
             changed
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use registry_signing::ServerKey;
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn commands_are_checked_against_the_advertised_key() {
+        let key = ServerKey::generate().unwrap();
+        let data = json!({"commandId": "c-1", "agentId": "a-1", "payload": {"sampling": 0.5}});
+        let signed = key.sign_object(&registry_signing::canonical::to_string(&data).unwrap());
+        let advertised = key.public_key().to_base64();
+
+        let signatures = Signatures::from_advertised(Some(&advertised));
+        assert_eq!(signatures.check(&signed), Ok(()));
+        let tampered = signed.replace("0.5", "0.9");
+        assert!(signatures.check(&tampered).is_err());
+        let unsigned = data.to_string();
+        assert!(signatures.check(&unsigned).is_err());
+
+        let other = ServerKey::generate().unwrap().public_key().to_base64();
+        assert!(
+            Signatures::from_advertised(Some(&other))
+                .check(&signed)
+                .is_err()
+        );
+        assert_eq!(Signatures::from_advertised(None).check(&tampered), Ok(()));
+        assert_eq!(
+            Signatures::from_advertised(Some("")).check(&tampered),
+            Ok(())
+        );
+        assert!(
+            Signatures::from_advertised(Some("not a key"))
+                .check(&signed)
+                .is_err()
+        );
     }
 }

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::seen::Seen;
 use super::session::{Session, Shared};
-use super::{Command, State};
+use super::{Command, Outcome, State};
 use crate::error::{Error, check};
 use crate::types::Timestamp;
 
@@ -171,7 +171,9 @@ impl Streamer {
     }
 
     /// Hands the command of one event to the application, unless it was
-    /// handed over already.
+    /// handed over already, or its signature does not verify (SPEC 12): then
+    /// the agent registers again once, to learn a key that may have changed,
+    /// and refuses the command (acknowledges it FAILURE) if it still fails.
     async fn hand_over(&mut self, data: &str) -> Result<(), Error> {
         let agent_id = &self.shared.identity.agent_id;
         let event: CommandEvent = match serde_json::from_str(data) {
@@ -185,11 +187,26 @@ impl Streamer {
             warn!(%agent_id, command_id = %event.command_id, other = %event.agent_id, "a command for another agent; ignored");
             return Ok(());
         }
-        if !self
-            .seen
-            .insert(&event.command_id, event.expires_at.0, SystemTime::now())
-        {
+        if self.seen.contains(&event.command_id) {
             debug!(%agent_id, command_id = %event.command_id, "sent again; handed over already");
+            return Ok(());
+        }
+        let now = SystemTime::now();
+        self.seen.insert(&event.command_id, event.expires_at.0, now);
+        if let Err(why) = self.verify(data).await? {
+            warn!(%agent_id, command_id = %event.command_id, why, "signature does not verify; command refused");
+            let shared = self.shared.clone();
+            let outcome =
+                Outcome::failure(format!("refused: the signature does not verify ({why})"));
+            // The stream goes on while the refusal is delivered.
+            tokio::spawn(async move {
+                if let Err(err) = shared
+                    .ack(&event.command_id, &outcome, event.expires_at.0)
+                    .await
+                {
+                    warn!(command_id = %event.command_id, %err, "the refusal was not acknowledged");
+                }
+            });
             return Ok(());
         }
         let command = Command::new(event, self.shared.clone());
@@ -197,6 +214,19 @@ impl Streamer {
             .send(command)
             .await
             .map_err(|_| Error::Stopped)
+    }
+
+    /// Checks `data` against the server's key; on a failure registers again
+    /// once, in case the key changed, and checks again.
+    async fn verify(&self, data: &str) -> Result<Result<(), String>, Error> {
+        let Some(session) = self.shared.current() else {
+            return Ok(Err("not registered".into()));
+        };
+        if session.signatures.check(data).is_ok() {
+            return Ok(Ok(()));
+        }
+        let fresh = self.shared.session(Some(session.generation)).await?;
+        Ok(fresh.signatures.check(data))
     }
 }
 
