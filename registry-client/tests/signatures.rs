@@ -135,3 +135,52 @@ async fn a_command_changed_on_its_way_is_refused_after_registering_again_once() 
     command.ack(Outcome::success("applied")).await.unwrap();
     agent.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_agent_that_requires_signatures_refuses_commands_from_a_registry_that_does_not_sign() {
+    let server = TestServer::start_with(|config| config.signing.enabled = false).await;
+    let mut agent = Agent::builder(&server.base, "strict", "order-service", "orders")
+        .require_signatures()
+        .start()
+        .unwrap();
+    let mut lenient = Agent::builder(&server.base, "lenient", "order-service", "orders")
+        .start()
+        .unwrap();
+    for agent_id in ["strict", "lenient"] {
+        eventually(PROMPTLY, "the agent is connected", || async {
+            server
+                .agent(agent_id)
+                .await
+                .is_some_and(|agent| agent["connected"] == true)
+        })
+        .await;
+    }
+
+    let (_, sent) = server.send("strict", "replay", json!({})).await;
+    let path = format!(
+        "/api/v1/agents/strict/commands/{}",
+        sent["commandId"].as_str().unwrap()
+    );
+    eventually(PROMPTLY, "the command is refused", || async {
+        let command: Value = server.get(&path).await.json().await.unwrap();
+        command["result"] == "FAILURE"
+    })
+    .await;
+    let refused: Value = server.get(&path).await.json().await.unwrap();
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("advertises no serverPublicKey"),
+        "{refused}"
+    );
+    let nothing = tokio::time::timeout(Duration::from_millis(200), agent.next_command()).await;
+    assert!(nothing.is_err(), "nothing handed over");
+
+    // By default an agent takes the word of a registry that does not sign.
+    let (_, sent) = server.send("lenient", "replay", json!({})).await;
+    assert_eq!(
+        next(&mut lenient).await.command_id,
+        sent["commandId"].as_str().unwrap()
+    );
+}

@@ -307,7 +307,7 @@ pub struct SigningConfig {
     pub key_file: String,
     /// Whether commands are signed. Off only to measure what signing costs:
     /// events then carry no `signature` and `serverPublicKey` is null, which
-    /// agents that verify (the SDK) refuse.
+    /// agents that require signatures (the SDK's `require_signatures()`) refuse.
     pub enabled: bool,
 }
 

@@ -22,7 +22,7 @@ pub fn server_key(
     if !config.enabled {
         warn!(
             "signing.enabled = false: commands are not signed and serverPublicKey is null; \
-             agents that verify signatures will refuse every command"
+             agents that require signatures will refuse every command"
         );
         return Ok(None);
     }

@@ -197,6 +197,7 @@ pub struct AgentBuilder {
     enrollment_token: Option<String>,
     backoff: Backoff,
     queue: usize,
+    require_signatures: bool,
 }
 
 impl AgentBuilder {
@@ -234,6 +235,15 @@ impl AgentBuilder {
         self
     }
 
+    /// Refuses every command (acknowledges it FAILURE) when the registry
+    /// advertises no `serverPublicKey`, instead of taking commands unchecked
+    /// from a registry that does not sign: so that nothing between the agent
+    /// and its registry can turn signing off by removing the key.
+    pub fn require_signatures(mut self) -> Self {
+        self.require_signatures = true;
+        self
+    }
+
     /// How many commands may wait for the application before the agent stops
     /// reading its stream (default 16).
     pub fn queue(mut self, queue: usize) -> Self {
@@ -252,6 +262,7 @@ impl AgentBuilder {
             self.identity,
             self.enrollment_token,
             self.backoff,
+            self.require_signatures,
         ));
         let (sender, commands) = mpsc::channel(self.queue);
         let state = shared.state.subscribe();
@@ -295,6 +306,7 @@ impl Agent {
             enrollment_token: None,
             backoff: Backoff::default(),
             queue: 16,
+            require_signatures: false,
         }
     }
 

@@ -69,8 +69,12 @@ pub(crate) enum Signatures {
 }
 
 impl Signatures {
-    fn from_advertised(key: Option<&str>) -> Self {
+    fn from_advertised(key: Option<&str>, required: bool) -> Self {
         match key.filter(|key| !key.is_empty()) {
+            None if required => Self::Unusable(
+                "the registry advertises no serverPublicKey, and this agent requires signatures"
+                    .into(),
+            ),
             None => Self::Unsigned,
             Some(key) => match PublicKey::from_base64(key) {
                 Ok(key) => Self::Key(key),
@@ -106,6 +110,8 @@ pub(crate) struct Shared {
     pub(crate) identity: Identity,
     pub(crate) enrollment_token: Option<String>,
     pub(crate) backoff: Backoff,
+    /// Refuse every command when the registry advertises no key.
+    pub(crate) require_signatures: bool,
     /// Cancelled by shutdown, by the handle's drop, or by a fatal error.
     pub(crate) stop: CancellationToken,
     pub(crate) state: watch::Sender<State>,
@@ -126,6 +132,7 @@ impl Shared {
         identity: Identity,
         enrollment_token: Option<String>,
         backoff: Backoff,
+        require_signatures: bool,
     ) -> Self {
         Self {
             http,
@@ -133,6 +140,7 @@ impl Shared {
             identity,
             enrollment_token,
             backoff,
+            require_signatures,
             stop: CancellationToken::new(),
             state: watch::Sender::new(State::Registering),
             reachable: Notify::new(),
@@ -215,7 +223,10 @@ impl Shared {
         let registered: Registered = response.json().await?;
         let sse_endpoint = Url::parse(&registered.sse_endpoint)
             .map_err(|err| Error::Decode(format!("sseEndpoint: {err}")))?;
-        let signatures = Signatures::from_advertised(registered.server_public_key.as_deref());
+        let signatures = Signatures::from_advertised(
+            registered.server_public_key.as_deref(),
+            self.require_signatures,
+        );
         if let Signatures::Unusable(why) = &signatures {
             warn!(agent_id = %self.identity.agent_id, why, "every command will be refused");
         }
@@ -309,7 +320,7 @@ mod tests {
         let signed = key.sign_object(&registry_signing::canonical::to_string(&data).unwrap());
         let advertised = key.public_key().to_base64();
 
-        let signatures = Signatures::from_advertised(Some(&advertised));
+        let signatures = Signatures::from_advertised(Some(&advertised), false);
         assert_eq!(signatures.check(&signed), Ok(()));
         let tampered = signed.replace("0.5", "0.9");
         assert!(signatures.check(&tampered).is_err());
@@ -318,17 +329,29 @@ mod tests {
 
         let other = ServerKey::generate().unwrap().public_key().to_base64();
         assert!(
-            Signatures::from_advertised(Some(&other))
+            Signatures::from_advertised(Some(&other), false)
                 .check(&signed)
                 .is_err()
         );
-        assert_eq!(Signatures::from_advertised(None).check(&tampered), Ok(()));
         assert_eq!(
-            Signatures::from_advertised(Some("")).check(&tampered),
+            Signatures::from_advertised(None, false).check(&tampered),
             Ok(())
         );
         assert!(
-            Signatures::from_advertised(Some("not a key"))
+            Signatures::from_advertised(None, true)
+                .check(&signed)
+                .is_err()
+        );
+        assert_eq!(
+            Signatures::from_advertised(Some(&advertised), true).check(&signed),
+            Ok(())
+        );
+        assert_eq!(
+            Signatures::from_advertised(Some(""), false).check(&tampered),
+            Ok(())
+        );
+        assert!(
+            Signatures::from_advertised(Some("not a key"), false)
                 .check(&signed)
                 .is_err()
         );
