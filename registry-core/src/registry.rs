@@ -2,6 +2,7 @@
 //! state, the background task that applies deadlines as they come due, and,
 //! with a storage engine, the tasks that write what changed (see [`crate::storage`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{Notify, broadcast, mpsc};
@@ -43,6 +44,9 @@ struct Shared {
     outbox: Option<mpsc::UnboundedSender<Submission>>,
     /// Wakes the task that writes behind: something changed that no one waits for.
     behind: Notify,
+    /// False from a failed write until the state is read from storage again:
+    /// meanwhile operations a request waits for are refused before they run.
+    storage_available: AtomicBool,
 }
 
 /// Owns the registry's scheduler task and stops it when dropped, so that no
@@ -164,6 +168,7 @@ impl Registry {
                 clock,
                 outbox,
                 behind: Notify::new(),
+                storage_available: AtomicBool::new(true),
             }),
         }
     }
@@ -243,6 +248,12 @@ impl Registry {
         &self,
         operation: impl FnOnce(&Registry) -> Result<T, RegistryError>,
     ) -> Result<T, RegistryError> {
+        if !self.storage_available() {
+            // Refused before it runs: the state shows nothing of it.
+            return Err(RegistryError::StorageUnavailable(
+                "storage is unavailable; the registry is reading it again".into(),
+            ));
+        }
         let (result, receipts) = writer::capture(|| operation(self));
         writer::settled(receipts)
             .await
@@ -272,6 +283,41 @@ impl Registry {
         }
     }
 
+    /// Whether storage takes writes: false from a failed write until the state
+    /// has been read from storage again (`/readyz` says so).
+    pub fn storage_available(&self) -> bool {
+        self.shared.storage_available.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_storage_available(&self, available: bool) {
+        self.shared
+            .storage_available
+            .store(available, Ordering::Release);
+    }
+
+    /// Has the engine commit, with nothing to write if nothing is waiting, and
+    /// waits for it: an engine that finds it can't reach its store, or that the
+    /// store lost the registry, fails, and the state is read again from it as
+    /// after any failed write. For an engine's watchdog (the Redis engine's lease).
+    pub async fn check_storage(&self) -> Result<(), StorageError> {
+        let receipt = {
+            let mut state = self.lock();
+            match &self.shared.outbox {
+                Some(outbox) => {
+                    let (mut submission, receipt) = Submission::awaited(state.take_changes());
+                    submission.probe = true;
+                    let _ = outbox.send(submission);
+                    Some(receipt)
+                }
+                None => None,
+            }
+        };
+        match receipt {
+            Some(receipt) => writer::settled(vec![receipt]).await,
+            None => Ok(()),
+        }
+    }
+
     /// Hands what changed to the writer without waiting: the write-behind task calls it.
     fn write_behind(&self) {
         let mut state = self.lock();
@@ -281,27 +327,17 @@ impl Registry {
             let _ = outbox.send(Submission {
                 changes: state.take_changes(),
                 done: None,
+                probe: false,
             });
         }
     }
 
     /// After a failed write: runs `under_lock` (which takes the batches queued
     /// behind it) and replaces the state with `snapshot`, keeping open streams.
-    pub(crate) fn reload<T>(
-        &self,
-        snapshot: Result<Snapshot, StorageError>,
-        under_lock: impl FnOnce() -> T,
-    ) -> T {
+    pub(crate) fn reload<T>(&self, snapshot: Snapshot, under_lock: impl FnOnce() -> T) -> T {
         let mut state = self.lock();
         let taken = under_lock();
-        match snapshot {
-            Ok(snapshot) => state.reload(snapshot, self.shared.clock.now()),
-            Err(err) => error!(
-                %err,
-                "storage could not be read again after a failed write: the state in memory \
-                 may hold changes storage does not"
-            ),
-        }
+        state.reload(snapshot, self.shared.clock.now());
         drop(state);
         self.shared.wake_scheduler.notify_one();
         taken

@@ -4,12 +4,17 @@
 
 use std::cell::RefCell;
 
+use std::time::Duration;
+
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::registry::Registry;
 use crate::storage::{Change, Snapshot, Storage, StorageError};
+
+/// How often the state is read again while storage can't be read.
+const RELOAD_RETRY: Duration = Duration::from_secs(1);
 
 /// What a waiting operation learns of its batch.
 pub(crate) type Receipt = oneshot::Receiver<Result<(), StorageError>>;
@@ -18,6 +23,9 @@ pub(crate) type Receipt = oneshot::Receiver<Result<(), StorageError>>;
 pub(crate) struct Submission {
     pub(crate) changes: Vec<Change>,
     pub(crate) done: Option<oneshot::Sender<Result<(), StorageError>>>,
+    /// Asks the engine to commit even when there is nothing to write: a probe
+    /// of whether storage still holds the registry ([`Registry::check_storage`]).
+    pub(crate) probe: bool,
 }
 
 impl Submission {
@@ -28,6 +36,7 @@ impl Submission {
             Self {
                 changes,
                 done: Some(done),
+                probe: false,
             },
             receipt,
         )
@@ -106,7 +115,7 @@ pub(crate) async fn run_writer(
         while let Ok(submission) = inbox.try_recv() {
             group.push(submission);
         }
-        if !commit_group(&registry, &mut storage, group, &mut inbox).await {
+        if !commit_group(&registry, &mut storage, group, &mut inbox, &stop).await {
             break;
         }
     }
@@ -118,18 +127,20 @@ pub(crate) async fn run_writer(
 }
 
 /// Commits one group and answers it; after a failure, reloads the state.
-/// Returns false when the engine is lost (its blocking task panicked).
+/// Returns false when the engine is lost (its blocking task panicked) or the
+/// writer was stopped while storage could not be read.
 async fn commit_group(
     registry: &Registry,
     storage: &mut Option<Box<dyn Storage>>,
     mut group: Vec<Submission>,
     inbox: &mut mpsc::UnboundedReceiver<Submission>,
+    stop: &CancellationToken,
 ) -> bool {
     let changes: Vec<Change> = group
         .iter_mut()
         .flat_map(|submission| std::mem::take(&mut submission.changes))
         .collect();
-    if changes.is_empty() {
+    if changes.is_empty() && !group.iter().any(|submission| submission.probe) {
         for submission in group {
             submission.answer(Ok(()));
         }
@@ -161,25 +172,59 @@ async fn commit_group(
         return true;
     };
     error!(%err, "a storage write failed: its requests are refused and the state is read again from storage");
-    let loaded = tokio::task::spawn_blocking(move || {
-        let mut engine = engine;
-        let snapshot = engine.load();
-        (engine, snapshot)
-    })
-    .await;
-    let Ok((engine, snapshot)) = loaded else {
-        error!("the storage engine failed while reading; nothing more can be kept");
-        for submission in group {
-            submission.answer(Err(err.clone()));
+    registry.set_storage_available(false);
+    let mut engine = engine;
+    let mut unreadable = false;
+    loop {
+        let loaded = tokio::task::spawn_blocking(move || {
+            let snapshot = engine.load();
+            (engine, snapshot)
+        })
+        .await;
+        let Ok((returned, snapshot)) = loaded else {
+            error!("the storage engine failed while reading; nothing more can be kept");
+            for submission in group {
+                submission.answer(Err(err.clone()));
+            }
+            return false;
+        };
+        engine = returned;
+        match snapshot {
+            Ok(snapshot) => {
+                *storage = Some(engine);
+                let queued = roll_back(registry, snapshot, inbox);
+                registry.set_storage_available(true);
+                if unreadable {
+                    info!("storage can be read again: the state is loaded from it and served");
+                }
+                for submission in group.into_iter().chain(queued) {
+                    submission.answer(Err(err.clone()));
+                }
+                return true;
+            }
+            Err(load_err) => {
+                if !unreadable {
+                    error!(err = %load_err, "storage can't be read: requests that change the registry are refused until it can");
+                    unreadable = true;
+                }
+                // No one waits the outage out: the refused are answered now, and
+                // what is queued meanwhile too (it was built on the same state).
+                for submission in group.drain(..) {
+                    submission.answer(Err(err.clone()));
+                }
+                while let Ok(submission) = inbox.try_recv() {
+                    submission.answer(Err(err.clone()));
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(RELOAD_RETRY) => {}
+                    () = stop.cancelled() => {
+                        *storage = Some(engine);
+                        return false;
+                    }
+                }
+            }
         }
-        return false;
-    };
-    *storage = Some(engine);
-    let queued = roll_back(registry, snapshot, inbox);
-    for submission in group.into_iter().chain(queued) {
-        submission.answer(Err(err.clone()));
     }
-    true
 }
 
 /// Under the registry's lock: refuses every batch queued behind the failed
@@ -188,7 +233,7 @@ async fn commit_group(
 /// once the state no longer shows them.
 fn roll_back(
     registry: &Registry,
-    snapshot: Result<Snapshot, StorageError>,
+    snapshot: Snapshot,
     inbox: &mut mpsc::UnboundedReceiver<Submission>,
 ) -> Vec<Submission> {
     registry.reload(snapshot, || {

@@ -63,22 +63,48 @@ pub enum ServeError {
     Io(#[from] io::Error),
 }
 
-/// The engine `[storage]` asks for, opened: `None` for `memory`. Refuses,
+/// The storage engine `[storage]` asks for, opened, with what runs beside it.
+pub struct OpenedStorage {
+    engine: Option<Box<dyn Storage>>,
+    /// The Redis engine's lease keeper, run while the server serves.
+    keeper: Option<registry_redis::Keeper>,
+}
+
+/// The engine `[storage]` asks for, opened: none for `memory`. Refuses,
 /// naming `storage.path` and the file, a file another process has open or
-/// one it can't read, and leaves such a file as it is.
-pub fn open_storage(config: &Config) -> Result<Option<Box<dyn Storage>>, ServeError> {
+/// one it can't read, and leaves such a file as it is; refuses, naming
+/// `storage.redis_url` or `storage.redis_prefix`, a Redis it can't reach or
+/// a registry another process serves.
+pub fn open_storage(config: &Config) -> Result<OpenedStorage, ServeError> {
     match config.storage.engine {
-        StorageEngine::Memory => Ok(None),
-        StorageEngine::Redis => Err(ServeError::Storage(
-            "storage.engine: \"redis\" is not available in this version; use \"embedded\" \
-             or \"memory\""
-                .into(),
-        )),
+        StorageEngine::Memory => Ok(OpenedStorage {
+            engine: None,
+            keeper: None,
+        }),
+        StorageEngine::Redis => {
+            let storage = &config.storage;
+            let (engine, keeper) = registry_redis::open(&storage.redis_url, &storage.redis_prefix)
+                .map_err(|err| {
+                    let key = match err {
+                        registry_redis::OpenError::Unreachable { .. } => "storage.redis_url",
+                        _ => "storage.redis_prefix",
+                    };
+                    ServeError::Storage(format!("{key}: {err}"))
+                })?;
+            info!(at = %engine.describe(), "state kept in Redis");
+            Ok(OpenedStorage {
+                engine: Some(Box::new(engine)),
+                keeper: Some(keeper),
+            })
+        }
         StorageEngine::Embedded => {
             let engine = Embedded::open(&config.storage.path)
                 .map_err(|err| ServeError::Storage(format!("storage.path: {err}")))?;
             info!(path = %engine.path().display(), "state kept in the embedded file");
-            Ok(Some(Box::new(engine)))
+            Ok(OpenedStorage {
+                engine: Some(Box::new(engine)),
+                keeper: None,
+            })
         }
     }
 }
@@ -93,10 +119,16 @@ fn start_registry(
         None => Ok(Registry::start(settings)),
         Some(storage) => {
             Registry::start_with_storage(settings, Clock::new(), storage).map_err(|err| {
-                ServeError::Storage(format!(
-                    "storage.path: {} can't be loaded, it was left untouched: {err}",
-                    config.storage.path.display()
-                ))
+                ServeError::Storage(match config.storage.engine {
+                    StorageEngine::Redis => format!(
+                        "storage.redis_prefix: the registry can't be loaded, it was left \
+                         untouched: {err}"
+                    ),
+                    _ => format!(
+                        "storage.path: {} can't be loaded, it was left untouched: {err}",
+                        config.storage.path.display()
+                    ),
+                })
             })
         }
     }
@@ -118,9 +150,13 @@ pub async fn serve(
 pub async fn serve_with_storage(
     listener: TcpListener,
     config: Config,
-    mut storage: Option<Box<dyn Storage>>,
+    storage: OpenedStorage,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let OpenedStorage {
+        engine: mut storage,
+        keeper,
+    } = storage;
     let local_addr = listener.local_addr()?;
     let auth = Auth::load(&config.auth)?;
     auth.check_exposure(local_addr, config.auth.allow_open)?;
@@ -135,6 +171,12 @@ pub async fn serve_with_storage(
     let grace = config.server.shutdown_grace;
     let key = signing::server_key(&config.signing, storage.as_deref_mut())?;
     let guard = start_registry(settings, storage, &config)?;
+    let keeping = CancellationToken::new();
+    if let Some(keeper) = keeper {
+        tokio::spawn(keeper.run(guard.registry(), keeping.clone()));
+    }
+    // The keeper ends with this function, however it returns.
+    let _keeping = keeping.drop_guard();
     let state = AppState::new(guard.registry(), config, auth, key);
     let app = routes::router(state.clone());
 

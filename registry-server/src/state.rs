@@ -90,9 +90,10 @@ impl AppState {
         &self.inner.metrics
     }
 
-    /// Whether the registry accepts work (`/readyz`).
+    /// Whether the registry accepts work (`/readyz`): serving, and its
+    /// storage taking writes.
     pub fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::Acquire)
+        self.inner.ready.load(Ordering::Acquire) && self.inner.registry.storage_available()
     }
 
     /// Turns readiness on once serving, off when shutting down.

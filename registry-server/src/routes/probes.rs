@@ -21,7 +21,8 @@ pub(super) async fn livez() -> &'static str {
     "ok\n"
 }
 
-/// `GET /readyz`: 200 while the registry accepts work, 503 while starting or shutting down.
+/// `GET /readyz`: 200 while the registry accepts work, 503 while starting,
+/// shutting down, or while its storage can't be written (Redis unreachable).
 #[utoipa::path(
     get,
     path = "/readyz",
