@@ -18,6 +18,11 @@ async fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_ansi(colour)
+        // A log nobody reads any more (`| tee` ended by the same Ctrl-C) must
+        // not stop the server: tracing's report of the failed write goes to
+        // stderr with eprintln!, which panics when stderr is gone too, and the
+        // panic would end the shutdown task before it began.
+        .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
     let config = match Config::load(&cli) {

@@ -1,5 +1,6 @@
 //! The `registry-server` binary as a process (SPEC 5): it logs `listening on
-//! http://ADDR`, serves, exits 0 on SIGTERM or SIGINT even with a stream open,
+//! http://ADDR`, serves, exits 0 on SIGTERM or SIGINT even with a stream open
+//! or with nothing reading its log any more,
 //! stops at start on an invalid setting or a missing `--config` file naming it,
 //! and reads its settings from the file, the environment and the flags.
 
@@ -65,6 +66,55 @@ fn sigterm_ends_an_open_stream_and_exits_0_promptly() {
 #[test]
 fn sigint_ends_an_open_stream_and_exits_0_promptly() {
     stopping_on("INT");
+}
+
+#[test]
+fn sigterm_stops_it_even_when_nothing_reads_its_log_any_more() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    // `registry-server | tee log` and Ctrl-C: tee is gone before the server
+    // logs its shutdown, and writing the log fails.
+    let dir = WorkDir::new();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_registry-server"))
+        .args(["--bind", "127.0.0.1:0"])
+        .current_dir(&dir.0)
+        .env("REGISTRY_STORAGE__ENGINE", "memory")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let mut log = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    while !line.contains("listening on http://") {
+        line.clear();
+        assert!(
+            log.read_line(&mut line).expect("a log line") > 0,
+            "no listening line"
+        );
+    }
+    drop(log);
+    drop(child.stderr.take());
+    let started = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("the kill command");
+    assert!(status.success());
+    let exited = loop {
+        if let Some(status) = child.try_wait().expect("its status") {
+            break Some(status);
+        }
+        if started.elapsed() > PROMPTLY {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let status = exited.expect("exited within PROMPTLY of SIGTERM");
+    assert!(status.success(), "exit status {status}");
 }
 
 #[test]
