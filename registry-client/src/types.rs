@@ -197,6 +197,9 @@ pub struct CommandView {
     pub kind: String,
     /// What the operator sent.
     pub payload: Value,
+    /// The rollout it belongs to, for a command sent to a group or the fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_id: Option<String>,
     /// Where it is in its life.
     pub status: CommandStatus,
     /// When it was created.

@@ -610,6 +610,30 @@ async fn push_to_a_group_or_the_fleet_follows_the_rollout_until_done() {
         rows[1][..3],
         [fleet["rolloutId"].as_str().unwrap(), "replay", "fleet"]
     );
+    // --output json is the server's answer, field for field.
+    let commands = run(&server, &["commands", "a-1", "-o", "json"]).await;
+    let commands = commands.succeeded().json();
+    let served: Value = server
+        .get("/api/v1/agents/a-1/commands")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(commands, served);
+    assert!(
+        commands
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|command| command["rolloutId"] == rollout_id.as_str())
+    );
+    let agent = run(&server, &["agent", "a-1", "-o", "json"]).await;
+    let served: Value = server.get("/api/v1/agents/a-1").await.json().await.unwrap();
+    assert_eq!(agent.succeeded().json(), served);
+    let listed = run(&server, &["rollouts", "-o", "json"]).await;
+    let served: Value = server.get("/api/v1/rollouts").await.json().await.unwrap();
+    assert_eq!(listed.succeeded().json(), served);
+
     let shown = run(&server, &["rollout", &rollout_id]).await;
     assert_eq!(field(&shown.succeeded().stdout, "succeeded"), "2");
     let json = run(&server, &["rollout", &rollout_id, "-o", "json"]).await;

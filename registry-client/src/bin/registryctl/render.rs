@@ -80,6 +80,7 @@ impl Output {
             ("agentId", command.agent_id.clone()),
             ("type", command.kind.clone()),
             ("payload", command.payload.to_string()),
+            ("rolloutId", or_dash(command.rollout_id.clone())),
             ("status", command.status.to_string()),
             ("createdAt", command.created_at.to_string()),
             ("expiresAt", command.expires_at.to_string()),
