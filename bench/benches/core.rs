@@ -48,7 +48,12 @@ fn replay() -> CommandRequest {
 }
 
 fn register(c: &mut Criterion) {
-    let registry = fleet(100_000, Settings::default());
+    // Criterion registers millions of new agents: past `lifecycle.max_agents`.
+    let settings = Settings {
+        max_agents: usize::MAX,
+        ..Settings::default()
+    };
+    let registry = fleet(100_000, settings);
     let mut n = 0u64;
     c.bench_function("register a new agent (100k registered)", |b| {
         b.iter(|| {

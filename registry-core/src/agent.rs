@@ -370,9 +370,11 @@ impl FromStr for AgentStatus {
 pub struct AgentView {
     /// The agent's id.
     pub agent_id: AgentId,
-    /// What the agent declared at its last registration.
+    /// What the agent declared at its last registration, shared with the
+    /// registry: a listing copies a handle, not the lists.
+    #[cfg_attr(feature = "openapi", schema(value_type = AgentMetadata))]
     #[serde(flatten)]
-    pub metadata: AgentMetadata,
+    pub metadata: Arc<AgentMetadata>,
     /// Its lifecycle status now.
     pub status: AgentStatus,
     /// When it first registered; kept across re-registrations.

@@ -1,9 +1,19 @@
 //! The registry handle: one cheap clone shared by every task, the lock over the
 //! state, the background task that applies deadlines as they come due, and,
 //! with a storage engine, the tasks that write what changed (see [`crate::storage`]).
+//!
+//! No hold of the lock is long (SPEC 13: no request waits on another's bulk
+//! work): deadlines that come due by the million are applied in batches of
+//! [`SCHEDULER_BATCH`], the lock handed to whoever waits between two, and a
+//! request applies at most [`OPERATION_BATCH`] of them before its own work (it
+//! settles the agents and commands it reads or changes; see `state`). A
+//! listing copies handles (`Arc`s) a page at a time, and serializing is its
+//! caller's, outside the lock.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use parking_lot::{Mutex, MutexGuard};
 
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::task::JoinHandle;
@@ -18,11 +28,25 @@ use crate::error::RegistryError;
 use crate::fleet::{FleetEvent, FleetSubscription, StatusChanges};
 use crate::rollout::{NewRollout, RolloutView};
 use crate::settings::Settings;
-use crate::state::State;
+use crate::state::{Dirty, State, Targets};
 use crate::stats::Stats;
-use crate::storage::{Snapshot, Storage, StorageError, WRITE_BEHIND};
+use crate::storage::{Change, Snapshot, Storage, StorageError, WRITE_BEHIND};
 use crate::subscription::Subscription;
 use crate::writer::{self, Submission};
+
+/// Due deadlines the scheduler applies per hold of the lock: well under a
+/// millisecond of work, after which a waiting request gets the lock.
+const SCHEDULER_BATCH: usize = 256;
+/// Due deadlines an operation applies before its own work. With more due (a
+/// backlog the scheduler is working off) it leaves the rest to the scheduler;
+/// what it reads or changes it settles itself.
+const OPERATION_BATCH: usize = 64;
+/// Agents a listing reads per hold of the lock: about a millisecond of work.
+const LIST_PAGE: usize = 1024;
+/// Records the writer builds per hold of the lock: about a millisecond of work.
+const RECORD_PAGE: usize = 1024;
+/// Commands a rollout creates per hold of the lock: about a millisecond of work.
+const LAUNCH_PAGE: usize = 256;
 
 /// A handle to the registry. Cloning it is cheap; every clone sees the same agents.
 #[derive(Clone)]
@@ -183,36 +207,48 @@ impl Registry {
         &self.shared.clock
     }
 
+    /// The lock over the state. parking_lot's: it is not poisoned (no
+    /// operation is known to panic; if one ever did, serving on with the state
+    /// as it left it beats failing every request that follows), and it can be
+    /// handed to a waiting thread between two slices of bulk work.
     fn lock(&self) -> MutexGuard<'_, State> {
-        // No operation is known to panic; if one ever did, serving on with the
-        // state as it left it beats failing every request that follows.
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shared.state.lock()
     }
 
     /// Runs `operation` on the state after applying the deadlines due now, and
     /// wakes the scheduler if the operation added an earlier deadline. What it
     /// changed is written behind.
     fn with_state<R>(&self, operation: impl FnOnce(&mut State, Instant) -> R) -> R {
-        self.apply(false, operation)
+        self.apply(false, false, operation)
+    }
+
+    /// Like [`with_state`](Self::with_state), for one slice of bulk work: the
+    /// lock is handed to a thread waiting for it, if any, so that the next
+    /// slice queues behind it rather than take the lock straight back.
+    fn with_state_slice<R>(&self, operation: impl FnOnce(&mut State, Instant) -> R) -> R {
+        self.apply(false, true, operation)
     }
 
     /// Like [`with_state`](Self::with_state), for an operation a request
     /// answers: its changes go to the writer at once, and a
     /// [`durably`](Self::durably) around it waits until they are kept.
     fn with_state_durable<R>(&self, operation: impl FnOnce(&mut State, Instant) -> R) -> R {
-        self.apply(true, operation)
+        self.apply(true, false, operation)
     }
 
-    fn apply<R>(&self, durable: bool, operation: impl FnOnce(&mut State, Instant) -> R) -> R {
+    fn apply<R>(
+        &self,
+        durable: bool,
+        fair: bool,
+        operation: impl FnOnce(&mut State, Instant) -> R,
+    ) -> R {
         let mut state = self.lock();
         let now = self.shared.clock.now();
-        state.advance(now);
+        state.advance(now, OPERATION_BATCH);
         let result = operation(&mut state, now);
         state.settle_rollouts(now);
-        let wake = state.take_wake();
+        // A backlog left due: the scheduler works it off.
+        let wake = state.take_wake() | state.is_due(now);
         let mut behind = false;
         if let Some(outbox) = &self.shared.outbox
             && state.has_changes()
@@ -227,7 +263,11 @@ impl Registry {
                 behind = true;
             }
         }
-        drop(state);
+        if fair {
+            MutexGuard::unlock_fair(state);
+        } else {
+            drop(state);
+        }
         if wake {
             self.shared.wake_scheduler.notify_one();
         }
@@ -255,6 +295,26 @@ impl Registry {
             ));
         }
         let (result, receipts) = writer::capture(|| operation(self));
+        writer::settled(receipts)
+            .await
+            .map_err(|err| RegistryError::StorageUnavailable(err.0))?;
+        result
+    }
+
+    /// Like [`durably`](Self::durably), for bulk work (a rollout to the whole
+    /// fleet): `operation` runs on tokio's blocking pool, so that it never
+    /// takes one of the runtime's few worker threads from heartbeats and
+    /// probes while it works page after page. A panic in it panics the caller.
+    pub async fn durably_in_bulk<T: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
+    ) -> Result<T, RegistryError> {
+        let registry = self.clone();
+        let work = move || writer::capture(|| operation(&registry));
+        let (result, receipts) = match tokio::task::spawn_blocking(work).await {
+            Ok(done) => done,
+            Err(err) => std::panic::resume_unwind(err.into_panic()),
+        };
         writer::settled(receipts)
             .await
             .map_err(|err| RegistryError::StorageUnavailable(err.0))?;
@@ -318,6 +378,37 @@ impl Registry {
         }
     }
 
+    /// The records of the marks of `batches`, built from the state as it is
+    /// now, [`RECORD_PAGE`] per hold of the lock: the writer's work, on the
+    /// blocking pool.
+    pub(crate) fn records(&self, batches: Vec<Dirty>) -> Vec<Change> {
+        let (marks, meta) = Dirty::merge(batches);
+        let mut changes = Vec::with_capacity(marks.len() + meta.len());
+        for page in marks.chunks(RECORD_PAGE) {
+            let state = self.lock();
+            state.records(page, &mut changes);
+            MutexGuard::unlock_fair(state);
+        }
+        changes.extend(
+            meta.into_iter()
+                .map(|(key, value)| Change::Meta(key, value)),
+        );
+        changes
+    }
+
+    /// Hands `marks` to the writer as one batch, whose receipt a
+    /// [`durably`](Self::durably) around the caller waits for.
+    fn submit(&self, marks: Dirty) {
+        if let Some(outbox) = &self.shared.outbox
+            && !marks.is_empty()
+        {
+            let (submission, receipt) = Submission::awaited(marks);
+            // A writer that has stopped drops the submission, and the receipt says so.
+            let _ = outbox.send(submission);
+            writer::keep_receipt(receipt);
+        }
+    }
+
     /// Hands what changed to the writer without waiting: the write-behind task calls it.
     fn write_behind(&self) {
         let mut state = self.lock();
@@ -343,12 +434,32 @@ impl Registry {
         taken
     }
 
-    /// Applies every deadline due now. The scheduler task calls this; tests and
-    /// benchmarks may too.
+    /// Applies every deadline due now, in batches of [`SCHEDULER_BATCH`]
+    /// between which a waiting request gets the lock. The scheduler task
+    /// calls this for a backlog; tests and benchmarks may too.
     pub fn tick(&self) -> Tick {
+        let mut handled = 0;
+        loop {
+            let batch = self.tick_batch();
+            handled += batch.handled;
+            if batch
+                .next_due
+                .is_none_or(|when| when > self.shared.clock.now())
+            {
+                return Tick {
+                    handled,
+                    next_due: batch.next_due,
+                };
+            }
+        }
+    }
+
+    /// Applies at most [`SCHEDULER_BATCH`] due deadlines, then hands the lock
+    /// to a thread waiting for it, if any, rather than take it straight back.
+    fn tick_batch(&self) -> Tick {
         let mut state = self.lock();
         let now = self.shared.clock.now();
-        let handled = state.advance(now);
+        let handled = state.advance(now, SCHEDULER_BATCH);
         state.settle_rollouts(now);
         state.take_wake();
         let behind = self.shared.outbox.is_some() && state.has_changes();
@@ -356,7 +467,7 @@ impl Registry {
             handled,
             next_due: state.next_due(),
         };
-        drop(state);
+        MutexGuard::unlock_fair(state);
         if behind {
             self.shared.behind.notify_one();
         }
@@ -392,12 +503,24 @@ impl Registry {
 
     /// One agent.
     pub fn agent(&self, agent_id: &str) -> Result<AgentView, RegistryError> {
-        self.with_state(|state, _| state.agent(agent_id))
+        self.with_state(|state, now| state.agent(agent_id, now))
     }
 
-    /// The agents that pass `filter`, ordered by id.
+    /// The agents that pass `filter`, ordered by id. Read [`LIST_PAGE`] agents
+    /// per hold of the lock, so that listing the whole fleet never keeps
+    /// anyone waiting long; each agent is as it was when its page was read.
     pub fn agents(&self, filter: &AgentFilter) -> Vec<AgentView> {
-        self.with_state(|state, _| state.agents(filter))
+        let mut views = Vec::new();
+        let mut after = None;
+        loop {
+            let read_up_to = self.with_state_slice(|state, now| {
+                state.agents_page(filter, after.as_ref(), LIST_PAGE, now, &mut views)
+            });
+            match read_up_to {
+                Some(last) => after = Some(last),
+                None => return views,
+            }
+        }
     }
 
     /// Deletes an agent, ends its stream and drops its commands.
@@ -419,28 +542,65 @@ impl Registry {
         self.with_state_durable(|state, now| state.send_to_agent(agent_id, request, now))
     }
 
-    /// Sends one command to each LIVE agent of `group`: a rollout.
+    /// Sends one command to each LIVE agent of `group`: a rollout (see
+    /// [`launch`](Self::launch)).
     pub fn send_to_group(
         &self,
         group: &str,
         request: CommandRequest,
     ) -> Result<NewRollout, RegistryError> {
-        self.with_state_durable(|state, now| state.send_to_group(group, request, now))
+        self.launch(Some(group), request)
     }
 
-    /// Sends one command to each LIVE agent: a rollout.
+    /// Sends one command to each LIVE agent: a rollout (see [`launch`](Self::launch)).
     pub fn send_to_fleet(&self, request: CommandRequest) -> Result<NewRollout, RegistryError> {
-        self.with_state_durable(|state, now| state.send_to_fleet(request, now))
+        self.launch(None, request)
+    }
+
+    /// A rollout to the LIVE agents of `group`, or of the fleet, launched a
+    /// page at a time so that no hold of the lock is long: the targets are
+    /// read [`LIST_PAGE`] agents per hold, the caps are checked and the
+    /// rollout created in one, its commands are created [`LAUNCH_PAGE`] per
+    /// hold, the whole of it handed to the writer as one batch (a
+    /// [`durably`](Self::durably) around it waits for it), then its commands
+    /// are delivered [`LAUNCH_PAGE`] per hold. See `state::launch`.
+    fn launch(
+        &self,
+        group: Option<&str>,
+        request: CommandRequest,
+    ) -> Result<NewRollout, RegistryError> {
+        let (kind, payload) = self.with_state(|state, _| state.command_parts(request))?;
+        let mut targets = Targets::default();
+        let mut after = None;
+        while let Some(last) = self.with_state_slice(|state, now| {
+            state.launch_targets(group, after.as_ref(), LIST_PAGE, now, &mut targets)
+        })? {
+            after = Some(last);
+        }
+        let mut launching =
+            self.with_state(|state, now| state.open_launch(targets, kind, payload, now))?;
+        while self
+            .with_state_slice(|state, now| state.launch_page(&mut launching, LAUNCH_PAGE, now))
+        {
+        }
+        // The whole rollout in one batch, on its way to storage before any
+        // of its commands reaches an agent, who could acknowledge it.
+        self.submit(launching.take_marks());
+        while self
+            .with_state_slice(|state, now| state.deliver_page(&mut launching, LAUNCH_PAGE, now))
+        {
+        }
+        Ok(launching.into_rollout(&self.shared.clock))
     }
 
     /// The agent's retained commands, newest first.
     pub fn commands_of(&self, agent_id: &str) -> Result<Vec<CommandView>, RegistryError> {
-        self.with_state(|state, _| state.commands_of(agent_id))
+        self.with_state(|state, now| state.commands_of(agent_id, now))
     }
 
     /// One of the agent's commands.
     pub fn command(&self, agent_id: &str, command_id: &str) -> Result<CommandView, RegistryError> {
-        self.with_state(|state, _| state.command(agent_id, command_id))
+        self.with_state(|state, now| state.command(agent_id, command_id, now))
     }
 
     /// One retained rollout's progress.
@@ -542,10 +702,24 @@ async fn run_write_behind(registry: Registry, stop: CancellationToken) {
 }
 
 /// Sleeps until the earliest deadline, applies what is due, and sleeps again;
-/// wakes early only when an earlier deadline is added. It never walks the fleet.
+/// wakes early only when an earlier deadline is added, or an operation left a
+/// backlog. It never walks the fleet. A first batch is applied here; a backlog
+/// beyond it (a million commands expiring together) is worked off on the
+/// blocking pool, so that it never holds one of the runtime's few worker
+/// threads, batch after batch, from heartbeats and probes.
 async fn run_scheduler(registry: Registry, stop: CancellationToken) {
     loop {
-        let next_due = registry.tick().next_due;
+        let mut next_due = registry.tick_batch().next_due;
+        if next_due.is_some_and(|when| when <= registry.shared.clock.now()) {
+            let backlog = registry.clone();
+            next_due = match tokio::task::spawn_blocking(move || backlog.tick()).await {
+                Ok(tick) => tick.next_due,
+                Err(err) => std::panic::resume_unwind(err.into_panic()),
+            };
+            if stop.is_cancelled() {
+                return;
+            }
+        }
         let sleep = async {
             match next_due {
                 Some(when) => tokio::time::sleep_until(when).await,

@@ -1,7 +1,10 @@
 //! The registry's state under its one lock: agents, the group index, commands,
 //! open streams and the deadline schedule, with every rule that changes them.
-//! Every operation first applies the deadlines due at `now`, so no read ever
-//! shows a status a late timer has not caught up with yet.
+//! Every operation first applies the deadlines due at `now` (a bounded number
+//! of them: a backlog of a million is the scheduler's, in batches), and
+//! settles each agent and command it reads or changes: it applies that one's
+//! own deadline if it is due. So no read ever shows a status a late timer, or
+//! a backlog, has not caught up with yet.
 //!
 //! This file holds the state, the deadlines and the agents' rules; `commands`
 //! holds the rules of commands, `rollouts` the counting of a group or fleet
@@ -10,16 +13,20 @@
 
 mod brake;
 mod commands;
+mod launch;
 mod limits;
 mod persist;
 mod rollouts;
 mod streams;
 
+pub(crate) use launch::Targets;
+pub(crate) use persist::Dirty;
 pub(crate) use streams::OpenedStream;
 use streams::{Replacements, StreamSlot};
 
-use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
@@ -174,7 +181,8 @@ impl Journal {
 
 struct AgentEntry {
     id: AgentId,
-    metadata: AgentMetadata,
+    /// Shared with the views that read it, so a listing copies a handle, not the lists.
+    metadata: Arc<AgentMetadata>,
     status: AgentStatus,
     registered_at: Instant,
     last_heartbeat_at: Instant,
@@ -195,6 +203,11 @@ struct AgentEntry {
 }
 
 impl AgentEntry {
+    /// Whether its deadline is due at `now` and not applied yet.
+    fn is_due(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|key| key.when <= now)
+    }
+
     fn view(&self, clock: &Clock) -> AgentView {
         AgentView {
             agent_id: self.id.clone(),
@@ -264,10 +277,17 @@ impl CommandEntry {
 pub(crate) struct State {
     settings: Arc<Settings>,
     command_types: Vec<Arc<str>>,
-    agents: HashMap<AgentId, AgentEntry>,
-    /// Every group with at least one agent, in any status, and its members.
-    groups: HashMap<GroupName, HashSet<AgentId>>,
-    commands: HashMap<CommandId, CommandEntry>,
+    /// Boxed, so that the table, when it grows (all of it at once, in one
+    /// hold of the lock), moves pointers, not entries.
+    agents: HashMap<AgentId, Box<AgentEntry>>,
+    /// Every agent's id, in order: a listing walks it a page at a time.
+    by_id: BTreeSet<AgentId>,
+    /// Every group with at least one agent, in any status, and its members in order.
+    groups: HashMap<GroupName, BTreeSet<AgentId>>,
+    /// A B-tree, which grows a node at a time, where a hash table of a
+    /// million commands, growing, would move them all in one hold of the
+    /// lock. Ids are time-ordered, so new commands go to its right edge.
+    commands: BTreeMap<CommandId, CommandEntry>,
     /// Which agent each current token digest belongs to.
     credentials: HashMap<Credential, AgentId>,
     deadlines: Deadlines,
@@ -275,6 +295,8 @@ pub(crate) struct State {
     brake: brake::Brake,
     /// Orders commands within an agent and tells streams apart.
     next_seq: u64,
+    /// Commands of rollouts being launched not created yet: the caps count them as retained.
+    reserved_commands: usize,
     /// Set when every stream is being closed (shutdown): no stream opens or takes a command.
     closing: bool,
     /// Named values kept in storage (the signing key, the brake).
@@ -298,8 +320,9 @@ impl State {
             settings,
             command_types,
             agents: HashMap::default(),
+            by_id: BTreeSet::new(),
             groups: HashMap::default(),
-            commands: HashMap::default(),
+            commands: BTreeMap::new(),
             credentials: HashMap::default(),
             deadlines: Deadlines {
                 schedule: Schedule::new(),
@@ -314,6 +337,7 @@ impl State {
             },
             brake: brake::Brake::new(),
             next_seq: 0,
+            reserved_commands: 0,
             closing: false,
             meta: BTreeMap::new(),
         }
@@ -324,10 +348,13 @@ impl State {
         self.next_seq
     }
 
-    /// Applies every deadline due at `now`, in deadline order; returns how many.
-    pub(crate) fn advance(&mut self, now: Instant) -> usize {
+    /// Applies the deadlines due at `now`, in deadline order, at most `budget`
+    /// of them; returns how many.
+    pub(crate) fn advance(&mut self, now: Instant, budget: usize) -> usize {
         let mut handled = 0;
-        while let Some((when, due)) = self.deadlines.schedule.pop_due(now) {
+        while handled < budget
+            && let Some((when, due)) = self.deadlines.schedule.pop_due(now)
+        {
             handled += 1;
             match due {
                 Due::Agent(id) => self.agent_due(id, when),
@@ -337,6 +364,117 @@ impl State {
             }
         }
         handled
+    }
+
+    /// Whether a deadline is due at `now` and not applied yet.
+    pub(crate) fn is_due(&self, now: Instant) -> bool {
+        self.next_due().is_some_and(|when| when <= now)
+    }
+
+    /// Applies the agent's own deadline if it is due at `now`, ahead of any
+    /// backlog before it: what an operation reads or changes of the agent is
+    /// then as of `now`. The transition is stamped with its deadline, as the
+    /// scheduler would have stamped it.
+    fn settle_agent(&mut self, agent_id: &str, now: Instant) {
+        while let Some(agent) = self.agents.get(agent_id)
+            && agent.is_due(now)
+            && let Some(key) = agent.deadline
+        {
+            let id = agent.id.clone();
+            self.deadlines.schedule.remove(key);
+            self.agent_due(id, key.when);
+        }
+    }
+
+    /// Settles every agent whose deadline is due (see
+    /// [`settle_agent`](Self::settle_agent)), before a change that takes them
+    /// all: a look at each, a change only for those due.
+    fn settle_every_agent(&mut self, now: Instant) {
+        let due: Vec<AgentId> = self
+            .agents
+            .values()
+            .filter(|agent| agent.is_due(now))
+            .map(|agent| agent.id.clone())
+            .collect();
+        for id in due {
+            self.settle_agent(id.as_str(), now);
+        }
+    }
+
+    /// Settles the agents of one page (see [`walk_page`](Self::walk_page)).
+    fn settle_page(
+        &mut self,
+        group: Option<&str>,
+        after: Option<&AgentId>,
+        limit: usize,
+        now: Instant,
+    ) {
+        let mut due = Vec::new();
+        self.walk_page(group, after, limit, |agent| {
+            if agent.is_due(now) {
+                due.push(agent.id.clone());
+            }
+        });
+        for id in due {
+            self.settle_agent(id.as_str(), now);
+        }
+    }
+
+    /// Calls `each` on the `limit` agents after `after` in id order, of
+    /// `group` or of the fleet: one page of a listing or of a rollout's
+    /// targets. Returns the last id read, or `None` once there are no more.
+    fn walk_page<'s>(
+        &'s self,
+        group: Option<&str>,
+        after: Option<&AgentId>,
+        limit: usize,
+        mut each: impl FnMut(&'s AgentEntry),
+    ) -> Option<AgentId> {
+        let range = (
+            after.map_or(Bound::Unbounded, Bound::Excluded),
+            Bound::Unbounded,
+        );
+        let mut read = 0;
+        let mut last = None;
+        match group {
+            Some(group) => {
+                let members = self.groups.get(group).into_iter();
+                let page = members.flat_map(|members| members.range::<AgentId, _>(range));
+                for id in page.take(limit) {
+                    read += 1;
+                    last = Some(id);
+                    if let Some(agent) = self.agents.get(id) {
+                        each(agent);
+                    }
+                }
+            }
+            None => {
+                for id in self.by_id.range::<AgentId, _>(range).take(limit) {
+                    read += 1;
+                    last = Some(id);
+                    if let Some(agent) = self.agents.get(id) {
+                        each(agent);
+                    }
+                }
+            }
+        }
+        if read < limit {
+            return None;
+        }
+        last.cloned()
+    }
+
+    /// Applies the command's own deadline if it is due at `now`, ahead of any
+    /// backlog before it: an expiry (stamped with its `expiresAt`), or the drop
+    /// that ends its retention.
+    fn settle_command(&mut self, id: CommandId, now: Instant) {
+        while let Some(command) = self.commands.get(&id)
+            && command.deadline.when <= now
+        {
+            let key = command.deadline;
+            self.deadlines.schedule.remove(key);
+            self.command_due(id, key.when);
+        }
     }
 
     /// The earliest deadline still scheduled.
@@ -409,6 +547,7 @@ impl State {
         if !self.agents.contains_key(&agent_id) {
             self.check_agent_room()?;
         }
+        self.settle_agent(agent_id.as_str(), now);
         self.journal.stats.registrations += 1;
         let stale_at = now + self.settings.stale_after;
         let (agent, resumed) = match self.agents.entry(agent_id.clone()) {
@@ -418,8 +557,8 @@ impl State {
                     unindex(&mut self.groups, &agent.metadata.group, &agent_id);
                     index(&mut self.groups, &metadata.group, &agent_id);
                 }
-                let metadata_changed = agent.metadata != metadata;
-                agent.metadata = metadata;
+                let metadata_changed = *agent.metadata != metadata;
+                agent.metadata = Arc::new(metadata);
                 if agent.status == AgentStatus::Live {
                     if metadata_changed {
                         self.journal.agent_changed(agent);
@@ -433,9 +572,10 @@ impl State {
                 index(&mut self.groups, &metadata.group, &agent_id);
                 self.journal.stats.agents[AgentStatus::Live.index()] += 1;
                 info!(agent_id = %agent_id, group = %metadata.group, "agent registered");
-                let agent = entry.insert(AgentEntry {
+                self.by_id.insert(agent_id.clone());
+                let agent = entry.insert(Box::new(AgentEntry {
                     id: agent_id.clone(),
-                    metadata,
+                    metadata: Arc::new(metadata),
                     status: AgentStatus::Live,
                     registered_at: now,
                     last_heartbeat_at: now,
@@ -446,7 +586,7 @@ impl State {
                     credential: None,
                     commands: BTreeMap::new(),
                     unfinished: 0,
-                });
+                }));
                 self.journal
                     .agent_event(agent, None, Some(AgentStatus::Live), now);
                 (agent, false)
@@ -469,10 +609,16 @@ impl State {
 
     /// Records a heartbeat: the agent is LIVE and its stale deadline moves.
     pub(crate) fn heartbeat(&mut self, agent_id: &str, now: Instant) -> Result<(), RegistryError> {
-        let agent = self
-            .agents
-            .get_mut(agent_id)
-            .ok_or_else(|| unknown_agent(agent_id))?;
+        // One look-up on the hot path: settling is for an agent whose deadline is due.
+        let agent = match self.agents.get_mut(agent_id) {
+            None => return Err(unknown_agent(agent_id)),
+            // A STALE it was due is logged and counted before the heartbeat revives it.
+            Some(agent) if agent.is_due(now) => {
+                self.settle_agent(agent_id, now);
+                return self.heartbeat(agent_id, now);
+            }
+            Some(agent) => agent,
+        };
         self.journal.stats.heartbeats += 1;
         agent.last_heartbeat_at = now;
         self.journal.dirty.heartbeat(&agent.id);
@@ -489,37 +635,38 @@ impl State {
         self.credentials.get(credential).cloned()
     }
 
-    pub(crate) fn agent(&self, agent_id: &str) -> Result<AgentView, RegistryError> {
+    pub(crate) fn agent(
+        &mut self,
+        agent_id: &str,
+        now: Instant,
+    ) -> Result<AgentView, RegistryError> {
+        self.settle_agent(agent_id, now);
         self.agents
             .get(agent_id)
             .map(|agent| agent.view(&self.journal.clock))
             .ok_or_else(|| unknown_agent(agent_id))
     }
 
-    /// The agents that pass `filter`, ordered by id.
-    pub(crate) fn agents(&self, filter: &AgentFilter) -> Vec<AgentView> {
-        let wanted =
-            |agent: &&AgentEntry| filter.status.is_none_or(|status| agent.status == status);
-        let clock = &self.journal.clock;
-        let mut views: Vec<AgentView> = match &filter.group {
-            Some(group) => self
-                .groups
-                .get(group.as_str())
-                .into_iter()
-                .flatten()
-                .filter_map(|id| self.agents.get(id))
-                .filter(wanted)
-                .map(|agent| agent.view(clock))
-                .collect(),
-            None => self
-                .agents
-                .values()
-                .filter(wanted)
-                .map(|agent| agent.view(clock))
-                .collect(),
-        };
-        views.sort_unstable_by(|a, b| a.agent_id.cmp(&b.agent_id));
-        views
+    /// One page of a listing: of the `limit` agents after `after` in id order
+    /// (of the fleet, or of the filter's group), the views of those that pass
+    /// `filter`, appended to `views`. Returns the last id read, or `None` once
+    /// there are no more. A view shares the agent's metadata.
+    pub(crate) fn agents_page(
+        &mut self,
+        filter: &AgentFilter,
+        after: Option<&AgentId>,
+        limit: usize,
+        now: Instant,
+        views: &mut Vec<AgentView>,
+    ) -> Option<AgentId> {
+        let group = filter.group.as_deref();
+        self.settle_page(group, after, limit, now);
+        let clock = self.journal.clock;
+        self.walk_page(group, after, limit, |agent| {
+            if filter.status.is_none_or(|status| agent.status == status) {
+                views.push(agent.view(&clock));
+            }
+        })
     }
 
     /// Deletes an agent: ends its stream and drops its commands and deadlines.
@@ -528,13 +675,14 @@ impl State {
             .agents
             .remove(agent_id)
             .ok_or_else(|| unknown_agent(agent_id))?;
-        self.forget(agent, now);
+        self.forget(*agent, now);
         self.reconsider_brake(now);
         Ok(())
     }
 
     /// Deletes every DEAD agent; returns how many.
     pub(crate) fn delete_dead(&mut self, now: Instant) -> usize {
+        self.settle_every_agent(now);
         let dead: Vec<AgentId> = self
             .agents
             .values()
@@ -543,7 +691,7 @@ impl State {
             .collect();
         for id in &dead {
             if let Some(agent) = self.agents.remove(id) {
-                self.forget(agent, now);
+                self.forget(*agent, now);
             }
         }
         dead.len()
@@ -554,6 +702,7 @@ impl State {
         self.journal
             .agent_event(&agent, Some(agent.status), None, now);
         unindex(&mut self.groups, &agent.metadata.group, &agent.id);
+        self.by_id.remove(&agent.id);
         if let Some(credential) = agent.credential {
             self.credentials.remove(&credential);
         }
@@ -581,7 +730,11 @@ impl State {
     }
 }
 
-fn index(groups: &mut HashMap<GroupName, HashSet<AgentId>>, group: &GroupName, agent_id: &AgentId) {
+fn index(
+    groups: &mut HashMap<GroupName, BTreeSet<AgentId>>,
+    group: &GroupName,
+    agent_id: &AgentId,
+) {
     groups
         .entry(group.clone())
         .or_default()
@@ -589,7 +742,7 @@ fn index(groups: &mut HashMap<GroupName, HashSet<AgentId>>, group: &GroupName, a
 }
 
 fn unindex(
-    groups: &mut HashMap<GroupName, HashSet<AgentId>>,
+    groups: &mut HashMap<GroupName, BTreeSet<AgentId>>,
     group: &GroupName,
     agent_id: &AgentId,
 ) {

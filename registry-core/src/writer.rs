@@ -1,6 +1,8 @@
 //! The writer task: group commit of the batches operations leave, in the
 //! order they left them, one transaction for all that waited together; and
-//! the reload of the state from storage when a transaction fails.
+//! the reload of the state from storage when a transaction fails. A batch is
+//! the marks of what changed; the writer builds its records on the blocking
+//! pool, a page per hold of the registry's lock (see `state::persist`).
 
 use std::cell::RefCell;
 
@@ -11,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::registry::Registry;
-use crate::storage::{Change, Snapshot, Storage, StorageError};
+use crate::state::Dirty;
+use crate::storage::{Snapshot, Storage, StorageError};
 
 /// How often the state is read again while storage can't be read.
 const RELOAD_RETRY: Duration = Duration::from_secs(1);
@@ -19,9 +22,9 @@ const RELOAD_RETRY: Duration = Duration::from_secs(1);
 /// What a waiting operation learns of its batch.
 pub(crate) type Receipt = oneshot::Receiver<Result<(), StorageError>>;
 
-/// One operation's changes, and whom to tell when they are kept.
+/// One operation's changes (their marks), and whom to tell when they are kept.
 pub(crate) struct Submission {
-    pub(crate) changes: Vec<Change>,
+    pub(crate) changes: Dirty,
     pub(crate) done: Option<oneshot::Sender<Result<(), StorageError>>>,
     /// Asks the engine to commit even when there is nothing to write: a probe
     /// of whether storage still holds the registry ([`Registry::check_storage`]).
@@ -30,7 +33,7 @@ pub(crate) struct Submission {
 
 impl Submission {
     /// A batch and the receipt its operation waits on.
-    pub(crate) fn awaited(changes: Vec<Change>) -> (Self, Receipt) {
+    pub(crate) fn awaited(changes: Dirty) -> (Self, Receipt) {
         let (done, receipt) = oneshot::channel();
         (
             Self {
@@ -136,11 +139,11 @@ async fn commit_group(
     inbox: &mut mpsc::UnboundedReceiver<Submission>,
     stop: &CancellationToken,
 ) -> bool {
-    let changes: Vec<Change> = group
+    let batches: Vec<Dirty> = group
         .iter_mut()
-        .flat_map(|submission| std::mem::take(&mut submission.changes))
+        .map(|submission| std::mem::take(&mut submission.changes))
         .collect();
-    if changes.is_empty() && !group.iter().any(|submission| submission.probe) {
+    if batches.iter().all(Dirty::is_empty) && !group.iter().any(|submission| submission.probe) {
         for submission in group {
             submission.answer(Ok(()));
         }
@@ -149,7 +152,9 @@ async fn commit_group(
     let Some(mut engine) = storage.take() else {
         return false;
     };
+    let builder = registry.clone();
     let committed = tokio::task::spawn_blocking(move || {
+        let changes = builder.records(batches);
         let result = engine.commit(&changes);
         (engine, result)
     })

@@ -309,9 +309,12 @@ async fn heartbeats_are_written_behind_within_a_second() {
 
 #[tokio::test(start_paused = true)]
 async fn a_fleet_command_is_one_write() {
+    // More agents than a page of targets, and than a page of commands: the
+    // rollout is built a page at a time, and written whole, once.
+    const AGENTS: usize = 1_100;
     let storage = MapStorage::default();
     let (_guard, registry) = start_on(&storage);
-    for n in 0..200 {
+    for n in 0..AGENTS {
         register(&registry, &format!("a-{n}")).await;
     }
     let before = storage.with(|stored| stored.commits);
@@ -319,9 +322,10 @@ async fn a_fleet_command_is_one_write() {
         .durably(|registry| registry.send_to_fleet(request("config-update")))
         .await
         .unwrap();
-    assert_eq!(commands.commands.len(), 200);
+    assert_eq!(commands.commands.len(), AGENTS);
     assert_eq!(storage.with(|stored| stored.commits), before + 1);
-    assert_eq!(storage.with(|stored| stored.commands.len()), 200);
+    assert_eq!(storage.with(|stored| stored.commands.len()), AGENTS);
+    assert_eq!(storage.with(|stored| stored.rollouts.len()), 1);
 }
 
 #[tokio::test(start_paused = true)]

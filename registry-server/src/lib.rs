@@ -5,6 +5,8 @@
 //! # Layout
 //!
 //! - [`auth`]: bearer tokens by role, and the refusal to serve open beyond loopback.
+//! - `bulk`: bulk work (a listing of the fleet) and its answer's serializing,
+//!   run off the runtime's worker threads.
 //! - [`config`]: settings from defaults, file, environment and flags, checked.
 //! - [`cross_site`]: cross-site requests refused, CORS for the allowed origins.
 //! - [`routes`]: the route table and the handlers, one module per side.
@@ -21,6 +23,7 @@
 //! - [`signing`]: the key commands are signed with, and each event's signed data (SPEC 12).
 
 pub mod auth;
+mod bulk;
 pub mod config;
 mod connections;
 pub mod cross_site;

@@ -237,7 +237,11 @@ impl KeepAlive {
                 return Ok(answer);
             }
             let mut chunk = [0_u8; 8192];
-            let n = self.tcp.read(&mut chunk)?;
+            let n = match self.tcp.read(&mut chunk) {
+                // A signal to this process (a child's exit) is no answer.
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                read => read?,
+            };
             if n == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
@@ -264,7 +268,11 @@ pub fn read_head(stream: &mut impl Read) -> io::Result<Head> {
     let mut byte = [0_u8; 1];
     // Byte by byte: a buffered read would take what follows the head too.
     loop {
-        if stream.read(&mut byte)? == 0 {
+        let read = match stream.read(&mut byte) {
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            read => read?,
+        };
+        if read == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!(

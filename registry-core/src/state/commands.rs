@@ -1,22 +1,26 @@
-//! The rules of commands: creation for one agent, or for a group or the fleet
-//! as a rollout, reads, and acknowledgement. Delivery to an open stream is `streams`'.
+//! The rules of commands: creation for one agent (for a group or the fleet, as
+//! a rollout, `launch` drives it), reads, and acknowledgement. Delivery to an
+//! open stream is `streams`'.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::rollouts::Launch;
 use super::streams::deliver;
 use super::{AgentEntry, CommandEntry, Due, HashMap, State, unknown_agent};
-use crate::agent::{AgentId, AgentStatus};
+use crate::agent::AgentId;
 use crate::command::{Ack, CommandId, CommandRequest, CommandStatus, CommandView};
 use crate::error::{InvalidField, RegistryError};
 use crate::payload::Payload;
-use crate::rollout::{CommandRef, NewRollout, RolloutId, Target};
+use crate::rollout::RolloutId;
 
 impl State {
     /// Checks a command request against the configured types; returns the type and payload.
-    fn command_parts(&self, request: CommandRequest) -> Result<(Arc<str>, Payload), InvalidField> {
+    pub(crate) fn command_parts(
+        &self,
+        request: CommandRequest,
+    ) -> Result<(Arc<str>, Payload), InvalidField> {
         let kind = self
             .command_types
             .iter()
@@ -44,6 +48,7 @@ impl State {
         now: Instant,
     ) -> Result<CommandView, RegistryError> {
         let (kind, payload) = self.command_parts(request)?;
+        self.settle_if_full(agent_id, now);
         let agent = self
             .agents
             .get(agent_id)
@@ -52,116 +57,21 @@ impl State {
         self.check_retained_room(1, payload.len())?;
         let agent_id = agent.id.clone();
         self.journal.stats.payload_bytes += payload.len();
-        let id = self.create_command(&agent_id, &kind, &payload, None, now);
+        let id = self.create_command(&agent_id, &kind, &payload, None, now, true);
         Ok(self.commands[&id].view(&self.journal.clock))
     }
 
-    /// Sends one command to each LIVE agent of a group: a rollout.
-    pub(crate) fn send_to_group(
-        &mut self,
-        group: &str,
-        request: CommandRequest,
-        now: Instant,
-    ) -> Result<NewRollout, RegistryError> {
-        let (kind, payload) = self.command_parts(request)?;
-        let (group, members) = self
-            .groups
-            .get_key_value(group)
-            .ok_or_else(|| RegistryError::UnknownGroup(group.to_owned()))?;
-        let target = Target::Group(group.clone());
-        let targets = self.live(members.iter());
-        self.launch(target, targets, kind, payload, now)
-    }
-
-    /// Sends one command to each LIVE agent: a rollout.
-    pub(crate) fn send_to_fleet(
-        &mut self,
-        request: CommandRequest,
-        now: Instant,
-    ) -> Result<NewRollout, RegistryError> {
-        let (kind, payload) = self.command_parts(request)?;
-        let targets = self.live(self.agents.keys());
-        self.launch(Target::Fleet, targets, kind, payload, now)
-    }
-
-    /// The LIVE agents among `ids`, ordered by id.
-    fn live<'a>(&self, ids: impl Iterator<Item = &'a AgentId>) -> Vec<AgentId> {
-        let mut live: Vec<AgentId> = ids
-            .filter(|id| {
-                self.agents
-                    .get(*id)
-                    .is_some_and(|agent| agent.status == AgentStatus::Live)
-            })
-            .cloned()
-            .collect();
-        live.sort_unstable();
-        live
-    }
-
-    /// Creates a rollout of one command per agent of `live`, all sharing
-    /// `payload`, which is counted and stored once. Agents at their cap of
-    /// unfinished commands are skipped; the rest must fit the registry's caps
-    /// as a whole, or nothing is stored.
-    fn launch(
-        &mut self,
-        target: Target,
-        live: Vec<AgentId>,
-        kind: Arc<str>,
-        payload: Payload,
-        now: Instant,
-    ) -> Result<NewRollout, RegistryError> {
-        let limit = self.settings.max_unfinished_per_agent;
-        let mut targets = live;
-        let live = targets.len();
-        targets.retain(|id| {
-            self.agents
-                .get(id)
-                .is_some_and(|agent| agent.unfinished < limit)
-        });
-        let skipped = live - targets.len();
-        self.check_retained_room(targets.len(), payload.len())?;
-        let id = RolloutId::new();
-        let expires_at = now + self.settings.command_expiry;
-        self.journal.rollouts.insert(Launch {
-            id,
-            kind: kind.clone(),
-            target,
-            payload: payload.clone(),
-            created_at: now,
-            expires_at,
-            targeted: targets.len(),
-            skipped,
-        });
-        self.journal.dirty.rollout_payload(id);
-        self.journal.stats.payload_bytes += payload.len();
-        let commands = targets
-            .into_iter()
-            .map(|agent_id| CommandRef {
-                command_id: self.create_command(&agent_id, &kind, &payload, Some(id), now),
-                agent_id,
-            })
-            .collect::<Vec<_>>();
-        let clock = &self.journal.clock;
-        Ok(NewRollout {
-            rollout_id: id,
-            kind,
-            payload,
-            targeted: commands.len(),
-            skipped,
-            created_at: clock.timestamp(now),
-            expires_at: clock.timestamp(expires_at),
-            commands,
-        })
-    }
-
-    /// Creates a command for a known agent and, if it has a stream open, delivers it at once.
-    fn create_command(
+    /// Creates a command for a known agent and, if it has a stream open and
+    /// `deliver_now`, delivers it at once (a rollout's are delivered later,
+    /// see `launch`).
+    pub(super) fn create_command(
         &mut self,
         agent_id: &AgentId,
         kind: &Arc<str>,
         payload: &Payload,
         rollout: Option<RolloutId>,
         now: Instant,
+        deliver_now: bool,
     ) -> CommandId {
         let seq = self.next_seq();
         let id = CommandId::new();
@@ -189,7 +99,7 @@ impl State {
         if let Some(agent) = self.agents.get_mut(agent_id) {
             agent.commands.insert(seq, id);
             agent.unfinished += 1;
-            if !self.closing {
+            if deliver_now && !self.closing {
                 deliver(agent, &mut command, now, &mut self.journal);
             }
         }
@@ -198,7 +108,12 @@ impl State {
     }
 
     /// The agent's retained commands, newest first.
-    pub(crate) fn commands_of(&self, agent_id: &str) -> Result<Vec<CommandView>, RegistryError> {
+    pub(crate) fn commands_of(
+        &mut self,
+        agent_id: &str,
+        now: Instant,
+    ) -> Result<Vec<CommandView>, RegistryError> {
+        self.settle_commands_of(agent_id, now);
         let agent = self
             .agents
             .get(agent_id)
@@ -216,7 +131,9 @@ impl State {
         &mut self,
         agent_id: &str,
         command_id: &str,
+        now: Instant,
     ) -> Result<CommandView, RegistryError> {
+        self.settle_command_named(command_id, now);
         let command = find_command(&self.agents, &mut self.commands, agent_id, command_id)?;
         Ok(command.view(&self.journal.clock))
     }
@@ -229,6 +146,8 @@ impl State {
         ack: Ack,
         now: Instant,
     ) -> Result<CommandView, RegistryError> {
+        // An expiry that is due but not applied yet still refuses the ack.
+        self.settle_command_named(command_id, now);
         let command = find_command(&self.agents, &mut self.commands, agent_id, command_id)?;
         match command.status {
             CommandStatus::Expired => return Err(RegistryError::CommandExpired(command.id)),
@@ -250,11 +169,41 @@ impl State {
     }
 }
 
+impl State {
+    /// Settles the command `command_id` names, if it names one.
+    fn settle_command_named(&mut self, command_id: &str, now: Instant) {
+        if let Ok(id) = command_id.parse::<CommandId>() {
+            self.settle_command(id, now);
+        }
+    }
+
+    /// Settles every retained command of the agent, before they are read or
+    /// replayed; bounded by what one agent retains.
+    pub(super) fn settle_commands_of(&mut self, agent_id: &str, now: Instant) {
+        let Some(agent) = self.agents.get(agent_id) else {
+            return;
+        };
+        let due: Vec<CommandId> = agent
+            .commands
+            .values()
+            .filter(|id| {
+                self.commands
+                    .get(*id)
+                    .is_some_and(|command| command.deadline.when <= now)
+            })
+            .copied()
+            .collect();
+        for id in due {
+            self.settle_command(id, now);
+        }
+    }
+}
+
 /// The command `command_id` of the agent `agent_id`; a malformed id, or one of
 /// another agent's commands, is as unknown as a missing one.
 fn find_command<'a>(
-    agents: &HashMap<AgentId, AgentEntry>,
-    commands: &'a mut HashMap<CommandId, CommandEntry>,
+    agents: &HashMap<AgentId, Box<AgentEntry>>,
+    commands: &'a mut BTreeMap<CommandId, CommandEntry>,
     agent_id: &str,
     command_id: &str,
 ) -> Result<&'a mut CommandEntry, RegistryError> {

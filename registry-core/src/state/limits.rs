@@ -49,6 +49,30 @@ impl State {
         })
     }
 
+    /// Settles the agent's commands if it is at its cap of unfinished ones:
+    /// one whose expiry is due but not applied yet (a backlog the scheduler
+    /// works off) makes room, as it would once applied.
+    pub(super) fn settle_if_full(&mut self, agent_id: &str, now: Instant) {
+        let limit = self.settings.max_unfinished_per_agent;
+        if self
+            .agents
+            .get(agent_id)
+            .is_some_and(|agent| agent.unfinished >= limit)
+        {
+            self.settle_commands_of(agent_id, now);
+        }
+    }
+
+    /// Whether the agent, which must exist, may be sent one more command
+    /// (after [`settle_if_full`](Self::settle_if_full)).
+    pub(super) fn has_unfinished_room(&mut self, agent_id: &str, now: Instant) -> bool {
+        self.settle_if_full(agent_id, now);
+        let limit = self.settings.max_unfinished_per_agent;
+        self.agents
+            .get(agent_id)
+            .is_some_and(|agent| agent.unfinished < limit)
+    }
+
     /// Whether `commands` more commands and `payload_bytes` more payload may
     /// be retained.
     pub(super) fn check_retained_room(
@@ -57,7 +81,8 @@ impl State {
         payload_bytes: usize,
     ) -> Result<(), RegistryError> {
         let stats = &self.journal.stats;
-        let retained: usize = stats.commands.iter().sum();
+        // Room reserved by a rollout whose commands are being created counts as taken.
+        let retained = stats.commands.iter().sum::<usize>() + self.reserved_commands;
         let limit = self.settings.max_retained;
         if retained.saturating_add(commands) > limit {
             return Err(RegistryError::CommandsFull(format!(

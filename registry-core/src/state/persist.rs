@@ -1,15 +1,21 @@
 //! The state's side of the storage seam: the marks the rules leave on what
 //! they change, the records built from them, and the state rebuilt from a
 //! snapshot with the restart's grace. No rule is decided here.
+//!
+//! Taking the marks is a swap, whatever their number (a million expiries leave
+//! a million); the writer builds the records from them afterwards, a page per
+//! hold of the lock, from the state as it is then: a record is never older
+//! than its mark, which is all that keeping what was answered needs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::rollouts::Launch;
 use super::{AgentEntry, CommandEntry, Due, HashMap, HashSet, State, index};
-use crate::agent::{AgentId, AgentStatus};
+use crate::agent::{AgentId, AgentMetadata, AgentStatus};
 use crate::clock::{Clock, Timestamp};
 use crate::command::{CommandId, CommandStatus};
 use crate::payload::Payload;
@@ -18,20 +24,25 @@ use crate::storage::{AgentRecord, Change, CommandRecord, RolloutRecord, Snapshot
 use crate::subscription::DetachReason;
 
 /// What changed since the last batch was taken, by id: the records are built
-/// when the batch is taken, from the state as it is then.
+/// later, from the state as it is then.
 #[derive(Default)]
-pub(super) struct Dirty {
+pub(crate) struct Dirty {
     /// Off with the `memory` engine: nothing is marked, nothing is built.
     recording: bool,
     agents: HashSet<AgentId>,
     /// Agents whose heartbeat time alone moved.
     heartbeats: HashSet<AgentId>,
-    commands: HashSet<CommandId>,
+    /// A B-tree: a million expiries mark a million commands, and a hash set
+    /// that size, growing, would move them all in one hold of the lock.
+    commands: BTreeSet<CommandId>,
     rollouts: HashSet<RolloutId>,
     /// New rollouts, whose payload is written (once).
     payloads: HashSet<RolloutId>,
-    meta: BTreeMap<String, Option<Vec<u8>>>,
+    meta: MetaChanges,
 }
+
+/// Named values set (`Some`) or removed (`None`) since the last batch.
+pub(crate) type MetaChanges = BTreeMap<String, Option<Vec<u8>>>;
 
 impl Dirty {
     pub(super) fn new(recording: bool) -> Self {
@@ -71,7 +82,7 @@ impl Dirty {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.agents.is_empty()
             && self.heartbeats.is_empty()
             && self.commands.is_empty()
@@ -79,13 +90,65 @@ impl Dirty {
             && self.payloads.is_empty()
             && self.meta.is_empty()
     }
+
+    /// An empty set of marks, recording as this one does.
+    pub(super) fn empty_like(&self) -> Self {
+        Self::new(self.recording)
+    }
+
+    /// The marks so far, leaving none: a swap.
+    fn take(&mut self) -> Self {
+        let empty = Self::new(self.recording);
+        std::mem::replace(self, empty)
+    }
+
+    /// The marks of several batches as one list, each thing once, in the
+    /// order records are built; the named values apart, later ones winning.
+    /// Runs outside the lock.
+    pub(crate) fn merge(batches: Vec<Dirty>) -> (Vec<Mark>, MetaChanges) {
+        let mut all = Self::default();
+        for batch in batches {
+            all.agents.extend(batch.agents);
+            all.heartbeats.extend(batch.heartbeats);
+            all.commands.extend(batch.commands);
+            all.rollouts.extend(batch.rollouts);
+            all.payloads.extend(batch.payloads);
+            all.meta.extend(batch.meta);
+        }
+        let agents = all.agents;
+        let heartbeats = all
+            .heartbeats
+            .into_iter()
+            .filter(|id| !agents.contains(id))
+            .map(Mark::Heartbeat)
+            .collect::<Vec<_>>();
+        let marks = heartbeats
+            .into_iter()
+            .chain(agents.into_iter().map(Mark::Agent))
+            .chain(all.commands.into_iter().map(Mark::Command))
+            .chain(all.payloads.into_iter().map(Mark::Payload))
+            .chain(all.rollouts.into_iter().map(Mark::Rollout))
+            .collect();
+        (marks, all.meta)
+    }
+}
+
+/// One thing whose record is to be written.
+pub(crate) enum Mark {
+    /// An agent whose heartbeat time alone moved.
+    Heartbeat(AgentId),
+    Agent(AgentId),
+    Command(CommandId),
+    /// A new rollout's payload.
+    Payload(RolloutId),
+    Rollout(RolloutId),
 }
 
 impl AgentEntry {
     fn record(&self, clock: &Clock) -> AgentRecord {
         AgentRecord {
             agent_id: self.id.clone(),
-            metadata: self.metadata.clone(),
+            metadata: AgentMetadata::clone(&self.metadata),
             status: self.status,
             registered_at: clock.timestamp(self.registered_at),
             last_heartbeat_at: clock.timestamp(self.last_heartbeat_at),
@@ -121,57 +184,41 @@ impl State {
         !self.journal.dirty.is_empty()
     }
 
-    /// The changes since the last batch, as records of the state now.
-    pub(crate) fn take_changes(&mut self) -> Vec<Change> {
+    /// The marks of what changed since the last batch, leaving none: a swap.
+    pub(crate) fn take_changes(&mut self) -> Dirty {
+        self.journal.dirty.take()
+    }
+
+    /// The record of each of `marks` as the state is now: a removal for
+    /// what is gone. A heartbeat of an agent gone is nothing to write.
+    pub(crate) fn records(&self, marks: &[Mark], changes: &mut Vec<Change>) {
         let clock = self.journal.clock;
-        let dirty = &mut self.journal.dirty;
-        let mut changes = Vec::with_capacity(
-            dirty.agents.len()
-                + dirty.heartbeats.len()
-                + dirty.commands.len()
-                + dirty.rollouts.len()
-                + dirty.payloads.len()
-                + dirty.meta.len(),
-        );
-        for id in dirty.heartbeats.drain() {
-            if dirty.agents.contains(&id) {
-                continue;
-            }
-            if let Some(agent) = self.agents.get(&id) {
-                changes.push(Change::Heartbeat(
-                    id,
-                    clock.timestamp(agent.last_heartbeat_at),
-                ));
-            }
-        }
-        changes.extend(dirty.agents.drain().map(|id| match self.agents.get(&id) {
-            Some(agent) => Change::Agent(agent.record(&clock)),
-            None => Change::AgentRemoved(id),
-        }));
-        changes.extend(
-            dirty
-                .commands
-                .drain()
-                .map(|id| match self.commands.get(&id) {
-                    Some(command) => Change::Command(command.record(&clock)),
-                    None => Change::CommandRemoved(id),
-                }),
-        );
         let rollouts = &self.journal.rollouts.entries;
-        changes.extend(dirty.payloads.drain().filter_map(|id| {
-            let entry = rollouts.get(&id)?;
-            Some(Change::RolloutPayload(id, entry.payload.clone()))
+        changes.extend(marks.iter().filter_map(|mark| match mark {
+            Mark::Heartbeat(id) => {
+                let agent = self.agents.get(id)?;
+                Some(Change::Heartbeat(
+                    id.clone(),
+                    clock.timestamp(agent.last_heartbeat_at),
+                ))
+            }
+            Mark::Agent(id) => Some(match self.agents.get(id) {
+                Some(agent) => Change::Agent(agent.record(&clock)),
+                None => Change::AgentRemoved(id.clone()),
+            }),
+            Mark::Command(id) => Some(match self.commands.get(id) {
+                Some(command) => Change::Command(command.record(&clock)),
+                None => Change::CommandRemoved(*id),
+            }),
+            Mark::Payload(id) => {
+                let entry = rollouts.get(id)?;
+                Some(Change::RolloutPayload(*id, entry.payload.clone()))
+            }
+            Mark::Rollout(id) => Some(match rollouts.get(id) {
+                Some(entry) => Change::Rollout(entry.record(&clock)),
+                None => Change::RolloutRemoved(*id),
+            }),
         }));
-        changes.extend(dirty.rollouts.drain().map(|id| match rollouts.get(&id) {
-            Some(entry) => Change::Rollout(entry.record(&clock)),
-            None => Change::RolloutRemoved(id),
-        }));
-        changes.extend(
-            std::mem::take(&mut dirty.meta)
-                .into_iter()
-                .map(|(key, value)| Change::Meta(key, value)),
-        );
-        changes
     }
 
     /// A named value kept in storage.
@@ -219,11 +266,12 @@ impl State {
                 self.credentials.insert(credential, id.clone());
             }
             self.journal.stats.agents[record.status.index()] += 1;
+            self.by_id.insert(id.clone());
             self.agents.insert(
                 id.clone(),
-                AgentEntry {
+                Box::new(AgentEntry {
                     id,
-                    metadata: record.metadata,
+                    metadata: Arc::new(record.metadata),
                     status: record.status,
                     registered_at: clock.instant(record.registered_at),
                     last_heartbeat_at,
@@ -234,7 +282,7 @@ impl State {
                     credential: record.credential,
                     commands: BTreeMap::new(),
                     unfinished: 0,
-                },
+                }),
             );
         }
         self.restore_rollouts(snapshot.rollouts, snapshot.payloads);
@@ -402,6 +450,8 @@ impl State {
         counters.stream_replacements = stats.stream_replacements;
         fresh.next_seq = fresh.next_seq.max(self.next_seq);
         fresh.closing = self.closing;
+        // A rollout being launched goes on creating the commands it reserved room for.
+        fresh.reserved_commands = self.reserved_commands;
         fresh.deadlines.wake = true;
         *self = fresh;
     }

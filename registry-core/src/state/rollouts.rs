@@ -222,6 +222,23 @@ impl Rollouts {
         self.touch(id);
     }
 
+    /// One of the rollout's targets gets no command after all (its agent was
+    /// deleted, or reached its cap, `skipped`, while the rollout was launched):
+    /// it leaves the counts it was PENDING in.
+    pub(super) fn withdraw(&mut self, id: RolloutId, skipped: bool, at: Instant) {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        entry.targeted = entry.targeted.saturating_sub(1);
+        entry.skipped += usize::from(skipped);
+        entry.retained = entry.retained.saturating_sub(1);
+        entry.counts.pending = entry.counts.pending.saturating_sub(1);
+        if entry.counts.unfinished() == 0 && entry.done_at.is_none() {
+            entry.done_at = Some(at);
+        }
+        self.touch(id);
+    }
+
     /// One of the rollout's commands was dropped in `status`: its retention
     /// ended, or its agent was deleted (an unfinished one then counts as
     /// EXPIRED from `at` on). Returns the rollout's id if this was its last

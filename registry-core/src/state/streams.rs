@@ -170,7 +170,11 @@ impl State {
         let agent_id = agent.id.clone();
         let replayed = match self.settings.replay {
             Replay::None => VecDeque::new(),
-            Replay::Unacknowledged => self.replay(&agent_id, last_event_id, stream_id, now),
+            Replay::Unacknowledged => {
+                // A command whose expiry is due is not replayed, backlog or not.
+                self.settle_commands_of(agent_id.as_str(), now);
+                self.replay(&agent_id, last_event_id, stream_id, now)
+            }
         };
         let (sender, receiver) = mpsc::channel(self.settings.stream_queue.max(1));
         let closer = streams.child_token();
@@ -258,6 +262,8 @@ impl State {
             agent.detach_stream(DetachReason::ReaderGone, &mut self.journal);
         }
         for id in unwritten {
+            // One whose expiry is due stays EXPIRED rather than go back to PENDING.
+            self.settle_command(*id, now);
             // A newer stream may have been handed it again since (replay): it is that one's now.
             if let Some(command) = self.commands.get_mut(id)
                 && command.status == CommandStatus::Delivered

@@ -10,6 +10,7 @@ use tracing::instrument;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{AgentPath, CommandPath, GroupPath};
+use crate::bulk::{JsonBody, off_workers};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::openapi::{
@@ -81,12 +82,13 @@ fn parse_status(status: &str) -> Result<AgentStatus, ApiError> {
 pub(super) async fn list(
     State(app): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<Vec<AgentView>>, ApiError> {
+) -> Result<JsonBody, ApiError> {
     let filter = AgentFilter {
         status: query.status.as_deref().map(parse_status).transpose()?,
         group: query.group,
     };
-    Ok(Json(app.registry().agents(&filter)))
+    let registry = app.registry().clone();
+    off_workers(move || JsonBody::of(&registry.agents(&filter))).await
 }
 
 /// `GET /api/v1/agents/{agentId}`.
@@ -256,12 +258,13 @@ pub(super) async fn send_to_group(
     State(app): State<AppState>,
     ApiPath(GroupPath { group }): ApiPath<GroupPath>,
     ApiJson(request): ApiJson<CommandRequest>,
-) -> Result<(StatusCode, Json<NewRollout>), ApiError> {
+) -> Result<(StatusCode, JsonBody), ApiError> {
     let rollout = app
         .registry()
-        .durably(|registry| registry.send_to_group(&group, request))
+        .durably_in_bulk(move |registry| registry.send_to_group(&group, request))
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(rollout)))
+    let body = off_workers(move || JsonBody::of(&rollout)).await?;
+    Ok((StatusCode::ACCEPTED, body))
 }
 
 /// `POST /api/v1/agents/commands`: one command per LIVE agent.
@@ -288,12 +291,13 @@ pub(super) async fn send_to_group(
 pub(super) async fn send_to_fleet(
     State(app): State<AppState>,
     ApiJson(request): ApiJson<CommandRequest>,
-) -> Result<(StatusCode, Json<NewRollout>), ApiError> {
+) -> Result<(StatusCode, JsonBody), ApiError> {
     let rollout = app
         .registry()
-        .durably(|registry| registry.send_to_fleet(request))
+        .durably_in_bulk(move |registry| registry.send_to_fleet(request))
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(rollout)))
+    let body = off_workers(move || JsonBody::of(&rollout)).await?;
+    Ok((StatusCode::ACCEPTED, body))
 }
 
 /// `GET /api/v1/agents/{agentId}/commands`: its retained commands, newest first.
