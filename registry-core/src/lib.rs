@@ -11,7 +11,8 @@
 //!
 //! - [`registry`]: the [`Registry`] handle, its lock and its scheduler task.
 //! - `state`: the state under the lock and every rule that changes it
-//!   (`state::commands` for commands, `state::streams` for streams and delivery).
+//!   (`state::commands` for commands, `state::launch` for a group or fleet
+//!   command created a page at a time, `state::streams` for streams and delivery).
 //! - `schedule`: the ordered deadline index.
 //! - [`agent`]: agent ids, registration, status and the agent view.
 //! - [`brake`]: [`BrakeChange`], what the brake (SPEC 13) announces; its rule is in `state`.

@@ -3,12 +3,21 @@
 //! with a storage engine, the tasks that write what changed (see [`crate::storage`]).
 //!
 //! No hold of the lock is long (SPEC 13: no request waits on another's bulk
-//! work): deadlines that come due by the million are applied in batches of
-//! [`SCHEDULER_BATCH`], the lock handed to whoever waits between two, and a
-//! request applies at most [`OPERATION_BATCH`] of them before its own work (it
-//! settles the agents and commands it reads or changes; see `state`). A
-//! listing copies handles (`Arc`s) a page at a time, and serializing is its
-//! caller's, outside the lock.
+//! work), and bulk work is sliced, the lock handed between two slices to
+//! whoever waits for it (parking_lot's fair unlock):
+//!
+//! - deadlines that come due by the million are applied `SCHEDULER_BATCH`
+//!   at a time, on the blocking pool; a request applies at most
+//!   `OPERATION_BATCH` of them before its own work, and settles the agents
+//!   and commands it reads or changes (see `state`);
+//! - a listing reads `LIST_PAGE` agents per hold, copying handles (`Arc`s);
+//!   sorting is the id order it walks, serializing is its caller's;
+//! - a group or fleet command reads its targets, creates its commands and
+//!   delivers them a page per hold (`launch`);
+//! - the writer builds records `RECORD_PAGE` per hold.
+//!
+//! The callers run bulk work off the runtime's worker threads
+//! ([`durably_in_bulk`](Registry::durably_in_bulk), and the server's own).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -379,7 +388,7 @@ impl Registry {
     }
 
     /// The records of the marks of `batches`, built from the state as it is
-    /// now, [`RECORD_PAGE`] per hold of the lock: the writer's work, on the
+    /// now, `RECORD_PAGE` per hold of the lock: the writer's work, on the
     /// blocking pool.
     pub(crate) fn records(&self, batches: Vec<Dirty>) -> Vec<Change> {
         let (marks, meta) = Dirty::merge(batches);
@@ -434,7 +443,7 @@ impl Registry {
         taken
     }
 
-    /// Applies every deadline due now, in batches of [`SCHEDULER_BATCH`]
+    /// Applies every deadline due now, in batches of `SCHEDULER_BATCH`
     /// between which a waiting request gets the lock. The scheduler task
     /// calls this for a backlog; tests and benchmarks may too.
     pub fn tick(&self) -> Tick {
@@ -454,7 +463,7 @@ impl Registry {
         }
     }
 
-    /// Applies at most [`SCHEDULER_BATCH`] due deadlines, then hands the lock
+    /// Applies at most `SCHEDULER_BATCH` due deadlines, then hands the lock
     /// to a thread waiting for it, if any, rather than take it straight back.
     fn tick_batch(&self) -> Tick {
         let mut state = self.lock();
@@ -506,7 +515,7 @@ impl Registry {
         self.with_state(|state, now| state.agent(agent_id, now))
     }
 
-    /// The agents that pass `filter`, ordered by id. Read [`LIST_PAGE`] agents
+    /// The agents that pass `filter`, ordered by id. Read `LIST_PAGE` agents
     /// per hold of the lock, so that listing the whole fleet never keeps
     /// anyone waiting long; each agent is as it was when its page was read.
     pub fn agents(&self, filter: &AgentFilter) -> Vec<AgentView> {
@@ -543,7 +552,7 @@ impl Registry {
     }
 
     /// Sends one command to each LIVE agent of `group`: a rollout (see
-    /// [`launch`](Self::launch)).
+    /// `launch`).
     pub fn send_to_group(
         &self,
         group: &str,
@@ -552,18 +561,18 @@ impl Registry {
         self.launch(Some(group), request)
     }
 
-    /// Sends one command to each LIVE agent: a rollout (see [`launch`](Self::launch)).
+    /// Sends one command to each LIVE agent: a rollout (see `launch`).
     pub fn send_to_fleet(&self, request: CommandRequest) -> Result<NewRollout, RegistryError> {
         self.launch(None, request)
     }
 
     /// A rollout to the LIVE agents of `group`, or of the fleet, launched a
     /// page at a time so that no hold of the lock is long: the targets are
-    /// read [`LIST_PAGE`] agents per hold, the caps are checked and the
-    /// rollout created in one, its commands are created [`LAUNCH_PAGE`] per
+    /// read `LIST_PAGE` agents per hold, the caps are checked and the
+    /// rollout created in one, its commands are created `LAUNCH_PAGE` per
     /// hold, the whole of it handed to the writer as one batch (a
     /// [`durably`](Self::durably) around it waits for it), then its commands
-    /// are delivered [`LAUNCH_PAGE`] per hold. See `state::launch`.
+    /// are delivered `LAUNCH_PAGE` per hold. See `state::launch`.
     fn launch(
         &self,
         group: Option<&str>,

@@ -23,14 +23,20 @@
 //!   time; [`Clock::instant`](crate::Clock::instant) maps them back onto
 //!   tokio's clock.
 //! - **Every operation says what it changed.** The rules mark the agents,
-//!   commands and meta values they touch. After the operation, still under the
-//!   lock, the marks become [`Change`]s built from the state as it now is
-//!   (an entity that is gone becomes a removal), so the order of batches is
-//!   the order of operations.
+//!   commands, rollouts and meta values they touch. After the operation,
+//!   still under the lock, the marks are taken (a swap, however many there
+//!   are: a million expiries leave a million) and handed to the writer as a
+//!   batch, in the order of operations. The writer builds the [`Change`]s
+//!   from the state as it is then (an entity that is gone becomes a removal),
+//!   a page per hold of the lock, so that no request waits on it (SPEC 13). A
+//!   record is never older than its mark; records of one batch may be a few
+//!   milliseconds apart, so a restart takes a running rollout's PENDING and
+//!   DELIVERED counts from its commands read back, not from its record.
 //! - **Group commit.** One writer task takes every batch waiting for it and
 //!   writes them in one transaction ([`Storage::commit`]), then answers each.
-//!   A fleet command to 19,000 agents is one batch and one write; a hundred
-//!   concurrent registrations share a few writes.
+//!   A fleet command to 19,000 agents is one batch and one write (its
+//!   commands, created a page at a time, are handed over together, before
+//!   any is delivered); a hundred concurrent registrations share a few writes.
 //! - **What waits, and what is written behind.** An operation a request
 //!   answers 2xx (registration, a command, an ack, a delete) waits for its
 //!   batch to be committed before the answer is sent

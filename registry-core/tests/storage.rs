@@ -450,3 +450,34 @@ async fn named_values_survive_a_restart() {
     let (_guard, registry) = start_on(&storage);
     assert_eq!(registry.meta("signing-key"), Some(b"secret".to_vec()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_running_rollout_restarts_counting_the_commands_read_back() {
+    let storage = MapStorage::default();
+    let (guard, registry) = start_on(&storage);
+    for n in 0..3 {
+        register(&registry, &format!("a-{n}")).await;
+    }
+    let rollout = registry
+        .durably(|registry| registry.send_to_fleet(request("config-update")))
+        .await
+        .unwrap();
+    crash(guard).await;
+    // One of its commands was never kept (its record and the rollout's were
+    // written a moment apart, and the process died between).
+    let lost = rollout.commands[2].command_id.as_u128();
+    storage.with(|stored| stored.commands.remove(&lost));
+
+    let (_guard, registry) = start_on(&storage);
+    let rollout_id = rollout.rollout_id.to_string();
+    let restored = registry.rollout(&rollout_id).unwrap();
+    assert_eq!(
+        (restored.targeted, restored.pending, restored.expired),
+        (3, 2, 1)
+    );
+    assert!(!restored.done);
+    advance_ms(60_000).await;
+    yield_a_few_times().await;
+    let after = registry.rollout(&rollout_id).unwrap();
+    assert_eq!((after.expired, after.pending, after.done), (3, 0, true));
+}

@@ -1,8 +1,10 @@
 //! Bulk work kept off the runtime's worker threads. The runtime has one worker
 //! per core (two on a small machine): a listing of 100,000 agents serialized on
 //! one, and another on the other, would leave no thread for a heartbeat or
-//! `/livez` (SPEC 13). Such work, and the serializing of its answer, runs on
-//! tokio's blocking pool instead; the workers only await it.
+//! `/livez` (SPEC 13). Such work (a listing, and the serializing of its
+//! answer or of a group or fleet command's) runs on tokio's blocking pool
+//! instead; the workers only await it. The core's own bulk work goes there
+//! too (`Registry::durably_in_bulk`, its scheduler's backlog, its writer).
 
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};

@@ -19,7 +19,7 @@ use crate::agent::{AgentId, AgentMetadata, AgentStatus};
 use crate::clock::{Clock, Timestamp};
 use crate::command::{CommandId, CommandStatus};
 use crate::payload::Payload;
-use crate::rollout::RolloutId;
+use crate::rollout::{RolloutCounts, RolloutId};
 use crate::storage::{AgentRecord, Change, CommandRecord, RolloutRecord, Snapshot};
 use crate::subscription::DetachReason;
 
@@ -286,6 +286,8 @@ impl State {
             );
         }
         self.restore_rollouts(snapshot.rollouts, snapshot.payloads);
+        // Each rollout's restored PENDING and DELIVERED commands.
+        let mut unfinished: HashMap<RolloutId, RolloutCounts> = HashMap::default();
         for record in snapshot.commands {
             let Some(agent) = self.agents.get_mut(&record.agent_id) else {
                 // Its agent's removal was written and this was not: finish the job.
@@ -327,6 +329,14 @@ impl State {
             if !record.status.is_final() {
                 agent.unfinished += 1;
             }
+            if let Some(rollout) = record.rollout_id {
+                let counts = unfinished.entry(rollout).or_default();
+                match record.status {
+                    CommandStatus::Pending => counts.pending += 1,
+                    CommandStatus::Delivered => counts.delivered += 1,
+                    CommandStatus::Acknowledged | CommandStatus::Expired => {}
+                }
+            }
             self.next_seq = self.next_seq.max(record.seq);
             self.journal.stats.commands[record.status.index()] += 1;
             self.commands.insert(
@@ -349,7 +359,7 @@ impl State {
                 },
             );
         }
-        self.settle_restored_rollouts(now);
+        self.settle_restored_rollouts(&unfinished, now);
         self.meta = snapshot.meta;
         debug!(
             agents = self.agents.len(),
@@ -400,15 +410,35 @@ impl State {
     /// not, and whose commands are all gone (which a store written by this
     /// version never holds), could never be done: its unfinished count as
     /// expired now.
-    fn settle_restored_rollouts(&mut self, now: Instant) {
+    fn settle_restored_rollouts(
+        &mut self,
+        unfinished: &HashMap<RolloutId, RolloutCounts>,
+        now: Instant,
+    ) {
         let retention = self.settings.command_retention;
         for entry in self.journal.rollouts.entries.values_mut() {
-            if entry.done_at.is_none() && entry.retained == 0 {
-                entry.counts.expired += entry.counts.unfinished();
-                entry.counts.pending = 0;
-                entry.counts.delivered = 0;
-                entry.done_at = Some(now);
-                self.journal.dirty.rollout(entry.id);
+            if entry.done_at.is_none() {
+                // A running rollout's PENDING and DELIVERED counts are those
+                // of its commands read back: a record written a moment apart
+                // from theirs (records are built a page at a time) or none of
+                // them kept at all (a crash) must not leave it waiting for
+                // commands that are gone. The rest of its targets are final:
+                // SUCCESS and FAILURE as counted, EXPIRED the remainder.
+                let restored = unfinished.get(&entry.id).copied().unwrap_or_default();
+                let counts = &mut entry.counts;
+                let before = *counts;
+                let finished = entry.targeted.saturating_sub(restored.unfinished());
+                counts.pending = restored.pending;
+                counts.delivered = restored.delivered;
+                counts.succeeded = counts.succeeded.min(finished);
+                counts.failed = counts.failed.min(finished - counts.succeeded);
+                counts.expired = finished - counts.succeeded - counts.failed;
+                if restored.unfinished() == 0 {
+                    entry.done_at = Some(now);
+                }
+                if *counts != before || entry.done_at.is_some() {
+                    self.journal.dirty.rollout(entry.id);
+                }
             }
             if let Some(done_at) = entry.done_at {
                 entry.settled_done = true;
