@@ -39,9 +39,8 @@ server_bin=$root/target/release/registry-server
 loadgen=$root/target/release/loadgen
 nginx_sh=$root/bench/nchan/nginx.sh
 
-log() { echo "== $*" >&2; }
+source "$root/bench/lib.sh"
 
-server_pid=""
 nginx_pid=""
 cleanup() {
     [[ -n $server_pid ]] && stop_server
@@ -50,34 +49,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-start_server() {
-    # Kept in memory: the comparison is of serving, and benchmarks never write data/.
-    REGISTRY_STORAGE__ENGINE=memory "$server_bin" --bind "127.0.0.1:$PORT" >>"$OUT/server.log" 2>&1 &
-    server_pid=$!
-    for _ in $(seq 100); do
-        if curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz"; then
-            return
-        fi
-        kill -0 "$server_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "the server did not start; see $OUT/server.log" >&2
-    exit 1
-}
-
-stop_server() {
-    local pid=$server_pid
-    server_pid=""
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-        sleep 0.1
-    done
-    echo "the server ($pid) did not stop in 10 s; killing it" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 
 start_nginx() {
     nginx_pid=$("$nginx_sh" start "$NGINX_PORT" "$OUT/nginx")

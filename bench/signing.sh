@@ -29,38 +29,11 @@ OUT="$(cd "$OUT" && pwd)"
 server_bin=$root/target/release/registry-server
 loadgen=$root/target/release/loadgen
 
-log() { echo "== $*" >&2; }
+source "$root/bench/lib.sh"
 
-server_pid=""
 cleanup() { [[ -n $server_pid ]] && stop_server; return 0; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# start_server ENABLED: signing.enabled
-start_server() {
-    REGISTRY_STORAGE__ENGINE=memory REGISTRY_SIGNING__ENABLED="$1" RUST_LOG=warn \
-        "$server_bin" --bind "127.0.0.1:$PORT" >>"$OUT/server.log" 2>&1 &
-    server_pid=$!
-    for _ in $(seq 100); do
-        curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" && return
-        kill -0 "$server_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "the server did not start; see $OUT/server.log" >&2
-    exit 1
-}
-
-stop_server() {
-    local pid=$server_pid
-    server_pid=""
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 
 log "building the release server and load generator"
 cargo build --release -q -p registry-server -p registry-bench
@@ -71,7 +44,7 @@ for run in $(seq "$RUNS"); do
         enabled=true
         [[ $mode == unsigned ]] && enabled=false
         log "N = $AGENTS, $mode, run $run of $RUNS"
-        start_server "$enabled"
+        start_server REGISTRY_SIGNING__ENABLED="$enabled"
         timeout --kill-after=10 600 "$loadgen" registry --url "http://127.0.0.1:$PORT" \
             --server-pid "$server_pid" -n "$AGENTS" --pushes "$PUSHES" --settle-ms "$SETTLE_MS" \
             --payload-bytes "$PAYLOAD_BYTES" --out "$OUT/$mode/run-$run.json" >/dev/null

@@ -34,42 +34,11 @@ server_bin=$root/target/release/registry-server
 loadgen=$root/target/release/loadgen
 url=http://127.0.0.1:$PORT
 
-log() { echo "== $*" >&2; }
+source "$root/bench/lib.sh"
 
-server_pid=""
 cleanup() { [[ -n $server_pid ]] && stop_server; return 0; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# start_server ENGINE FILE [VAR=VALUE...]
-start_server() {
-    local engine=$1 file=$2
-    shift 2
-    env REGISTRY_STORAGE__ENGINE="$engine" REGISTRY_STORAGE__PATH="$file" RUST_LOG=warn "$@" \
-        "$server_bin" --bind "127.0.0.1:$PORT" >>"$OUT/server.log" 2>&1 &
-    server_pid=$!
-    for _ in $(seq 100); do
-        curl -sf -o /dev/null "$url/readyz" && return
-        kill -0 "$server_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "the server did not start; see $OUT/server.log" >&2
-    exit 1
-}
-
-stop_server() {
-    local pid=$server_pid
-    server_pid=""
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for _ in $(seq 300); do
-        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 command -v wrk >/dev/null || apt-get install -y -qq wrk >&2
 log "building the release server and load generator"
@@ -79,10 +48,10 @@ for engine in memory embedded; do
     for run in $(seq "$RUNS"); do
         log "$engine, run $run of $RUNS"
         file=$OUT/$engine-$run.redb
-        start_server "$engine" "$file"
+        start_server REGISTRY_STORAGE__ENGINE="$engine" REGISTRY_STORAGE__PATH="$file"
         # registration: loadgen prints "N registered, 0 failed in S s"
         "$loadgen" register --url "$url" -n "$AGENTS" --id-prefix wrk- 2>"$OUT/register-$engine-$run.txt"
-        awk '/registered/ {print $1 / $(NF-1)}' "$OUT/register-$engine-$run.txt" >>"$OUT/register-$engine"
+        awk '/registered/ && $(NF-1) > 0 {print $1 / $(NF-1)}' "$OUT/register-$engine-$run.txt" >>"$OUT/register-$engine"
         # a fleet command to every agent, three times; the median of the three
         for _ in 1 2 3; do
             curl -s -o /dev/null -w '%{time_total}\n' -X POST -H 'Content-Type: application/json' \
@@ -97,7 +66,7 @@ done
 
 log "embedded: $((CHURN_AGENTS * CHURN_PUSHES)) commands come and gone"
 file=$OUT/churn.redb
-start_server embedded "$file" REGISTRY_COMMANDS__EXPIRY=1s REGISTRY_COMMANDS__RETENTION=1s
+start_server REGISTRY_STORAGE__ENGINE=embedded REGISTRY_STORAGE__PATH="$file" REGISTRY_COMMANDS__EXPIRY=1s REGISTRY_COMMANDS__RETENTION=1s
 "$loadgen" register --url "$url" -n "$CHURN_AGENTS" --id-prefix churn- 2>>"$OUT/churn.txt"
 peak=0
 for push in $(seq "$CHURN_PUSHES"); do
