@@ -14,6 +14,7 @@
 #   SCHEMATHESIS_SEED      replay the run that printed this seed
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source tests/serve.sh
 
 SCHEMATHESIS_VERSION="4.32.5"
 EXAMPLES="${SCHEMATHESIS_EXAMPLES:-100}"
@@ -56,34 +57,7 @@ fi
 # --- the server ---------------------------------------------------------------
 cargo build --quiet -p registry-server --bin registry-server
 LOG="$WORK/server.log"
-# Port 0: the kernel picks a free port, and the server logs which.
-NO_COLOR=1 RUST_LOG="${RUST_LOG:-info}" target/debug/registry-server --bind 127.0.0.1:0 >"$LOG" 2>&1 &
-SERVER_PID=$!
-stop_server() {
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID"
-        wait "$SERVER_PID" || true
-    fi
-}
-trap stop_server EXIT
-
-BASE=""
-for _ in $(seq 100); do
-    BASE=$(grep -o 'listening on http://[0-9.:]*' "$LOG" | head -n 1 | sed 's/^listening on //' || true)
-    [ -n "$BASE" ] && break
-    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-        echo "the server exited at start:" >&2
-        cat "$LOG" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
-if [ -z "$BASE" ]; then
-    echo "the server did not start listening within 10 s:" >&2
-    cat "$LOG" >&2
-    exit 1
-fi
-echo "server at $BASE (pid $SERVER_PID, log $LOG)"
+serve_registry target/debug/registry-server "$LOG"
 
 # --- the fuzz run -------------------------------------------------------------
 SEED_ARGS=()
@@ -132,9 +106,7 @@ if ! kill -0 "$SERVER_PID" 2>/dev/null; then
     echo "the server died during the run:" >&2
     status=1
 fi
-if grep -q "thread '.*' panicked at" "$LOG"; then
-    echo "the server panicked during the run:" >&2
-    grep -A5 'panicked' "$LOG" >&2
+if registry_panicked "$LOG"; then
     status=1
 fi
 if [ "$status" -ne 0 ]; then

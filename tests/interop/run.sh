@@ -13,6 +13,7 @@
 #                 (for a server that predates SPEC 10)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source tests/serve.sh
 
 WORK=target/interop
 mkdir -p "$WORK"
@@ -23,7 +24,7 @@ KEEPALIVE_MS=300
 # newer settings: it runs with its built-in defaults (an empty file instead of
 # config/registry.toml) but the keepalive.
 SETTINGS=("REGISTRY_SSE__KEEPALIVE=${KEEPALIVE_MS}ms")
-ARGS=(--bind 127.0.0.1:0)
+ARGS=()
 if [ -n "${SERVER_BIN:-}" ]; then
     : >"$WORK/empty.toml"
     ARGS+=(--config "$WORK/empty.toml")
@@ -39,42 +40,13 @@ fi
 (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 
 LOG="$WORK/server.log"
-env NO_COLOR=1 RUST_LOG="${RUST_LOG:-info}" "${SETTINGS[@]}" \
-    "$SERVER_BIN" "${ARGS[@]}" >"$LOG" 2>&1 &
-SERVER_PID=$!
-stop_server() {
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID"
-        wait "$SERVER_PID" || true
-    fi
-}
-trap stop_server EXIT
-
-BASE=""
-for _ in $(seq 100); do
-    BASE=$(grep -o 'listening on http://[0-9.:]*' "$LOG" | head -n 1 | sed 's/^listening on //' || true)
-    [ -n "$BASE" ] && break
-    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-        echo "the server exited at start:" >&2
-        cat "$LOG" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
-if [ -z "$BASE" ]; then
-    echo "the server did not start listening within 10 s:" >&2
-    cat "$LOG" >&2
-    exit 1
-fi
-echo "server at $BASE (pid $SERVER_PID, log $LOG)"
+serve_registry "$SERVER_BIN" "$LOG" "${SETTINGS[@]}" -- "${ARGS[@]}"
 
 status=0
 REGISTRY_URL="$BASE" RETRY_MS="$RETRY_MS" KEEPALIVE_MS="$KEEPALIVE_MS" \
     FLAP_SECONDS="${FLAP_SECONDS:-5}" FLAP_ONLY="${FLAP_ONLY:-0}" \
     node tests/interop/interop.mjs || status=$?
-if grep -q "thread '.*' panicked at" "$LOG"; then
-    echo "the server panicked during the run:" >&2
-    grep -A5 'panicked' "$LOG" >&2
+if registry_panicked "$LOG"; then
     status=1
 fi
 if [ "$status" -ne 0 ]; then
