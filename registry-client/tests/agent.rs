@@ -4,17 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use registry_client::{AckResult, Agent, Backoff, Command, CommandType, Outcome, State};
+use registry_client::{AckResult, Agent, Command, CommandType, Outcome, State};
 use registry_server::config::Replay;
 use registry_tests::{PROMPTLY, TestServer, eventually};
 use reqwest::StatusCode;
 use serde_json::json;
 
-/// Quick retries, so that a test waits on the server's `retry:`, not on ours.
-const QUICK: Backoff = Backoff {
-    initial: Duration::from_millis(50),
-    max: Duration::from_millis(500),
-};
+mod common;
+use common::{QUICK, connected, server_sees_connected};
 
 fn agent(server: &TestServer, agent_id: &str) -> Agent {
     Agent::builder(&server.base, agent_id, "order-service", "orders")
@@ -25,34 +22,11 @@ fn agent(server: &TestServer, agent_id: &str) -> Agent {
         .expect("an agent")
 }
 
-/// Waits until the agent's stream is open.
-async fn connected(agent: &Agent) {
-    let mut states = agent.states();
-    tokio::time::timeout(
-        PROMPTLY,
-        states.wait_for(|state| *state == State::Connected),
-    )
-    .await
-    .expect("connected within PROMPTLY")
-    .expect("a running agent");
-}
-
 async fn next(agent: &mut Agent) -> Command {
     tokio::time::timeout(PROMPTLY, agent.next_command())
         .await
         .expect("a command within PROMPTLY")
         .expect("a running agent")
-}
-
-/// The server's view of the agent says it has a stream open.
-async fn server_sees_connected(server: &TestServer, agent_id: &str) {
-    eventually(PROMPTLY, "the agent is connected", || async {
-        server
-            .agent(agent_id)
-            .await
-            .is_some_and(|agent| agent["connected"] == true)
-    })
-    .await;
 }
 
 #[tokio::test]

@@ -5,12 +5,15 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use registry_client::{Agent, Backoff, Outcome, State};
+use registry_client::{Agent, Outcome};
 use registry_tests::{PROMPTLY, TestServer, eventually};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
+
+mod common;
+use common::{QUICK, connected};
 
 /// What one run of `registryctl` printed, and how it exited.
 struct Run {
@@ -244,20 +247,10 @@ async fn prune_dead_asks_first_and_deletes_only_on_yes() {
 async fn push_to_an_agent_prints_the_command_and_waits_for_its_acknowledgement() {
     let server = TestServer::start().await;
     let mut agent = Agent::builder(&server.base, "a-1", "order-service", "orders")
-        .backoff(Backoff {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(500),
-        })
+        .backoff(QUICK)
         .start()
         .unwrap();
-    let mut states = agent.states();
-    tokio::time::timeout(
-        PROMPTLY,
-        states.wait_for(|state| *state == State::Connected),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    connected(&agent).await;
 
     let pushed = run(
         &server,
@@ -498,20 +491,10 @@ async fn answering_agent(
     group: &str,
 ) -> tokio::task::JoinHandle<()> {
     let mut agent = Agent::builder(&server.base, agent_id, "order-service", group)
-        .backoff(Backoff {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(500),
-        })
+        .backoff(QUICK)
         .start()
         .unwrap();
-    let mut states = agent.states();
-    tokio::time::timeout(
-        PROMPTLY,
-        states.wait_for(|state| *state == State::Connected),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    connected(&agent).await;
     tokio::spawn(async move {
         while let Some(command) = agent.next_command().await {
             let outcome = if command.payload["fail"] == true {

@@ -10,10 +10,13 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use futures_util::StreamExt;
-use registry_client::{Agent, Backoff, Command, Outcome};
+use registry_client::{Agent, Command, Outcome};
 use registry_tests::{PROMPTLY, TestServer, eventually};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+
+mod common;
+use common::{QUICK, server_sees_connected};
 
 /// Forwards every request to `upstream`; in what comes back, replaces
 /// `from` with `to`, as a meddling proxy on the way would.
@@ -88,19 +91,10 @@ async fn a_command_changed_on_its_way_is_refused_after_registering_again_once() 
     assert!(registered["serverPublicKey"].is_string(), "{registered}");
 
     let mut agent = Agent::builder(&proxy, "a-1", "order-service", "orders")
-        .backoff(Backoff {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(500),
-        })
+        .backoff(QUICK)
         .start()
         .unwrap();
-    eventually(PROMPTLY, "the agent is connected", || async {
-        server
-            .agent("a-1")
-            .await
-            .is_some_and(|agent| agent["connected"] == true)
-    })
-    .await;
+    server_sees_connected(&server, "a-1").await;
     let registrations = server.metric("registry_registrations_total").await;
 
     let (_, changed) = server
