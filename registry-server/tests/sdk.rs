@@ -26,6 +26,20 @@ async fn reach(states: &mut watch::Receiver<State>, wanted: State) {
         .expect("a running agent");
 }
 
+/// Agent `a-1`, retrying quickly, once its stream is open; and its states.
+async fn connected_agent(base: &str) -> (Agent, watch::Receiver<State>) {
+    let agent = Agent::builder(base, "a-1", "order-service", "orders")
+        .backoff(Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(500),
+        })
+        .start()
+        .expect("an agent");
+    let mut states = agent.states();
+    reach(&mut states, State::Connected).await;
+    (agent, states)
+}
+
 /// Starts the binary in `dir` on `addr`, as an operator would restart it.
 fn restart(dir: WorkDir, addr: SocketAddr) -> Process {
     restart_with(dir, addr, &ENV)
@@ -42,15 +56,7 @@ async fn an_agent_comes_back_by_itself_when_the_server_restarts_on_its_file() {
     let (process, addr) = Process::serve(WorkDir::new(), &[], &ENV);
     let base = format!("http://{addr}");
     let operator = Operator::new(&base).unwrap();
-    let mut agent = Agent::builder(&base, "a-1", "order-service", "orders")
-        .backoff(Backoff {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(500),
-        })
-        .start()
-        .unwrap();
-    let mut states = agent.states();
-    reach(&mut states, State::Connected).await;
+    let (mut agent, mut states) = connected_agent(&base).await;
     let before = operator.agent("a-1").await.unwrap();
 
     let sent = operator
@@ -111,15 +117,7 @@ async fn an_agent_learns_the_servers_new_key_by_registering_again() {
     let (process, addr) = Process::serve(dir.alias(), &[], &env(&first));
     let base = format!("http://{addr}");
     let operator = Operator::new(&base).unwrap();
-    let mut agent = Agent::builder(&base, "a-1", "order-service", "orders")
-        .backoff(Backoff {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(500),
-        })
-        .start()
-        .unwrap();
-    let mut states = agent.states();
-    reach(&mut states, State::Connected).await;
+    let (mut agent, mut states) = connected_agent(&base).await;
 
     // The agent reconnects to the same registry, which now signs with another key.
     let dir = process.stop();
