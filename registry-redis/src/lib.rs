@@ -306,13 +306,16 @@ impl RedisEngine {
 
     /// The connection, opened again if the last call failed.
     fn connection(&mut self) -> redis::RedisResult<&mut Connection> {
-        if self.connection.is_none() {
-            let connection = self.client.get_connection_with_timeout(TIMEOUT)?;
-            connection.set_read_timeout(Some(TIMEOUT))?;
-            connection.set_write_timeout(Some(TIMEOUT))?;
-            self.connection = Some(connection);
-        }
-        Ok(self.connection.as_mut().expect("just opened"))
+        let connection = match self.connection.take() {
+            Some(connection) => connection,
+            None => {
+                let connection = self.client.get_connection_with_timeout(TIMEOUT)?;
+                connection.set_read_timeout(Some(TIMEOUT))?;
+                connection.set_write_timeout(Some(TIMEOUT))?;
+                connection
+            }
+        };
+        Ok(self.connection.insert(connection))
     }
 
     /// Runs `call` on the connection; a failure drops the connection, so the
