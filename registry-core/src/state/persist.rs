@@ -212,7 +212,7 @@ impl State {
             }),
             Mark::Payload(id) => {
                 let entry = rollouts.get(id)?;
-                Some(Change::RolloutPayload(*id, entry.payload.clone()))
+                Some(Change::RolloutPayload(*id, entry.launch.payload.clone()))
             }
             Mark::Rollout(id) => Some(match rollouts.get(id) {
                 Some(entry) => Change::Rollout(entry.record(&clock)),
@@ -300,7 +300,7 @@ impl State {
             let payload = match record.rollout_id {
                 Some(id) => self.journal.rollouts.entries.get_mut(&id).map(|rollout| {
                     rollout.retained += 1;
-                    rollout.payload.clone()
+                    rollout.launch.payload.clone()
                 }),
                 None => record.payload,
             };
@@ -424,10 +424,13 @@ impl State {
                 // them kept at all (a crash) must not leave it waiting for
                 // commands that are gone. The rest of its targets are final:
                 // SUCCESS and FAILURE as counted, EXPIRED the remainder.
-                let restored = unfinished.get(&entry.id).copied().unwrap_or_default();
+                let restored = unfinished
+                    .get(&entry.launch.id)
+                    .copied()
+                    .unwrap_or_default();
                 let counts = &mut entry.counts;
                 let before = *counts;
-                let finished = entry.targeted.saturating_sub(restored.unfinished());
+                let finished = entry.launch.targeted.saturating_sub(restored.unfinished());
                 counts.pending = restored.pending;
                 counts.delivered = restored.delivered;
                 counts.succeeded = counts.succeeded.min(finished);
@@ -437,14 +440,14 @@ impl State {
                     entry.done_at = Some(now);
                 }
                 if *counts != before || entry.done_at.is_some() {
-                    self.journal.dirty.rollout(entry.id);
+                    self.journal.dirty.rollout(entry.launch.id);
                 }
             }
             if let Some(done_at) = entry.done_at {
                 entry.settled_done = true;
                 entry.deadline = Some(
                     self.deadlines
-                        .insert(done_at + retention, Due::Rollout(entry.id)),
+                        .insert(done_at + retention, Due::Rollout(entry.launch.id)),
                 );
             }
         }

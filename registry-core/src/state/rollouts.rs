@@ -29,15 +29,9 @@ use crate::storage::RolloutRecord;
 
 /// One rollout and what it needs to be counted, announced and dropped.
 pub(super) struct RolloutEntry {
-    pub(super) id: RolloutId,
-    pub(super) kind: Arc<str>,
-    pub(super) target: Target,
-    /// Its commands' payload, held once for all of them.
-    pub(super) payload: Payload,
-    pub(super) created_at: Instant,
-    pub(super) expires_at: Instant,
-    pub(super) targeted: usize,
-    pub(super) skipped: usize,
+    /// What it was created with; `targeted` and `skipped` move when a target
+    /// gets no command after all.
+    pub(super) launch: Launch,
     pub(super) counts: RolloutCounts,
     /// When its last unfinished command became final.
     pub(super) done_at: Option<Instant>,
@@ -63,6 +57,7 @@ pub(super) struct Launch {
     pub(super) id: RolloutId,
     pub(super) kind: Arc<str>,
     pub(super) target: Target,
+    /// Its commands' payload, held once for all of them.
     pub(super) payload: Payload,
     pub(super) created_at: Instant,
     pub(super) expires_at: Instant,
@@ -77,25 +72,8 @@ impl RolloutEntry {
         done_at: Option<Instant>,
         retained: usize,
     ) -> Self {
-        let Launch {
-            id,
-            kind,
-            target,
-            payload,
-            created_at,
-            expires_at,
-            targeted,
-            skipped,
-        } = launch;
         Self {
-            id,
-            kind,
-            target,
-            payload,
-            created_at,
-            expires_at,
-            targeted,
-            skipped,
+            launch,
             counts,
             done_at,
             settled_done: false,
@@ -108,15 +86,15 @@ impl RolloutEntry {
     }
 
     pub(super) fn view(&self, clock: &Clock) -> RolloutView {
-        let counts = self.counts;
+        let (launch, counts) = (&self.launch, self.counts);
         RolloutView {
-            rollout_id: self.id,
-            kind: self.kind.clone(),
-            target: self.target.clone(),
-            created_at: clock.timestamp(self.created_at),
-            expires_at: clock.timestamp(self.expires_at),
-            targeted: self.targeted,
-            skipped: self.skipped,
+            rollout_id: launch.id,
+            kind: launch.kind.clone(),
+            target: launch.target.clone(),
+            created_at: clock.timestamp(launch.created_at),
+            expires_at: clock.timestamp(launch.expires_at),
+            targeted: launch.targeted,
+            skipped: launch.skipped,
             pending: counts.pending,
             delivered: counts.delivered,
             acknowledged: counts.acknowledged(),
@@ -128,14 +106,15 @@ impl RolloutEntry {
     }
 
     pub(super) fn record(&self, clock: &Clock) -> RolloutRecord {
+        let launch = &self.launch;
         RolloutRecord {
-            rollout_id: self.id,
-            kind: self.kind.clone(),
-            target: self.target.clone(),
-            created_at: clock.timestamp(self.created_at),
-            expires_at: clock.timestamp(self.expires_at),
-            targeted: self.targeted,
-            skipped: self.skipped,
+            rollout_id: launch.id,
+            kind: launch.kind.clone(),
+            target: launch.target.clone(),
+            created_at: clock.timestamp(launch.created_at),
+            expires_at: clock.timestamp(launch.expires_at),
+            targeted: launch.targeted,
+            skipped: launch.skipped,
             counts: self.counts,
             done_at: self.done_at.map(|at| clock.timestamp(at)),
         }
@@ -229,8 +208,8 @@ impl Rollouts {
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
-        entry.targeted = entry.targeted.saturating_sub(1);
-        entry.skipped += usize::from(skipped);
+        entry.launch.targeted = entry.launch.targeted.saturating_sub(1);
+        entry.launch.skipped += usize::from(skipped);
         entry.retained = entry.retained.saturating_sub(1);
         entry.counts.pending = entry.counts.pending.saturating_sub(1);
         if entry.counts.unfinished() == 0 && entry.done_at.is_none() {
@@ -274,7 +253,10 @@ impl Journal {
     pub(super) fn drop_rollout(&mut self, id: RolloutId) -> Option<RolloutEntry> {
         let entry = self.rollouts.entries.remove(&id)?;
         self.dirty.rollout(id);
-        self.stats.payload_bytes = self.stats.payload_bytes.saturating_sub(entry.payload.len());
+        self.stats.payload_bytes = self
+            .stats
+            .payload_bytes
+            .saturating_sub(entry.launch.payload.len());
         Some(entry)
     }
 }
