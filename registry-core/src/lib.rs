@@ -40,6 +40,7 @@ pub mod error;
 pub mod fleet;
 pub mod payload;
 pub mod registry;
+pub mod replication;
 pub mod rollout;
 mod schedule;
 pub mod settings;

@@ -102,6 +102,7 @@ use crate::agent::{AgentId, AgentMetadata, AgentStatus, Credential};
 use crate::clock::Timestamp;
 use crate::command::{Ack, CommandId, CommandStatus};
 use crate::payload::Payload;
+use crate::replication::{Commit, Entity, ReplicaId, Version};
 use crate::rollout::{RolloutCounts, RolloutId, Target};
 
 /// The most a change written behind waits before it is committed: heartbeat
@@ -135,6 +136,41 @@ pub trait Storage: Send + 'static {
     /// decides and every one gets the same value. The server keeps its
     /// signing key ([`SIGNING_KEY`]) this way, before the registry starts.
     fn meta_or_insert(&mut self, key: &str, value: &[u8]) -> Result<Vec<u8>, StorageError>;
+
+    /// Whether other replicas write the same store (the Redis engine). A
+    /// shared engine implements the three methods below: heartbeats then wait
+    /// for their commit, a transition is announced (logged, counted) by the
+    /// replica whose commit wrote it, and reads first catch up with the log.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Writes `changes` as [`commit`](Self::commit) does, if every versioned
+    /// entity they touch is still at the version in `bases` (one per change,
+    /// `0` for an entity this replica never saw written); all of them or
+    /// none. A heartbeat is checked only for its agent still being there, and
+    /// moves the agent's version. See [`Commit`].
+    fn commit_versioned(
+        &mut self,
+        changes: &[Change],
+        bases: &[Version],
+    ) -> Result<Commit, StorageError> {
+        debug_assert_eq!(changes.len(), bases.len());
+        self.commit(changes).map(|()| Commit::Written {
+            version: 0,
+            unchanged: Vec::new(),
+        })
+    }
+
+    /// The current records of `entities`, with their versions, as changes: an
+    /// agent as its record then its heartbeat time (or
+    /// [`Change::AgentRemoved`], version 0, when gone), a command as its
+    /// record or its removal, a rollout as its record and payload or its
+    /// removal. What a replica reads after a conflict, to replace what it held.
+    fn fetch(&mut self, entities: &[Entity]) -> Result<Vec<(Version, Change)>, StorageError> {
+        let _ = entities;
+        Err(StorageError::new("this engine is not shared"))
+    }
 }
 
 /// The named value that holds the server's generated signing key: the 32-byte
@@ -157,6 +193,14 @@ pub struct Snapshot {
     pub payloads: Vec<(RolloutId, Payload)>,
     /// Named values: the signing key, the brake, and such.
     pub meta: BTreeMap<String, Vec<u8>>,
+    /// A shared engine's versions of the agents and commands above (an entity
+    /// not listed is at version 0).
+    pub versions: Vec<(Entity, Version)>,
+    /// A shared engine's log position the snapshot includes at least: the
+    /// replica applies the log after it (an entry applied twice is harmless).
+    pub position: Version,
+    /// A shared engine's open streams: agent -> the replica it streams from.
+    pub streams: Vec<(AgentId, ReplicaId)>,
 }
 
 /// One fact that changed, as an engine writes it.
@@ -180,6 +224,9 @@ pub enum Change {
     RolloutRemoved(RolloutId),
     /// A named value set, or removed (`None`).
     Meta(String, Option<Vec<u8>>),
+    /// The agent's stream opened (`true`) or closed on the committing replica.
+    /// Only a shared engine keeps it; the others ignore it.
+    Stream(AgentId, bool),
 }
 
 /// What is kept of an agent.

@@ -66,6 +66,7 @@ impl Storage for MapStorage {
                 .map(|(id, payload)| (registry_core::RolloutId::from_u128(*id), payload.clone()))
                 .collect(),
             meta: stored.meta.clone(),
+            ..Snapshot::default()
         }))
     }
 
@@ -118,6 +119,7 @@ impl Storage for MapStorage {
                     Change::Meta(key, Some(value)) => {
                         stored.meta.insert(key, value);
                     }
+                    Change::Stream(..) => {}
                     Change::Meta(key, None) => {
                         stored.meta.remove(&key);
                     }

@@ -349,6 +349,8 @@ fn write_changes(write: &WriteTransaction, changes: &[Change]) -> Result<(), red
             Change::Meta(key, None) => {
                 values.remove(key.as_str())?;
             }
+            // Streams end with the process: only a shared engine keeps them.
+            Change::Stream(..) => {}
         }
     }
     Ok(())

@@ -502,6 +502,8 @@ impl Storage for RedisEngine {
         args.push(epoch.into_bytes());
         for change in changes {
             let (op, id, value): (&str, String, Vec<u8>) = match change {
+                // Kept once replicas tail the log (docs/replicas.md, step 2).
+                Change::Stream(..) => continue,
                 Change::Agent(record) => ("a", record.agent_id.to_string(), to_json(record)),
                 Change::AgentRemoved(id) => ("A", id.to_string(), Vec::new()),
                 Change::Heartbeat(id, at) => (
