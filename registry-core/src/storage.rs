@@ -149,7 +149,8 @@ pub trait Storage: Send + 'static {
     /// entity they touch is still at the version in `bases` (one per change,
     /// `0` for an entity this replica never saw written); all of them or
     /// none. A heartbeat is checked only for its agent still being there, and
-    /// moves the agent's version. See [`Commit`].
+    /// moves the agent's version; a [`Change::Stream`] is not checked and
+    /// moves nothing. See [`Commit`].
     fn commit_versioned(
         &mut self,
         changes: &[Change],
@@ -225,7 +226,11 @@ pub enum Change {
     /// A named value set, or removed (`None`).
     Meta(String, Option<Vec<u8>>),
     /// The agent's stream opened (`true`) or closed on the committing replica.
-    /// Only a shared engine keeps it; the others ignore it.
+    /// Only a shared engine keeps it (agent -> the committing replica; a close
+    /// removes it only while it still names that replica); the others ignore
+    /// it. A stream is no part of the agent's record: this change is never
+    /// checked against the agent's version, never conflicts, and does not
+    /// move the version.
     Stream(AgentId, bool),
 }
 
