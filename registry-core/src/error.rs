@@ -30,6 +30,15 @@ impl InvalidField {
 /// deletes them.
 pub const RETRY_LATER: Duration = Duration::from_secs(60);
 
+/// What [`RegistryError::StorageUnavailable`] says when another replica
+/// changed what an operation changed, while it ran, twice: trying again
+/// in a second likely succeeds.
+pub const CONCURRENT_CHANGE: &str =
+    "another replica changed the same agent or command at the same moment; try again";
+
+/// How long a client refused for a concurrent change waits (`Retry-After`).
+const RETRY_CONCURRENT: Duration = Duration::from_secs(1);
+
 /// Why a registry operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
@@ -102,6 +111,9 @@ impl RegistryError {
         match self {
             Self::TooManyUnfinished { retry_after, .. } => Some(*retry_after),
             Self::CommandsFull(_) | Self::TooManyAgents { .. } => Some(RETRY_LATER),
+            Self::StorageUnavailable(message) if message == CONCURRENT_CHANGE => {
+                Some(RETRY_CONCURRENT)
+            }
             _ => None,
         }
     }

@@ -12,7 +12,8 @@
 //! - [`registry`]: the [`Registry`] handle, its lock and its scheduler task.
 //! - `state`: the state under the lock and every rule that changes it
 //!   (`state::commands` for commands, `state::launch` for a group or fleet
-//!   command created a page at a time, `state::streams` for streams and delivery).
+//!   command created a page at a time, `state::streams` for streams and
+//!   delivery, `state::replicate` for other replicas' commits applied here).
 //! - `schedule`: the ordered deadline index.
 //! - [`agent`]: agent ids, registration, status and the agent view.
 //! - [`brake`]: [`BrakeChange`], what the brake (SPEC 13) announces; its rule is in `state`.
@@ -29,7 +30,10 @@
 //! - [`stats`]: counts for metrics.
 //! - [`storage`]: the seam to storage engines: the facts kept, the [`Storage`]
 //!   trait, and the design (restart grace, group commit, write-behind).
-//! - `writer`: the task that commits batches, grouped, and rolls back a failed one.
+//! - [`replication`]: what a store shared by replicas adds to the seam:
+//!   versions, the versioned commit, the log (`docs/replicas.md`).
+//! - `writer`: the task that commits batches, grouped, and rolls back a failed
+//!   one; with a shared store, resolves conflicts (`writer::shared`).
 //! - [`error`]: [`RegistryError`] and [`InvalidField`].
 
 pub mod agent;

@@ -21,10 +21,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
 
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,15 +34,16 @@ use tracing::error;
 use crate::agent::{AgentFilter, AgentId, AgentView, Credential, Registration};
 use crate::clock::Clock;
 use crate::command::{Ack, CommandRequest, CommandView};
-use crate::error::RegistryError;
+use crate::error::{CONCURRENT_CHANGE, RegistryError};
 use crate::fleet::{FleetEvent, FleetSubscription, StatusChanges};
+use crate::replication::{Entity, Log, LogEntry, ReplicaId, Version};
 use crate::rollout::{NewRollout, RolloutView};
 use crate::settings::Settings;
-use crate::state::{Dirty, State, Targets};
+use crate::state::{Applying, Dirty, HashSet, State, Targets, in_applying_order};
 use crate::stats::Stats;
 use crate::storage::{Change, Snapshot, Storage, StorageError, WRITE_BEHIND};
 use crate::subscription::Subscription;
-use crate::writer::{self, Submission};
+use crate::writer::{self, Refusal, Submission};
 
 /// Due deadlines the scheduler applies per hold of the lock: well under a
 /// millisecond of work, after which a waiting request gets the lock.
@@ -56,6 +58,11 @@ const LIST_PAGE: usize = 1024;
 const RECORD_PAGE: usize = 1024;
 /// Commands a rollout creates per hold of the lock: about a millisecond of work.
 const LAUNCH_PAGE: usize = 256;
+/// Changes of another replica's commit applied per hold of the lock.
+const APPLY_PAGE: usize = 1024;
+/// The longest a read waits for this replica to apply the log up to its
+/// head ([`Registry::catch_up`]) before it is refused.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(2);
 
 /// A handle to the registry. Cloning it is cheap; every clone sees the same agents.
 #[derive(Clone)]
@@ -80,6 +87,16 @@ struct Shared {
     /// False from a failed write until the state is read from storage again:
     /// meanwhile operations a request waits for are refused before they run.
     storage_available: AtomicBool,
+    /// With a store shared by replicas: its log, and how far it is applied.
+    replica: Option<ReplicaLink>,
+}
+
+/// What a replica sharing its store knows of the store's log.
+struct ReplicaLink {
+    id: ReplicaId,
+    log: Arc<dyn Log>,
+    /// The version of the last commit of the log applied here.
+    position: watch::Sender<Version>,
 }
 
 /// Owns the registry's scheduler task and stops it when dropped, so that no
@@ -136,7 +153,7 @@ impl Registry {
 
     /// Starts a registry whose timestamps come from `clock`, keeping nothing (the `memory` engine).
     pub fn start_with_clock(settings: Settings, clock: Clock) -> RegistryGuard {
-        let registry = Self::build(settings, clock, None);
+        let registry = Self::build(settings, clock, None, None);
         let stop = CancellationToken::new();
         tokio::spawn(run_scheduler(registry.clone(), stop.clone()));
         RegistryGuard {
@@ -152,11 +169,38 @@ impl Registry {
     pub fn start_with_storage(
         settings: Settings,
         clock: Clock,
+        storage: Box<dyn Storage>,
+    ) -> Result<RegistryGuard, StorageError> {
+        Self::start_on(settings, clock, storage, None)
+    }
+
+    /// Starts a registry as replica `replica_id` of a store shared with other
+    /// replicas (`storage` [is shared](Storage::is_shared)): loads what it
+    /// holds, with its versions and the log position it includes; commits
+    /// against versions; and reads the head of the store's `log` to
+    /// [`catch_up`](Self::catch_up). The engine tails the log and hands every
+    /// entry to [`apply_log`](Self::apply_log), and tells which replicas are
+    /// alive ([`replicas_alive`](Self::replicas_alive)). See `docs/replicas.md`.
+    pub fn start_shared(
+        settings: Settings,
+        clock: Clock,
+        storage: Box<dyn Storage>,
+        replica_id: ReplicaId,
+        log: Arc<dyn Log>,
+    ) -> Result<RegistryGuard, StorageError> {
+        Self::start_on(settings, clock, storage, Some((replica_id, log)))
+    }
+
+    fn start_on(
+        settings: Settings,
+        clock: Clock,
         mut storage: Box<dyn Storage>,
+        replica: Option<(ReplicaId, Arc<dyn Log>)>,
     ) -> Result<RegistryGuard, StorageError> {
         let snapshot = storage.load()?;
         let (outbox, inbox) = mpsc::unbounded_channel();
-        let registry = Self::build(settings, clock, Some(outbox));
+        let registry = Self::build(settings, clock, Some(outbox), replica);
+        registry.set_position(snapshot.position);
         registry.lock().restore(snapshot, clock.now());
         let stop = CancellationToken::new();
         let stop_writer = CancellationToken::new();
@@ -180,17 +224,29 @@ impl Registry {
     /// when an operation or [`tick`](Self::tick) runs. For benchmarks that
     /// drive ticks themselves.
     pub fn new(settings: Settings, clock: Clock) -> Self {
-        Self::build(settings, clock, None)
+        Self::build(settings, clock, None, None)
     }
 
     fn build(
         settings: Settings,
         clock: Clock,
         outbox: Option<mpsc::UnboundedSender<Submission>>,
+        replica: Option<(ReplicaId, Arc<dyn Log>)>,
     ) -> Self {
         let settings = Arc::new(settings);
         let (events, _) = broadcast::channel(settings.fleet_queue.max(1));
-        let state = State::new(settings.clone(), clock, events.clone(), outbox.is_some());
+        let state = State::new(
+            settings.clone(),
+            clock,
+            events.clone(),
+            outbox.is_some(),
+            replica.as_ref().map(|(id, _)| id.clone()),
+        );
+        let replica = replica.map(|(id, log)| ReplicaLink {
+            id,
+            log,
+            position: watch::Sender::new(0),
+        });
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
@@ -202,6 +258,7 @@ impl Registry {
                 outbox,
                 behind: Notify::new(),
                 storage_available: AtomicBool::new(true),
+                replica,
             }),
         }
     }
@@ -229,6 +286,11 @@ impl Registry {
     /// changed is written behind.
     fn with_state<R>(&self, operation: impl FnOnce(&mut State, Instant) -> R) -> R {
         self.apply(false, false, operation)
+    }
+
+    /// [`with_state`](Self::with_state), for the writer's work on the state.
+    pub(crate) fn under_lock<R>(&self, operation: impl FnOnce(&mut State, Instant) -> R) -> R {
+        self.with_state(operation)
     }
 
     /// Like [`with_state`](Self::with_state), for one slice of bulk work: the
@@ -264,7 +326,8 @@ impl Registry {
         {
             if durable {
                 // Sent under the lock, so batches reach the writer in the order of the state.
-                let (submission, receipt) = Submission::awaited(state.take_changes());
+                let marks = state.take_changes();
+                let (submission, receipt) = Submission::awaited(state.hand_over(marks));
                 // A writer that has stopped drops the submission, and the receipt says so.
                 let _ = outbox.send(submission);
                 writer::keep_receipt(receipt);
@@ -291,23 +354,32 @@ impl Registry {
     /// after the answer. If storage fails, nothing of the operation is kept and
     /// the answer is [`RegistryError::StorageUnavailable`].
     ///
+    /// With a store shared by replicas, another replica may have changed what
+    /// the operation changed, first: nothing of it is kept, the state holds
+    /// the other's change, and `operation` runs once more after catching up
+    /// with the log; a second such conflict is refused as
+    /// [`RegistryError::StorageUnavailable`] ([`CONCURRENT_CHANGE`]).
+    ///
     /// `operation` is synchronous: the changes it makes are found on this
     /// thread while it runs.
     pub async fn durably<T>(
         &self,
-        operation: impl FnOnce(&Registry) -> Result<T, RegistryError>,
+        operation: impl Fn(&Registry) -> Result<T, RegistryError>,
     ) -> Result<T, RegistryError> {
-        if !self.storage_available() {
-            // Refused before it runs: the state shows nothing of it.
-            return Err(RegistryError::StorageUnavailable(
-                "storage is unavailable; the registry is reading it again".into(),
-            ));
+        for attempt in 0..2 {
+            if !self.storage_available() {
+                // Refused before it runs: the state shows nothing of it.
+                return Err(RegistryError::StorageUnavailable(
+                    "storage is unavailable; the registry is reading it again".into(),
+                ));
+            }
+            let (result, receipts) = writer::capture(|| operation(self));
+            match self.kept(receipts, attempt).await? {
+                Kept::Yes => return result,
+                Kept::RunAgain => {}
+            }
         }
-        let (result, receipts) = writer::capture(|| operation(self));
-        writer::settled(receipts)
-            .await
-            .map_err(|err| RegistryError::StorageUnavailable(err.0))?;
-        result
+        Err(concurrent_change())
     }
 
     /// Like [`durably`](Self::durably), for bulk work (a rollout to the whole
@@ -316,18 +388,41 @@ impl Registry {
     /// probes while it works page after page. A panic in it panics the caller.
     pub async fn durably_in_bulk<T: Send + 'static>(
         &self,
-        operation: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
+        operation: impl Fn(&Registry) -> Result<T, RegistryError> + Send + Sync + 'static,
     ) -> Result<T, RegistryError> {
-        let registry = self.clone();
-        let work = move || writer::capture(|| operation(&registry));
-        let (result, receipts) = match tokio::task::spawn_blocking(work).await {
-            Ok(done) => done,
-            Err(err) => std::panic::resume_unwind(err.into_panic()),
-        };
-        writer::settled(receipts)
-            .await
-            .map_err(|err| RegistryError::StorageUnavailable(err.0))?;
-        result
+        let operation = Arc::new(operation);
+        for attempt in 0..2 {
+            let registry = self.clone();
+            let operation = Arc::clone(&operation);
+            let work = move || writer::capture(|| operation(&registry));
+            let (result, receipts) = match tokio::task::spawn_blocking(work).await {
+                Ok(done) => done,
+                Err(err) => std::panic::resume_unwind(err.into_panic()),
+            };
+            match self.kept(receipts, attempt).await? {
+                Kept::Yes => return result,
+                Kept::RunAgain => {}
+            }
+        }
+        Err(concurrent_change())
+    }
+
+    /// Waits for an operation's receipts: whether what it changed was kept,
+    /// or must be run again after a first conflict (the log caught up with).
+    async fn kept(
+        &self,
+        receipts: Vec<writer::Receipt>,
+        attempt: usize,
+    ) -> Result<Kept, RegistryError> {
+        match writer::settled(receipts).await {
+            Ok(()) => Ok(Kept::Yes),
+            Err(Refusal::Conflict) if attempt == 0 => {
+                self.catch_up().await?;
+                Ok(Kept::RunAgain)
+            }
+            Err(Refusal::Conflict) => Err(concurrent_change()),
+            Err(Refusal::Storage(err)) => Err(RegistryError::StorageUnavailable(err.0)),
+        }
     }
 
     /// Hands every change not written yet to the writer and waits until it,
@@ -339,7 +434,8 @@ impl Registry {
                 // Even with nothing to add: batches are committed in order, so
                 // its receipt says that all before it are kept.
                 Some(outbox) => {
-                    let (submission, receipt) = Submission::awaited(state.take_changes());
+                    let marks = state.take_changes();
+                    let (submission, receipt) = Submission::behind(state.hand_over(marks), false);
                     let _ = outbox.send(submission);
                     Some(receipt)
                 }
@@ -347,7 +443,7 @@ impl Registry {
             }
         };
         match receipt {
-            Some(receipt) => writer::settled(vec![receipt]).await,
+            Some(receipt) => writer::settled(vec![receipt]).await.map_err(Into::into),
             None => Ok(()),
         }
     }
@@ -373,8 +469,8 @@ impl Registry {
             let mut state = self.lock();
             match &self.shared.outbox {
                 Some(outbox) => {
-                    let (mut submission, receipt) = Submission::awaited(state.take_changes());
-                    submission.probe = true;
+                    let marks = state.take_changes();
+                    let (submission, receipt) = Submission::behind(state.hand_over(marks), true);
                     let _ = outbox.send(submission);
                     Some(receipt)
                 }
@@ -382,27 +478,38 @@ impl Registry {
             }
         };
         match receipt {
-            Some(receipt) => writer::settled(vec![receipt]).await,
+            Some(receipt) => writer::settled(vec![receipt]).await.map_err(Into::into),
             None => Ok(()),
         }
     }
 
     /// The records of the marks of `batches`, built from the state as it is
-    /// now, `RECORD_PAGE` per hold of the lock: the writer's work, on the
-    /// blocking pool.
-    pub(crate) fn records(&self, batches: Vec<Dirty>) -> Vec<Change> {
-        let (marks, meta) = Dirty::merge(batches);
+    /// now, `RECORD_PAGE` per hold of the lock, those of `lost` left out:
+    /// the writer's work, on the blocking pool. With `bases`, each change's
+    /// base too (a shared store's).
+    pub(crate) fn records(
+        &self,
+        batches: Vec<Arc<Dirty>>,
+        lost: &HashSet<Entity>,
+        bases: bool,
+    ) -> (Vec<Change>, Vec<Version>) {
+        let (marks, meta) = Dirty::merge(batches, lost);
         let mut changes = Vec::with_capacity(marks.len() + meta.len());
+        let mut versions = Vec::with_capacity(if bases { changes.capacity() } else { 0 });
         for page in marks.chunks(RECORD_PAGE) {
             let state = self.lock();
-            state.records(page, &mut changes);
+            state.records(page, &mut changes, bases.then_some(&mut versions));
             MutexGuard::unlock_fair(state);
         }
         changes.extend(
             meta.into_iter()
                 .map(|(key, value)| Change::Meta(key, value)),
         );
-        changes
+        if bases {
+            // Named values are written unchecked.
+            versions.resize(changes.len(), 0);
+        }
+        (changes, versions)
     }
 
     /// Hands `marks` to the writer as one batch, whose receipt a
@@ -411,6 +518,7 @@ impl Registry {
         if let Some(outbox) = &self.shared.outbox
             && !marks.is_empty()
         {
+            let marks = self.lock().hand_over(marks);
             let (submission, receipt) = Submission::awaited(marks);
             // A writer that has stopped drops the submission, and the receipt says so.
             let _ = outbox.send(submission);
@@ -424,11 +532,9 @@ impl Registry {
         if let Some(outbox) = &self.shared.outbox
             && state.has_changes()
         {
-            let _ = outbox.send(Submission {
-                changes: state.take_changes(),
-                done: None,
-                probe: false,
-            });
+            let marks = state.take_changes();
+            let (submission, _) = Submission::behind(state.hand_over(marks), false);
+            let _ = outbox.send(submission);
         }
     }
 
@@ -437,6 +543,7 @@ impl Registry {
     pub(crate) fn reload<T>(&self, snapshot: Snapshot, under_lock: impl FnOnce() -> T) -> T {
         let mut state = self.lock();
         let taken = under_lock();
+        self.set_position(snapshot.position);
         state.reload(snapshot, self.shared.clock.now());
         drop(state);
         self.shared.wake_scheduler.notify_one();
@@ -501,8 +608,12 @@ impl Registry {
     }
 
     /// Records a heartbeat: the agent is LIVE until `stale_after` from now.
+    /// Written behind, but with a store shared by replicas, where it is
+    /// written at once (a [`durably`](Self::durably) around it waits for it),
+    /// so that every replica sees a heartbeat answered.
     pub fn heartbeat(&self, agent_id: &str) -> Result<(), RegistryError> {
-        self.with_state(|state, now| state.heartbeat(agent_id, now))
+        let durable = self.is_shared();
+        self.apply(durable, false, |state, now| state.heartbeat(agent_id, now))
     }
 
     /// The agent whose current token has the digest `credential`, if any.
@@ -692,6 +803,140 @@ impl Registry {
     pub fn stats(&self) -> Stats {
         self.with_state(|state, _| state.stats())
     }
+
+    /// Whether the store is shared with other replicas
+    /// ([`start_shared`](Self::start_shared)).
+    pub fn is_shared(&self) -> bool {
+        self.shared.replica.is_some()
+    }
+
+    /// This replica's id, with a store shared by replicas.
+    pub fn replica_id(&self) -> Option<ReplicaId> {
+        self.shared
+            .replica
+            .as_ref()
+            .map(|replica| replica.id.clone())
+    }
+
+    /// The version of the last commit of the store's log applied here (0
+    /// without a shared store).
+    pub fn position(&self) -> Version {
+        self.shared
+            .replica
+            .as_ref()
+            .map_or(0, |replica| *replica.position.borrow())
+    }
+
+    fn set_position(&self, version: Version) {
+        if let Some(replica) = &self.shared.replica {
+            replica.position.send_if_modified(|position| {
+                let newer = version > *position;
+                if newer {
+                    *position = version;
+                }
+                newer
+            });
+        }
+    }
+
+    /// Applies the store's log, entries in order, as the engine reads it: the
+    /// other replicas' commits replace what this replica holds of what they
+    /// wrote (`APPLY_PAGE` changes per hold of the lock), its own only
+    /// advance the position. An entry at or before the position is applied
+    /// already. A PENDING command applied for an agent whose stream is open
+    /// here is delivered to it. Blocks for as long as the entries take: an
+    /// engine calls it off the runtime's workers, or with few entries at a time.
+    pub fn apply_log(&self, entries: Vec<LogEntry>) {
+        let Some(own) = self.replica_id() else {
+            return;
+        };
+        for entry in entries {
+            if entry.version <= self.position() {
+                continue;
+            }
+            let version = entry.version;
+            if entry.origin != own {
+                self.apply_entry(entry);
+            }
+            self.set_position(version);
+        }
+        let position = self.position();
+        self.lock().applied_up_to(position);
+    }
+
+    /// Applies one other replica's commit, a page per hold of the lock, then
+    /// delivers the PENDING commands it brought to the streams open here.
+    fn apply_entry(&self, entry: LogEntry) {
+        let LogEntry {
+            version,
+            origin,
+            changes,
+        } = entry;
+        let mut applying = Applying::entry(origin);
+        let mut changes: Vec<((), Change)> = changes.into_iter().map(|c| ((), c)).collect();
+        in_applying_order(&mut changes);
+        let mut changes = changes.into_iter().map(|(_, change)| change).peekable();
+        loop {
+            let page: Vec<Change> = changes.by_ref().take(APPLY_PAGE).collect();
+            let last = changes.peek().is_none();
+            self.with_state_slice(|state, now| {
+                state.apply_page(&mut applying, version, page, last, now);
+            });
+            if last {
+                break;
+            }
+        }
+        while self
+            .with_state_slice(|state, now| state.deliver_applied(&mut applying, LAUNCH_PAGE, now))
+        {
+        }
+    }
+
+    /// The replicas alive now, as the engine learns it (every second): the
+    /// streams held by any other replica end, and their agents are no longer
+    /// `connected`, unless by a stream open here.
+    pub fn replicas_alive(&self, alive: &[ReplicaId]) {
+        self.with_state(|state, _| state.replicas_alive(alive));
+    }
+
+    /// With a store shared by replicas, waits until this replica has applied
+    /// the log up to its head as it is now: what any replica answered before
+    /// is then read here too. The server calls it before reads. Refused as
+    /// [`RegistryError::StorageUnavailable`] when the head can't be read, or
+    /// is not reached within 2 s. Returns at once without a shared store.
+    pub async fn catch_up(&self) -> Result<(), RegistryError> {
+        let Some(replica) = &self.shared.replica else {
+            return Ok(());
+        };
+        let head = replica
+            .log
+            .head()
+            .await
+            .map_err(|err| RegistryError::StorageUnavailable(err.0))?;
+        let mut position = replica.position.subscribe();
+        let reached = tokio::time::timeout(CATCH_UP_LIMIT, position.wait_for(|at| *at >= head))
+            .await
+            .is_ok_and(|reached| reached.is_ok());
+        if reached {
+            return Ok(());
+        }
+        Err(RegistryError::StorageUnavailable(format!(
+            "this replica has not read the registry's latest changes (it has applied {} of \
+             {head}); try again",
+            self.position()
+        )))
+    }
+}
+
+/// Whether an operation's changes were kept, or it runs again.
+enum Kept {
+    Yes,
+    RunAgain,
+}
+
+/// An operation refused after another replica's concurrent changes twice.
+fn concurrent_change() -> RegistryError {
+    RegistryError::StorageUnavailable(CONCURRENT_CHANGE.to_owned())
 }
 
 /// Once something changed that no one waits for, waits [`WRITE_BEHIND`] and

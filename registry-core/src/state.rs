@@ -15,12 +15,15 @@ mod brake;
 mod commands;
 mod launch;
 mod limits;
+mod marks;
 mod persist;
+mod replicate;
 mod rollouts;
 mod streams;
 
 pub(crate) use launch::Targets;
-pub(crate) use persist::Dirty;
+pub(crate) use marks::Dirty;
+pub(crate) use replicate::{Applying, in_applying_order};
 pub(crate) use streams::OpenedStream;
 use streams::{Replacements, StreamSlot};
 
@@ -31,7 +34,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::info;
 
 use crate::agent::{
     AgentFilter, AgentId, AgentMetadata, AgentStatus, AgentView, Credential, GroupName,
@@ -42,6 +45,7 @@ use crate::command::{Ack, CommandEvent, CommandId, CommandStatus, CommandView};
 use crate::error::RegistryError;
 use crate::fleet::{AgentEvent, FleetEvent};
 use crate::payload::Payload;
+use crate::replication::{Entity, ReplicaId, Version};
 use crate::rollout::RolloutId;
 use crate::schedule::{DeadlineKey, Schedule};
 use crate::settings::Settings;
@@ -50,8 +54,8 @@ use crate::subscription::DetachReason;
 
 /// Maps keyed by agent ids, which clients choose, so seeded against flooding;
 /// foldhash is as safe for that here as the standard SipHash and several times faster.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-type HashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type HashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 
 /// What a deadline is for. The entity's own status says which of its rules
 /// applies: a LIVE agent goes STALE, a STALE one DEAD; an open command
@@ -93,7 +97,7 @@ struct Journal {
     clock: Clock,
     stats: Stats,
     events: broadcast::Sender<FleetEvent>,
-    dirty: persist::Dirty,
+    dirty: marks::Dirty,
     rollouts: rollouts::Rollouts,
 }
 
@@ -108,8 +112,11 @@ impl Journal {
         self.dirty.agent(&agent.id);
         self.stats.agents[from.index()] -= 1;
         self.stats.agents[to.index()] += 1;
-        self.stats.transitions[from.index()][to.index()] += 1;
-        info!(agent_id = %agent.id, %from, %to, "agent status changed");
+        self.announce(marks::Announcement::Agent {
+            id: agent.id.clone(),
+            from,
+            to,
+        });
         self.agent_event(agent, Some(from), Some(to), at);
     }
 
@@ -131,7 +138,7 @@ impl Journal {
             from,
             to,
             at: self.clock.timestamp(at),
-            connected: to.is_some() && agent.stream.is_some(),
+            connected: to.is_some() && agent.connected(),
         }));
     }
 
@@ -192,6 +199,9 @@ struct AgentEntry {
     /// Attached and detached only through `attach_stream` and `detach_stream`,
     /// which keep the open-streams gauge.
     stream: Option<StreamSlot>,
+    /// The replica its stream is open on, when another replica sharing the
+    /// store holds it (see `replicate`).
+    remote_stream: Option<ReplicaId>,
     /// Its recent stream replacements, once it had one: two processes sharing an id show here.
     replacements: Option<Box<Replacements>>,
     /// The digest of the agent's current token, when tokens are in use.
@@ -200,12 +210,19 @@ struct AgentEntry {
     commands: BTreeMap<u64, CommandId>,
     /// How many of them are PENDING or DELIVERED (`commands.max_unfinished_per_agent`).
     unfinished: usize,
+    /// Its version in a shared store, as this replica knows it (0 otherwise).
+    version: Version,
 }
 
 impl AgentEntry {
     /// Whether its deadline is due at `now` and not applied yet.
     fn is_due(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|key| key.when <= now)
+    }
+
+    /// Whether a stream is open for it, here or on another live replica.
+    fn connected(&self) -> bool {
+        self.stream.is_some() || self.remote_stream.is_some()
     }
 
     fn view(&self, clock: &Clock) -> AgentView {
@@ -216,7 +233,7 @@ impl AgentEntry {
             registered_at: clock.timestamp(self.registered_at),
             last_heartbeat_at: clock.timestamp(self.last_heartbeat_at),
             status_changed_at: clock.timestamp(self.status_changed_at),
-            connected: self.stream.is_some(),
+            connected: self.connected(),
         }
     }
 }
@@ -241,6 +258,8 @@ struct CommandEntry {
     ack: Option<Ack>,
     /// Expiry while open, purge once final: a command always has exactly one.
     deadline: DeadlineKey,
+    /// Its version in a shared store, as this replica knows it (0 otherwise).
+    version: Version,
 }
 
 impl CommandEntry {
@@ -301,15 +320,21 @@ pub(crate) struct State {
     closing: bool,
     /// Named values kept in storage (the signing key, the brake).
     meta: BTreeMap<String, Vec<u8>>,
+    /// With a store shared by several replicas: this one's id and what it
+    /// holds of the others' work (see `replicate`).
+    replica: Option<Box<replicate::Replica>>,
 }
 
 impl State {
-    /// An empty state; with `recording`, every change is marked for storage.
+    /// An empty state; with `recording`, every change is marked for storage;
+    /// with `replica`, the store is shared with other replicas and this is
+    /// this one's id.
     pub(crate) fn new(
         settings: Arc<Settings>,
         clock: Clock,
         events: broadcast::Sender<FleetEvent>,
         recording: bool,
+        replica: Option<ReplicaId>,
     ) -> Self {
         let command_types = settings
             .command_types
@@ -332,7 +357,7 @@ impl State {
                 clock,
                 stats: Stats::default(),
                 events,
-                dirty: persist::Dirty::new(recording),
+                dirty: marks::Dirty::new(recording, replica.is_some()),
                 rollouts: rollouts::Rollouts::default(),
             },
             brake: brake::Brake::new(),
@@ -340,6 +365,7 @@ impl State {
             reserved_commands: 0,
             closing: false,
             meta: BTreeMap::new(),
+            replica: replica.map(|id| Box::new(replicate::Replica::new(id))),
         }
     }
 
@@ -515,9 +541,12 @@ impl State {
             return;
         };
         if !command.status.is_final() {
-            debug!(command_id = %id, agent_id = %command.agent_id, "command expired");
             self.journal
                 .command_status(command, CommandStatus::Expired, when);
+            self.journal.announce(marks::Announcement::CommandExpired {
+                id,
+                agent_id: command.agent_id.clone(),
+            });
             if let Some(agent) = self.agents.get_mut(&command.agent_id) {
                 agent.unfinished -= 1;
             }
@@ -527,6 +556,7 @@ impl State {
         }
         if let Some(command) = self.commands.remove(&id) {
             self.journal.command_dropped(&command, when);
+            self.bury(Entity::Command(id), command.version);
             if let Some(agent) = self.agents.get_mut(&command.agent_id) {
                 agent.commands.remove(&command.seq);
             }
@@ -573,6 +603,11 @@ impl State {
                 self.journal.stats.agents[AgentStatus::Live.index()] += 1;
                 info!(agent_id = %agent_id, group = %metadata.group, "agent registered");
                 self.by_id.insert(agent_id.clone());
+                // An agent deleted here and not yet written away keeps its
+                // version: the store still holds it.
+                let version = self.replica.as_mut().map_or(0, |replica| {
+                    replica.unbury(&Entity::Agent(agent_id.clone()))
+                });
                 let agent = entry.insert(Box::new(AgentEntry {
                     id: agent_id.clone(),
                     metadata: Arc::new(metadata),
@@ -582,10 +617,12 @@ impl State {
                     status_changed_at: now,
                     deadline: None,
                     stream: None,
+                    remote_stream: None,
                     replacements: None,
                     credential: None,
                     commands: BTreeMap::new(),
                     unfinished: 0,
+                    version,
                 }));
                 self.journal
                     .agent_event(agent, None, Some(AgentStatus::Live), now);
@@ -697,10 +734,41 @@ impl State {
         dead.len()
     }
 
-    fn forget(&mut self, mut agent: AgentEntry, now: Instant) {
+    /// Deletes an agent here: marks it, and its commands, for storage.
+    fn forget(&mut self, agent: AgentEntry, now: Instant) {
         self.journal.dirty.agent(&agent.id);
+        self.bury(Entity::Agent(agent.id.clone()), agent.version);
+        for id in agent.commands.values() {
+            if let Some(command) = self.commands.get(id) {
+                let version = command.version;
+                self.bury(Entity::Command(*id), version);
+            }
+        }
+        let id = agent.id.clone();
+        self.drop_agent(agent, now);
+        info!(agent_id = %id, "agent deleted");
+    }
+
+    /// Takes an agent out of the state and every index, ending its stream
+    /// and dropping its commands: a deletion here or on another replica.
+    fn drop_agent(&mut self, mut agent: AgentEntry, now: Instant) {
         self.journal
             .agent_event(&agent, Some(agent.status), None, now);
+        self.unlink_agent(&agent);
+        agent.detach_stream(DetachReason::AgentDeleted, &mut self.journal);
+        self.forget_remote_stream(&mut agent);
+        for id in agent.commands.values() {
+            if let Some(command) = self.commands.remove(id) {
+                self.deadlines.schedule.remove(command.deadline);
+                self.journal.command_dropped(&command, now);
+            }
+        }
+    }
+
+    /// Takes an agent out of the indexes (its group, the id order, its
+    /// token, its deadline, the gauge): before it leaves, or is replaced by
+    /// a record read back.
+    fn unlink_agent(&mut self, agent: &AgentEntry) {
         unindex(&mut self.groups, &agent.metadata.group, &agent.id);
         self.by_id.remove(&agent.id);
         if let Some(credential) = agent.credential {
@@ -709,15 +777,7 @@ impl State {
         if let Some(key) = agent.deadline {
             self.deadlines.schedule.remove(key);
         }
-        agent.detach_stream(DetachReason::AgentDeleted, &mut self.journal);
-        for id in agent.commands.values() {
-            if let Some(command) = self.commands.remove(id) {
-                self.deadlines.schedule.remove(command.deadline);
-                self.journal.command_dropped(&command, now);
-            }
-        }
         self.journal.stats.agents[agent.status.index()] -= 1;
-        info!(agent_id = %agent.id, "agent deleted");
     }
 
     pub(crate) fn stats(&self) -> Stats {

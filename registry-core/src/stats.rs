@@ -23,6 +23,9 @@ pub struct Stats {
     pub payload_bytes: usize,
     /// Commands created so far.
     pub commands_created: u64,
+    /// Commands that expired unacknowledged so far (with replicas, counted
+    /// by the replica whose commit wrote the expiry).
+    pub commands_expired: u64,
     /// Streams closed because their reader fell `stream_queue` commands behind.
     pub slow_streams_closed: u64,
     /// Streams ended because a newer one for the same agent took their place.

@@ -2,10 +2,14 @@
 //! order they left them, one transaction for all that waited together; and
 //! the reload of the state from storage when a transaction fails. A batch is
 //! the marks of what changed; the writer builds its records on the blocking
-//! pool, a page per hold of the registry's lock (see `state::persist`).
+//! pool, a page per hold of the registry's lock (see `state::persist`). With
+//! a store shared by replicas, a commit is checked against versions and may
+//! conflict (`shared`).
+
+mod shared;
 
 use std::cell::RefCell;
-
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -13,39 +17,73 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::registry::Registry;
-use crate::state::Dirty;
+use crate::state::{Dirty, HashSet};
 use crate::storage::{Snapshot, Storage, StorageError};
 
 /// How often the state is read again while storage can't be read.
 const RELOAD_RETRY: Duration = Duration::from_secs(1);
 
+/// Why a batch was not kept.
+#[derive(Debug, Clone)]
+pub(crate) enum Refusal {
+    /// Storage failed: nothing of the batch was kept.
+    Storage(StorageError),
+    /// Another replica changed what the operation changed, first: nothing of
+    /// it was kept, the state holds the other's change, and the operation
+    /// may run again.
+    Conflict,
+}
+
+impl From<Refusal> for StorageError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Storage(err) => err,
+            Refusal::Conflict => StorageError::new(crate::error::CONCURRENT_CHANGE),
+        }
+    }
+}
+
 /// What a waiting operation learns of its batch.
-pub(crate) type Receipt = oneshot::Receiver<Result<(), StorageError>>;
+pub(crate) type Receipt = oneshot::Receiver<Result<(), Refusal>>;
 
 /// One operation's changes (their marks), and whom to tell when they are kept.
 pub(crate) struct Submission {
-    pub(crate) changes: Dirty,
-    pub(crate) done: Option<oneshot::Sender<Result<(), StorageError>>>,
+    /// Shared with the state while in flight, with a shared store.
+    pub(crate) changes: Arc<Dirty>,
+    pub(crate) done: Option<oneshot::Sender<Result<(), Refusal>>>,
     /// Asks the engine to commit even when there is nothing to write: a probe
     /// of whether storage still holds the registry ([`Registry::check_storage`]).
     pub(crate) probe: bool,
+    /// An operation's own batch, which a conflict refuses whole (the
+    /// operation may run again); otherwise what was written behind, which a
+    /// conflict only trims of what the store's truth replaced.
+    pub(crate) operation: bool,
 }
 
 impl Submission {
-    /// A batch and the receipt its operation waits on.
-    pub(crate) fn awaited(changes: Dirty) -> (Self, Receipt) {
+    /// An operation's batch and the receipt it waits on.
+    pub(crate) fn awaited(changes: Arc<Dirty>) -> (Self, Receipt) {
         let (done, receipt) = oneshot::channel();
         (
             Self {
                 changes,
                 done: Some(done),
                 probe: false,
+                operation: true,
             },
             receipt,
         )
     }
 
-    fn answer(self, result: Result<(), StorageError>) {
+    /// Changes written behind, and a receipt for whoever waits until they are kept.
+    pub(crate) fn behind(changes: Arc<Dirty>, probe: bool) -> (Self, Receipt) {
+        let (mut submission, receipt) = Self::awaited(changes);
+        submission.probe = probe;
+        submission.operation = false;
+        (submission, receipt)
+    }
+
+    fn answer(self, result: Result<(), Refusal>) {
         if let Some(done) = self.done {
             // An operation that no longer waits is fine: it was answered otherwise.
             let _ = done.send(result);
@@ -82,12 +120,12 @@ pub(crate) fn keep_receipt(receipt: Receipt) {
     });
 }
 
-/// Waits for every receipt: the first failure, if any.
-pub(crate) async fn settled(receipts: Vec<Receipt>) -> Result<(), StorageError> {
+/// Waits for every receipt: the first refusal, if any.
+pub(crate) async fn settled(receipts: Vec<Receipt>) -> Result<(), Refusal> {
     for receipt in receipts {
         receipt
             .await
-            .map_err(|_| StorageError::new("the storage writer has stopped"))??;
+            .map_err(|_| Refusal::Storage(StorageError::new("the storage writer has stopped")))??;
     }
     Ok(())
 }
@@ -125,7 +163,9 @@ pub(crate) async fn run_writer(
     // Whatever still waits is refused rather than left hanging.
     inbox.close();
     while let Ok(submission) = inbox.try_recv() {
-        submission.answer(Err(StorageError::new("the storage writer has stopped")));
+        submission.answer(Err(Refusal::Storage(StorageError::new(
+            "the storage writer has stopped",
+        ))));
     }
 }
 
@@ -139,11 +179,13 @@ async fn commit_group(
     inbox: &mut mpsc::UnboundedReceiver<Submission>,
     stop: &CancellationToken,
 ) -> bool {
-    let batches: Vec<Dirty> = group
-        .iter_mut()
-        .map(|submission| std::mem::take(&mut submission.changes))
-        .collect();
-    if batches.iter().all(Dirty::is_empty) && !group.iter().any(|submission| submission.probe) {
+    if registry.is_shared() {
+        return shared::commit_group(registry, storage, group, inbox, stop).await;
+    }
+    if group
+        .iter()
+        .all(|submission| submission.changes.is_empty() && !submission.probe)
+    {
         for submission in group {
             submission.answer(Ok(()));
         }
@@ -152,33 +194,61 @@ async fn commit_group(
     let Some(mut engine) = storage.take() else {
         return false;
     };
+    let batches: Vec<Arc<Dirty>> = group
+        .iter_mut()
+        .map(|submission| std::mem::take(&mut submission.changes))
+        .collect();
     let builder = registry.clone();
     let committed = tokio::task::spawn_blocking(move || {
-        let changes = builder.records(batches);
+        let (changes, _) = builder.records(batches, &HashSet::default(), false);
         let result = engine.commit(&changes);
         (engine, result)
     })
     .await;
     let (engine, result) = match committed {
         Ok(done) => done,
-        Err(err) => {
-            error!(%err, "the storage engine failed while writing; nothing more can be kept");
+        Err(err) => return engine_lost(&err, group),
+    };
+    match result {
+        Ok(()) => {
+            *storage = Some(engine);
             for submission in group {
-                submission.answer(Err(StorageError::new("the storage engine failed")));
+                submission.answer(Ok(()));
             }
-            return false;
+            true
         }
-    };
-    let Err(err) = result else {
-        *storage = Some(engine);
-        for submission in group {
-            submission.answer(Ok(()));
-        }
-        return true;
-    };
+        Err(err) => recover(registry, storage, engine, group, err, inbox, stop).await,
+    }
+}
+
+/// The engine's blocking task panicked: the group is refused, and nothing
+/// more can be kept.
+fn engine_lost(err: &tokio::task::JoinError, group: Vec<Submission>) -> bool {
+    error!(%err, "the storage engine failed while writing; nothing more can be kept");
+    for submission in group {
+        submission.answer(Err(Refusal::Storage(StorageError::new(
+            "the storage engine failed",
+        ))));
+    }
+    false
+}
+
+/// After a failed write: refuses `group`, and every batch queued behind it,
+/// and reads the state again from storage, every second until it can.
+/// Returns false when the engine is lost or the writer was stopped while
+/// storage could not be read.
+async fn recover(
+    registry: &Registry,
+    storage: &mut Option<Box<dyn Storage>>,
+    mut engine: Box<dyn Storage>,
+    mut group: Vec<Submission>,
+    err: StorageError,
+    inbox: &mut mpsc::UnboundedReceiver<Submission>,
+    stop: &CancellationToken,
+) -> bool {
     error!(%err, "a storage write failed: its requests are refused and the state is read again from storage");
+    let refusal = Refusal::Storage(err);
     registry.set_storage_available(false);
-    let mut engine = engine;
     let mut unreadable = false;
     loop {
         let loaded = tokio::task::spawn_blocking(move || {
@@ -189,7 +259,7 @@ async fn commit_group(
         let Ok((returned, snapshot)) = loaded else {
             error!("the storage engine failed while reading; nothing more can be kept");
             for submission in group {
-                submission.answer(Err(err.clone()));
+                submission.answer(Err(refusal.clone()));
             }
             return false;
         };
@@ -203,7 +273,7 @@ async fn commit_group(
                     info!("storage can be read again: the state is loaded from it and served");
                 }
                 for submission in group.into_iter().chain(queued) {
-                    submission.answer(Err(err.clone()));
+                    submission.answer(Err(refusal.clone()));
                 }
                 return true;
             }
@@ -215,10 +285,10 @@ async fn commit_group(
                 // No one waits the outage out: the refused are answered now, and
                 // what is queued meanwhile too (it was built on the same state).
                 for submission in group.drain(..) {
-                    submission.answer(Err(err.clone()));
+                    submission.answer(Err(refusal.clone()));
                 }
                 while let Ok(submission) = inbox.try_recv() {
-                    submission.answer(Err(err.clone()));
+                    submission.answer(Err(refusal.clone()));
                 }
                 tokio::select! {
                     () = tokio::time::sleep(RELOAD_RETRY) => {}

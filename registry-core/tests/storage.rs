@@ -184,7 +184,7 @@ async fn a_restart_keeps_agents_tokens_and_acknowledged_commands() {
     };
     let id = command.command_id.to_string();
     registry
-        .durably(|registry| registry.ack("a-1", &id, ack))
+        .durably(|registry| registry.ack("a-1", &id, ack.clone()))
         .await
         .unwrap();
     let before = registry.agent("a-1").unwrap();

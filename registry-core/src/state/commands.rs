@@ -92,6 +92,7 @@ impl State {
             acknowledged_at: None,
             ack: None,
             deadline,
+            version: 0,
         };
         self.journal.stats.commands_created += 1;
         self.journal.stats.commands[CommandStatus::Pending.index()] += 1;

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::State;
-use super::persist::Dirty;
+use super::marks::Dirty;
 use super::rollouts::Launch;
 use super::streams::deliver;
 use crate::agent::{AgentId, AgentStatus, GroupName};

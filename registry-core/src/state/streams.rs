@@ -102,9 +102,11 @@ impl AgentEntry {
                 .get_or_insert_default()
                 .record(&self.id, now, stale_after);
         }
+        let was_connected = self.connected();
         self.stream = Some(slot);
         journal.stats.open_streams += 1;
-        if !replaces {
+        journal.dirty.stream(&self.id, true);
+        if !replaces && !was_connected {
             journal.agent_changed(self);
         }
     }
@@ -131,12 +133,17 @@ impl AgentEntry {
         let _ = slot.detached.set(reason);
         slot.closer.cancel();
         journal.stats.open_streams -= 1;
+        if reason != DetachReason::Replaced {
+            journal.dirty.stream(&self.id, false);
+        }
         match reason {
             DetachReason::Replaced => journal.stats.stream_replacements += 1,
             DetachReason::FellBehind => journal.stats.slow_streams_closed += 1,
             DetachReason::AgentDeleted | DetachReason::ReaderGone => {}
         }
-        if matches!(reason, DetachReason::FellBehind | DetachReason::ReaderGone) {
+        if matches!(reason, DetachReason::FellBehind | DetachReason::ReaderGone)
+            && !self.connected()
+        {
             journal.agent_changed(self);
         }
         true
@@ -188,6 +195,10 @@ impl State {
         let stale_after = self.settings.stale_after;
         if let Some(agent) = self.agents.get_mut(&agent_id) {
             agent.attach_stream(slot, now, stale_after, &mut self.journal);
+            // Opened here, it replaces one on another replica, which ends it
+            // when it applies this replica's commit.
+            let remote = agent.remote_stream.take();
+            self.unindex_remote_stream(&agent_id, remote);
         }
         Ok(OpenedStream {
             agent_id,

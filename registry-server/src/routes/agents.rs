@@ -107,7 +107,7 @@ pub(super) async fn register(
     }
     let (agent, resumed) = app
         .registry()
-        .durably(|registry| registry.register(registration))
+        .durably(|registry| registry.register(registration.clone()))
         .await?;
     let config = app.config();
     let body = Registered {
@@ -198,7 +198,7 @@ pub(super) async fn ack(
 ) -> Result<Json<CommandView>, ApiError> {
     let command = app
         .registry()
-        .durably(|registry| registry.ack(&agent_id, &command_id, ack))
+        .durably(|registry| registry.ack(&agent_id, &command_id, ack.clone()))
         .await?;
     Ok(Json(command))
 }

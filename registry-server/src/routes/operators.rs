@@ -226,7 +226,7 @@ pub(super) async fn send_to_agent(
 ) -> Result<(StatusCode, Json<CommandView>), ApiError> {
     let command = app
         .registry()
-        .durably(|registry| registry.send_to_agent(&agent_id, request))
+        .durably(|registry| registry.send_to_agent(&agent_id, request.clone()))
         .await?;
     Ok((StatusCode::ACCEPTED, Json(command)))
 }
@@ -261,7 +261,7 @@ pub(super) async fn send_to_group(
 ) -> Result<(StatusCode, JsonBody), ApiError> {
     let rollout = app
         .registry()
-        .durably_in_bulk(move |registry| registry.send_to_group(&group, request))
+        .durably_in_bulk(move |registry| registry.send_to_group(&group, request.clone()))
         .await?;
     let body = off_workers(move || JsonBody::of(&rollout)).await?;
     Ok((StatusCode::ACCEPTED, body))
@@ -294,7 +294,7 @@ pub(super) async fn send_to_fleet(
 ) -> Result<(StatusCode, JsonBody), ApiError> {
     let rollout = app
         .registry()
-        .durably_in_bulk(move |registry| registry.send_to_fleet(request))
+        .durably_in_bulk(move |registry| registry.send_to_fleet(request.clone()))
         .await?;
     let body = off_workers(move || JsonBody::of(&rollout)).await?;
     Ok((StatusCode::ACCEPTED, body))

@@ -1,0 +1,817 @@
+//! Replicas sharing one store (`docs/replicas.md`), in one process on the
+//! paused clock: two or three registries over an in-memory model of the
+//! Redis engine's commit script, as the design states it: a version per
+//! agent and command, a change the store already holds reported
+//! "unchanged", conflicts refusing the whole commit, heartbeats checked only
+//! for their agent and moving its version, streams kept per agent, and a log
+//! of every commit that each registry's tail hands to `apply_log` (the test
+//! can hold a tail back, to order a race).
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use futures_util::StreamExt;
+use registry_core::replication::{Commit, Entity, Log, LogEntry, ReplicaId, Version};
+use registry_core::storage::{AgentRecord, Change, CommandRecord, RolloutRecord, Snapshot};
+use registry_core::{
+    Ack, AgentId, AgentStatus, CommandRequest, CommandStatus, Credential, DetachReason, Payload,
+    Registry, RegistryError, RegistryGuard, RolloutId, Settings, Storage, StorageError, Timestamp,
+};
+use tokio::sync::watch;
+
+/// What the store holds: the records as the bytes written, and what the
+/// script keeps beside them.
+#[derive(Default)]
+struct Held {
+    agents: BTreeMap<AgentId, String>,
+    heartbeats: BTreeMap<AgentId, Timestamp>,
+    commands: BTreeMap<u128, String>,
+    rollouts: BTreeMap<RolloutId, String>,
+    payloads: BTreeMap<RolloutId, Payload>,
+    meta: BTreeMap<String, Vec<u8>>,
+    versions: HashMap<Entity, Version>,
+    streams: BTreeMap<AgentId, ReplicaId>,
+    seq: Version,
+    log: Vec<LogEntry>,
+}
+
+fn json<T: serde::Serialize>(record: &T) -> String {
+    serde_json::to_string(record).unwrap()
+}
+
+impl Held {
+    /// Whether the store holds exactly what `change` writes (a removal:
+    /// nothing): another replica made the same change.
+    fn holds(&self, change: &Change) -> bool {
+        match change {
+            Change::Agent(record) => self.agents.get(&record.agent_id) == Some(&json(record)),
+            Change::AgentRemoved(id) => !self.agents.contains_key(id),
+            Change::Command(record) => {
+                self.commands.get(&record.command_id.as_u128()) == Some(&json(record))
+            }
+            Change::CommandRemoved(id) => !self.commands.contains_key(&id.as_u128()),
+            _ => false,
+        }
+    }
+
+    fn write(&mut self, change: &Change, version: Version, origin: &ReplicaId) {
+        let entity = change.entity();
+        match change {
+            Change::Agent(record) => {
+                self.heartbeats.remove(&record.agent_id);
+                self.agents.insert(record.agent_id.clone(), json(record));
+                self.versions.insert(entity, version);
+            }
+            Change::AgentRemoved(id) => {
+                self.agents.remove(id);
+                self.heartbeats.remove(id);
+                self.streams.remove(id);
+                self.versions.remove(&entity);
+            }
+            Change::Heartbeat(id, at) => {
+                self.heartbeats.insert(id.clone(), *at);
+                self.versions.insert(entity, version);
+            }
+            Change::Command(record) => {
+                self.commands
+                    .insert(record.command_id.as_u128(), json(record));
+                self.versions.insert(entity, version);
+            }
+            Change::CommandRemoved(id) => {
+                self.commands.remove(&id.as_u128());
+                self.versions.remove(&entity);
+            }
+            Change::Rollout(record) => {
+                self.rollouts.insert(record.rollout_id, json(record));
+            }
+            Change::RolloutPayload(id, payload) => {
+                self.payloads.insert(*id, payload.clone());
+            }
+            Change::RolloutRemoved(id) => {
+                self.rollouts.remove(id);
+                self.payloads.remove(id);
+            }
+            Change::Meta(key, Some(value)) => {
+                self.meta.insert(key.clone(), value.clone());
+            }
+            Change::Meta(key, None) => {
+                self.meta.remove(key);
+            }
+            Change::Stream(id, true) => {
+                self.streams.insert(id.clone(), origin.clone());
+            }
+            Change::Stream(id, false) => {
+                if self.streams.get(id) == Some(origin) {
+                    self.streams.remove(id);
+                }
+            }
+        }
+    }
+}
+
+/// The store every replica shares, and the head of its log.
+#[derive(Clone)]
+struct Store {
+    held: Arc<Mutex<Held>>,
+    head: watch::Sender<Version>,
+}
+
+impl Store {
+    fn new() -> Self {
+        Self {
+            held: Arc::default(),
+            head: watch::Sender::new(0),
+        }
+    }
+
+    fn with<R>(&self, read: impl FnOnce(&mut Held) -> R) -> R {
+        read(&mut self.held.lock().unwrap())
+    }
+
+    /// The log entries that wrote `agent_id`'s record with `status`.
+    fn writes_of(&self, agent_id: &str, status: AgentStatus) -> usize {
+        self.with(|held| {
+            held.log
+                .iter()
+                .flat_map(|entry| &entry.changes)
+                .filter(|change| {
+                    matches!(change, Change::Agent(record)
+                        if record.agent_id.as_str() == agent_id && record.status == status)
+                })
+                .count()
+        })
+    }
+}
+
+impl Log for Store {
+    fn head(&self) -> Pin<Box<dyn Future<Output = Result<Version, StorageError>> + Send + '_>> {
+        let head = self.with(|held| held.seq);
+        Box::pin(async move { Ok(head) })
+    }
+}
+
+/// One replica's engine over the shared store: the commit script's rules.
+struct Engine {
+    store: Store,
+    replica: ReplicaId,
+}
+
+impl Storage for Engine {
+    fn load(&mut self) -> Result<Snapshot, StorageError> {
+        Ok(self.store.with(|held| Snapshot {
+            agents: held
+                .agents
+                .values()
+                .map(|text| serde_json::from_str(text).unwrap())
+                .collect(),
+            heartbeats: held.heartbeats.clone().into_iter().collect(),
+            commands: held
+                .commands
+                .values()
+                .map(|text| serde_json::from_str(text).unwrap())
+                .collect(),
+            rollouts: held
+                .rollouts
+                .values()
+                .map(|text| serde_json::from_str(text).unwrap())
+                .collect(),
+            payloads: held.payloads.clone().into_iter().collect(),
+            meta: held.meta.clone(),
+            versions: held.versions.clone().into_iter().collect(),
+            position: held.seq,
+            streams: held.streams.clone().into_iter().collect(),
+        }))
+    }
+
+    fn commit(&mut self, _: &[Change]) -> Result<(), StorageError> {
+        Err(StorageError::new("a shared store commits against versions"))
+    }
+
+    fn meta_or_insert(&mut self, key: &str, value: &[u8]) -> Result<Vec<u8>, StorageError> {
+        Ok(self.store.with(|held| {
+            held.meta
+                .entry(key.to_owned())
+                .or_insert_with(|| value.to_vec())
+                .clone()
+        }))
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn commit_versioned(
+        &mut self,
+        changes: &[Change],
+        bases: &[Version],
+    ) -> Result<Commit, StorageError> {
+        assert_eq!(changes.len(), bases.len(), "one base per change");
+        let origin = self.replica.clone();
+        let written = self.store.with(|held| {
+            let mut conflicts = Vec::new();
+            let mut unchanged = Vec::new();
+            let mut writes = Vec::new();
+            for (index, (change, base)) in changes.iter().zip(bases).enumerate() {
+                let entity = change.entity();
+                match change {
+                    Change::Stream(..) => writes.push(index),
+                    Change::Heartbeat(id, _) => {
+                        if held.agents.contains_key(id) {
+                            writes.push(index);
+                        } else {
+                            conflicts.push(entity);
+                        }
+                    }
+                    _ if entity.is_versioned() => {
+                        let stored = held.versions.get(&entity).copied().unwrap_or(0);
+                        if stored == *base {
+                            writes.push(index);
+                        } else if held.holds(change) {
+                            unchanged.push((index, stored));
+                        } else {
+                            conflicts.push(entity);
+                        }
+                    }
+                    _ => writes.push(index),
+                }
+            }
+            if !conflicts.is_empty() {
+                conflicts.sort();
+                conflicts.dedup();
+                return Commit::Conflict(conflicts);
+            }
+            held.seq += 1;
+            let version = held.seq;
+            for index in &writes {
+                held.write(&changes[*index], version, &origin);
+            }
+            held.log.push(LogEntry {
+                version,
+                origin: origin.clone(),
+                changes: writes.iter().map(|index| changes[*index].clone()).collect(),
+            });
+            Commit::Written { version, unchanged }
+        });
+        if let Commit::Written { version, .. } = &written {
+            self.store.head.send_replace(*version);
+        }
+        Ok(written)
+    }
+
+    fn fetch(&mut self, entities: &[Entity]) -> Result<Vec<(Version, Change)>, StorageError> {
+        Ok(self.store.with(|held| {
+            let mut truth = Vec::new();
+            for entity in entities {
+                let version = held.versions.get(entity).copied().unwrap_or(0);
+                match entity {
+                    Entity::Agent(id) => match held.agents.get(id) {
+                        Some(text) => {
+                            let record: AgentRecord = serde_json::from_str(text).unwrap();
+                            truth.push((version, Change::Agent(record)));
+                            if let Some(at) = held.heartbeats.get(id) {
+                                truth.push((version, Change::Heartbeat(id.clone(), *at)));
+                            }
+                        }
+                        None => truth.push((0, Change::AgentRemoved(id.clone()))),
+                    },
+                    Entity::Command(id) => match held.commands.get(&id.as_u128()) {
+                        Some(text) => {
+                            let record: CommandRecord = serde_json::from_str(text).unwrap();
+                            truth.push((version, Change::Command(record)));
+                        }
+                        None => truth.push((0, Change::CommandRemoved(*id))),
+                    },
+                    Entity::Rollout(id) => match held.rollouts.get(id) {
+                        Some(text) => {
+                            let record: RolloutRecord = serde_json::from_str(text).unwrap();
+                            if let Some(payload) = held.payloads.get(id) {
+                                truth.push((0, Change::RolloutPayload(*id, payload.clone())));
+                            }
+                            truth.push((0, Change::Rollout(record)));
+                        }
+                        None => truth.push((0, Change::RolloutRemoved(*id))),
+                    },
+                    Entity::Meta(_) => {}
+                }
+            }
+            truth
+        }))
+    }
+}
+
+/// One replica: its registry, and its tail of the store's log.
+struct Node {
+    id: ReplicaId,
+    registry: Registry,
+    _guard: RegistryGuard,
+    /// How many log entries were handed to the registry.
+    read: Arc<Mutex<usize>>,
+    /// Whether the tail hands entries over as they come.
+    live: Arc<AtomicBool>,
+    /// Wakes the tail when it may go on.
+    wake: watch::Sender<()>,
+    store: Store,
+}
+
+impl Node {
+    fn start(store: &Store, settings: Settings, name: &str) -> Self {
+        let id: ReplicaId = Arc::from(name);
+        let engine = Engine {
+            store: store.clone(),
+            replica: id.clone(),
+        };
+        let guard = Registry::start_shared(
+            settings,
+            test_clock(),
+            Box::new(engine),
+            id.clone(),
+            Arc::new(store.clone()),
+        )
+        .unwrap();
+        let registry = guard.registry();
+        let read = Arc::new(Mutex::new(store.with(|held| held.log.len())));
+        let node = Self {
+            id,
+            registry,
+            _guard: guard,
+            read,
+            live: Arc::new(AtomicBool::new(true)),
+            wake: watch::Sender::new(()),
+            store: store.clone(),
+        };
+        node.spawn_tail();
+        node
+    }
+
+    /// The engine's tail: every new entry handed to `apply_log`, unless held back.
+    fn spawn_tail(&self) {
+        let (store, registry) = (self.store.clone(), self.registry.clone());
+        let (read, live) = (self.read.clone(), self.live.clone());
+        let mut head = store.head.subscribe();
+        let mut wake = self.wake.subscribe();
+        tokio::spawn(async move {
+            loop {
+                if live.load(Ordering::SeqCst) {
+                    hand_over(&store, &registry, &read);
+                }
+                let woken = tokio::select! {
+                    changed = head.changed() => changed,
+                    changed = wake.changed() => changed,
+                };
+                if woken.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Holds the tail back: entries wait until [`sync`](Self::sync).
+    fn hold(&self) {
+        self.live.store(false, Ordering::SeqCst);
+    }
+
+    /// Lets the tail go on, from when it next runs.
+    fn resume(&self) {
+        self.live.store(true, Ordering::SeqCst);
+        self.wake.send_replace(());
+    }
+
+    /// Hands every entry not read yet to the registry, and lets the tail go on.
+    fn sync(&self) {
+        self.live.store(true, Ordering::SeqCst);
+        hand_over(&self.store, &self.registry, &self.read);
+    }
+}
+
+fn hand_over(store: &Store, registry: &Registry, read: &Mutex<usize>) {
+    let mut read = read.lock().unwrap();
+    let entries: Vec<LogEntry> = store.with(|held| held.log[*read..].to_vec());
+    *read += entries.len();
+    registry.apply_log(entries);
+}
+
+fn cluster(replicas: usize) -> (Store, Vec<Node>) {
+    cluster_with(replicas, Settings::default())
+}
+
+fn cluster_with(replicas: usize, settings: Settings) -> (Store, Vec<Node>) {
+    let store = Store::new();
+    let nodes = (0..replicas)
+        .map(|index| Node::start(&store, settings.clone(), &format!("replica-{index}")))
+        .collect();
+    (store, nodes)
+}
+
+/// Lets every replica write what it holds back and apply what the others wrote.
+async fn settle(nodes: &[Node]) {
+    for _ in 0..3 {
+        for node in nodes {
+            node.registry.flush().await.unwrap();
+        }
+        yield_a_few_times().await;
+    }
+}
+
+async fn register(node: &Node, agent_id: &str) -> bool {
+    let (_, resumed) = node
+        .registry
+        .durably(|registry| registry.register(registration(agent_id, "orders")))
+        .await
+        .unwrap();
+    resumed
+}
+
+fn request(kind: &str) -> CommandRequest {
+    CommandRequest {
+        kind: kind.into(),
+        payload: Some(Payload::from_value(&serde_json::json!({"routeId": "r-1"}))),
+    }
+}
+
+fn transitions(nodes: &[Node], from: AgentStatus, to: AgentStatus) -> u64 {
+    nodes
+        .iter()
+        .map(|node| node.registry.stats().transitions_between(from, to))
+        .sum()
+}
+
+fn status_on(node: &Node, agent_id: &str, command_id: &str) -> CommandStatus {
+    node.registry.command(agent_id, command_id).unwrap().status
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_registration_on_one_replica_is_read_on_another_once_it_applied_the_log() {
+    let (_store, nodes) = cluster(2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    b.hold();
+    assert!(!register(a, "a-1").await);
+    assert!(matches!(
+        b.registry.agent("a-1"),
+        Err(RegistryError::UnknownAgent(_))
+    ));
+
+    b.sync();
+    let seen = b.registry.agent("a-1").unwrap();
+    assert_eq!(seen, a.registry.agent("a-1").unwrap());
+    assert_eq!(seen.status, AgentStatus::Live);
+    assert_eq!(b.registry.stats().agents_in(AgentStatus::Live), 1);
+    // Its group is indexed on b: a group command there targets it, and a reads it.
+    let rollout = b
+        .registry
+        .durably(|registry| registry.send_to_group("orders", request("deep-trace")))
+        .await
+        .unwrap();
+    assert_eq!(rollout.targeted, 1);
+    settle(&nodes).await;
+    let commands = a.registry.commands_of("a-1").unwrap();
+    assert_eq!(commands.len(), 1);
+    assert_eq!(commands[0].rollout_id, Some(rollout.rollout_id));
+    let progress = a.registry.rollout(&rollout.rollout_id.to_string()).unwrap();
+    assert_eq!((progress.targeted, progress.pending), (1, 1));
+    // Nothing applied is written back: only b's commit of its rollout.
+    assert_eq!(b.registry.position(), a.registry.position());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_command_created_on_one_replica_reaches_the_stream_open_on_another() {
+    let (_store, nodes) = cluster(2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    register(a, "a-1").await;
+    settle(&nodes).await;
+    let mut stream = b.registry.open_stream("a-1").unwrap();
+    settle(&nodes).await;
+    assert!(
+        a.registry.agent("a-1").unwrap().connected,
+        "a reads b's stream"
+    );
+
+    let command = a
+        .registry
+        .durably(|registry| registry.send_to_agent("a-1", request("replay")))
+        .await
+        .unwrap();
+    assert_eq!(command.status, CommandStatus::Pending, "no stream on a");
+    yield_a_few_times().await;
+    let event = stream.next().await.unwrap();
+    assert_eq!(event.command_id, command.command_id);
+
+    // b's delivery is b's change, written behind, and read on a.
+    settle(&nodes).await;
+    let id = command.command_id.to_string();
+    assert_eq!(status_on(a, "a-1", &id), CommandStatus::Delivered);
+    assert_eq!(status_on(b, "a-1", &id), CommandStatus::Delivered);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_due_on_every_replica_is_written_once_and_announced_once() {
+    let (store, nodes) = cluster(3);
+    register(&nodes[0], "a-1").await;
+    let command = nodes[1]
+        .registry
+        .durably(|registry| registry.send_to_agent("a-1", request("replay")))
+        .await
+        .unwrap();
+    settle(&nodes).await;
+
+    advance_ms(Settings::default().command_expiry.as_millis() as u64).await;
+    settle(&nodes).await;
+    let id = command.command_id.to_string();
+    for node in &nodes {
+        assert_eq!(status_on(node, "a-1", &id), CommandStatus::Expired);
+    }
+    let expired: u64 = nodes
+        .iter()
+        .map(|node| node.registry.stats().commands_expired)
+        .sum();
+    assert_eq!(expired, 1, "one replica announces the expiry");
+
+    advance_ms(Settings::default().stale_after.as_millis() as u64).await;
+    settle(&nodes).await;
+    for node in &nodes {
+        assert_eq!(
+            node.registry.agent("a-1").unwrap().status,
+            AgentStatus::Stale
+        );
+    }
+    assert_eq!(store.writes_of("a-1", AgentStatus::Stale), 1);
+    assert_eq!(
+        transitions(&nodes, AgentStatus::Live, AgentStatus::Stale),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_heartbeat_on_one_replica_keeps_another_from_marking_the_agent_stale() {
+    let (store, nodes) = cluster(2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    register(a, "a-1").await;
+    settle(&nodes).await;
+    let stale_after = Settings::default().stale_after.as_millis() as u64;
+    advance_ms(stale_after - 1_000).await;
+    // b does not read the heartbeat before its own deadline comes due.
+    b.hold();
+    a.registry
+        .durably(|registry| registry.heartbeat("a-1"))
+        .await
+        .unwrap();
+    advance_ms(1_000).await;
+    settle(&nodes).await;
+
+    for node in &nodes {
+        assert_eq!(
+            node.registry.agent("a-1").unwrap().status,
+            AgentStatus::Live
+        );
+    }
+    assert_eq!(store.writes_of("a-1", AgentStatus::Stale), 0);
+    assert_eq!(
+        transitions(&nodes, AgentStatus::Live, AgentStatus::Stale),
+        0
+    );
+    // b's deadline moved with the heartbeat it fetched: stale_after after it.
+    b.sync();
+    advance_ms(stale_after - 2_000).await;
+    settle(&nodes).await;
+    assert_eq!(b.registry.agent("a-1").unwrap().status, AgentStatus::Live);
+    advance_ms(1_000).await;
+    settle(&nodes).await;
+    assert_eq!(b.registry.agent("a-1").unwrap().status, AgentStatus::Stale);
+    assert_eq!(store.writes_of("a-1", AgentStatus::Stale), 1);
+}
+
+/// Sets up a command for `a-1` created on a, delivered on b's stream (its
+/// delivery not committed yet), with a's tail held back.
+async fn delivered_on_b(nodes: &[Node]) -> (String, registry_core::Subscription) {
+    let (a, b) = (&nodes[0], &nodes[1]);
+    register(a, "a-1").await;
+    settle(nodes).await;
+    let mut stream = b.registry.open_stream("a-1").unwrap();
+    settle(nodes).await;
+    a.hold();
+    let command = a
+        .registry
+        .durably(|registry| registry.send_to_agent("a-1", request("replay")))
+        .await
+        .unwrap();
+    yield_a_few_times().await;
+    assert_eq!(stream.next().await.unwrap().command_id, command.command_id);
+    (command.command_id.to_string(), stream)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ack_on_one_replica_written_before_the_delivery_on_another_ends_acknowledged_on_both() {
+    let (_store, nodes) = cluster(2);
+    let (id, _stream) = delivered_on_b(&nodes).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let acked = a
+        .registry
+        .durably(|registry| registry.ack("a-1", &id, Ack::default()))
+        .await
+        .unwrap();
+    assert_eq!(acked.status, CommandStatus::Acknowledged);
+    // b's delivery, written behind now, conflicts, and b takes the ack.
+    settle(&nodes).await;
+    a.sync();
+    for node in &nodes {
+        assert_eq!(status_on(node, "a-1", &id), CommandStatus::Acknowledged);
+    }
+    assert_eq!(b.registry.stats().commands_in(CommandStatus::Delivered), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ack_on_one_replica_written_after_the_delivery_on_another_runs_again_and_ends_acknowledged()
+ {
+    let (_store, nodes) = cluster(2);
+    let (id, _stream) = delivered_on_b(&nodes).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    b.registry.flush().await.unwrap();
+    // a has not read the delivery: its ack conflicts, catches up, and runs again.
+    a.resume();
+    let acked = a
+        .registry
+        .durably(|registry| registry.ack("a-1", &id, Ack::default()))
+        .await
+        .unwrap();
+    assert_eq!(acked.status, CommandStatus::Acknowledged);
+    assert!(acked.delivered_at.is_some(), "b's delivery is kept");
+    settle(&nodes).await;
+    for node in &nodes {
+        assert_eq!(status_on(node, "a-1", &id), CommandStatus::Acknowledged);
+    }
+    assert_eq!(
+        b.registry.stats().commands_in(CommandStatus::Acknowledged),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_registrations_of_one_agent_id_at_once_leave_one_agent_and_one_valid_token() {
+    let (_store, nodes) = cluster(2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let tokens = [Credential([1; 32]), Credential([2; 32])];
+    let on = |node: &Node, credential: Credential| {
+        let registry = node.registry.clone();
+        async move {
+            registry
+                .durably(|registry| {
+                    registry.register(registration("a-1", "orders").with_credential(credential))
+                })
+                .await
+                .unwrap()
+                .1
+        }
+    };
+    let (resumed_a, resumed_b) = tokio::join!(on(a, tokens[0]), on(b, tokens[1]));
+    assert_ne!(resumed_a, resumed_b, "one created it, the other resumed it");
+    settle(&nodes).await;
+
+    for node in &nodes {
+        assert_eq!(node.registry.agents(&Default::default()).len(), 1);
+        assert_eq!(node.registry.stats().agents_in(AgentStatus::Live), 1);
+    }
+    // The registration that resumed came last: its token is the one.
+    let valid = if resumed_a { tokens[0] } else { tokens[1] };
+    let replaced = if resumed_a { tokens[1] } else { tokens[0] };
+    for node in &nodes {
+        assert_eq!(
+            node.registry.agent_with(&valid).map(|id| id.to_string()),
+            Some("a-1".to_owned())
+        );
+        assert_eq!(node.registry.agent_with(&replaced), None);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_opened_on_one_replica_ends_the_agents_stream_on_another() {
+    let (_store, nodes) = cluster(2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    register(a, "a-1").await;
+    settle(&nodes).await;
+    let mut first = a.registry.open_stream("a-1").unwrap();
+    settle(&nodes).await;
+    let _second = b.registry.open_stream("a-1").unwrap();
+    settle(&nodes).await;
+
+    assert!(first.next().await.is_none(), "a's stream ended");
+    assert_eq!(first.detach_reason(), Some(DetachReason::Replaced));
+    assert_eq!(a.registry.stats().open_streams, 0);
+    assert_eq!(b.registry.stats().open_streams, 1);
+    assert!(
+        a.registry.agent("a-1").unwrap().connected,
+        "connected through b"
+    );
+    // a's stream ending does not take b's away.
+    drop(first);
+    settle(&nodes).await;
+    for node in &nodes {
+        assert!(node.registry.agent("a-1").unwrap().connected);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn connected_reads_the_same_on_every_replica() {
+    let (_store, nodes) = cluster(3);
+    register(&nodes[0], "a-1").await;
+    settle(&nodes).await;
+    for node in &nodes {
+        assert!(!node.registry.agent("a-1").unwrap().connected);
+    }
+    let stream = nodes[1].registry.open_stream("a-1").unwrap();
+    settle(&nodes).await;
+    for node in &nodes {
+        assert!(node.registry.agent("a-1").unwrap().connected, "{}", node.id);
+    }
+    drop(stream);
+    settle(&nodes).await;
+    for node in &nodes {
+        assert!(
+            !node.registry.agent("a-1").unwrap().connected,
+            "{}",
+            node.id
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_no_longer_alive_takes_its_streams_with_it() {
+    let (_store, nodes) = cluster(3);
+    register(&nodes[0], "a-1").await;
+    register(&nodes[0], "a-2").await;
+    settle(&nodes).await;
+    let _on_b = nodes[1].registry.open_stream("a-1").unwrap();
+    let _on_c = nodes[2].registry.open_stream("a-2").unwrap();
+    settle(&nodes).await;
+    let a = &nodes[0].registry;
+    assert!(a.agent("a-1").unwrap().connected && a.agent("a-2").unwrap().connected);
+
+    a.replicas_alive(&[nodes[0].id.clone(), nodes[2].id.clone()]);
+    assert!(!a.agent("a-1").unwrap().connected, "b is gone");
+    assert!(a.agent("a-2").unwrap().connected, "c is alive");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_catches_up_with_the_log_or_is_refused_after_two_seconds() {
+    let (_store, nodes) = cluster(2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    b.hold();
+    register(a, "a-1").await;
+    let err = b.registry.catch_up().await.unwrap_err();
+    assert!(matches!(err, RegistryError::StorageUnavailable(_)), "{err}");
+
+    let reader = b.registry.clone();
+    let read = tokio::spawn(async move {
+        reader.catch_up().await?;
+        reader.agent("a-1")
+    });
+    yield_a_few_times().await;
+    b.sync();
+    assert_eq!(read.await.unwrap().unwrap().status, AgentStatus::Live);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_started_late_loads_the_store_and_applies_the_log_after_it() {
+    let store = Store::new();
+    let a = Node::start(&store, Settings::default(), "replica-a");
+    register(&a, "a-1").await;
+    let mut stream = a.registry.open_stream("a-1").unwrap();
+    a.registry.flush().await.unwrap();
+
+    let b = Node::start(&store, Settings::default(), "replica-b");
+    let seen = b.registry.agent("a-1").unwrap();
+    assert!(seen.connected, "the store says a holds its stream");
+    assert_eq!(b.registry.position(), a.registry.position());
+    let command = b
+        .registry
+        .durably(|registry| registry.send_to_agent("a-1", request("replay")))
+        .await
+        .unwrap();
+    yield_a_few_times().await;
+    assert_eq!(stream.next().await.unwrap().command_id, command.command_id);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_heartbeat_of_an_agent_deleted_on_another_replica_is_refused_as_unknown() {
+    let (_store, nodes) = cluster(2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    register(a, "a-1").await;
+    settle(&nodes).await;
+    b.hold();
+    a.registry
+        .durably(|registry| registry.delete_agent("a-1"))
+        .await
+        .unwrap();
+    b.resume();
+    let err = b
+        .registry
+        .durably(|registry| registry.heartbeat("a-1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::UnknownAgent(_)), "{err}");
+    assert_eq!(b.registry.agents(&Default::default()).len(), 0);
+}
