@@ -316,6 +316,13 @@ impl Registry {
         let mut state = self.lock();
         let now = self.shared.clock.now();
         state.advance(now, OPERATION_BATCH);
+        if durable && self.is_shared() {
+            // With replicas, an operation's batch holds its own changes
+            // alone: a conflict refuses it, and it runs again, for what it
+            // changed, not for a delivery or a deadline written behind.
+            state.settle_rollouts(now);
+            self.write_behind_now(&mut state);
+        }
         let result = operation(&mut state, now);
         state.settle_rollouts(now);
         // A backlog left due: the scheduler works it off.
@@ -528,7 +535,10 @@ impl Registry {
 
     /// Hands what changed to the writer without waiting: the write-behind task calls it.
     fn write_behind(&self) {
-        let mut state = self.lock();
+        self.write_behind_now(&mut self.lock());
+    }
+
+    fn write_behind_now(&self, state: &mut State) {
         if let Some(outbox) = &self.shared.outbox
             && state.has_changes()
         {

@@ -206,8 +206,10 @@ struct AgentEntry {
     replacements: Option<Box<Replacements>>,
     /// The digest of the agent's current token, when tokens are in use.
     credential: Option<Credential>,
-    /// The agent's retained commands by creation sequence, so newest first is a reverse walk.
-    commands: BTreeMap<u64, CommandId>,
+    /// The agent's retained commands by creation sequence, so newest first is
+    /// a reverse walk; with replicas two may share a sequence, and their ids
+    /// (time-ordered) order them.
+    commands: BTreeSet<(u64, CommandId)>,
     /// How many of them are PENDING or DELIVERED (`commands.max_unfinished_per_agent`).
     unfinished: usize,
     /// Its version in a shared store, as this replica knows it (0 otherwise).
@@ -218,6 +220,11 @@ impl AgentEntry {
     /// Whether its deadline is due at `now` and not applied yet.
     fn is_due(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|key| key.when <= now)
+    }
+
+    /// Its retained commands' ids, oldest first.
+    fn command_ids(&self) -> impl DoubleEndedIterator<Item = &CommandId> {
+        self.commands.iter().map(|(_, id)| id)
     }
 
     /// Whether a stream is open for it, here or on another live replica.
@@ -558,7 +565,7 @@ impl State {
             self.journal.command_dropped(&command, when);
             self.bury(Entity::Command(id), command.version);
             if let Some(agent) = self.agents.get_mut(&command.agent_id) {
-                agent.commands.remove(&command.seq);
+                agent.commands.remove(&(command.seq, id));
             }
         }
     }
@@ -620,7 +627,7 @@ impl State {
                     remote_stream: None,
                     replacements: None,
                     credential: None,
-                    commands: BTreeMap::new(),
+                    commands: BTreeSet::new(),
                     unfinished: 0,
                     version,
                 }));
@@ -738,7 +745,7 @@ impl State {
     fn forget(&mut self, agent: AgentEntry, now: Instant) {
         self.journal.dirty.agent(&agent.id);
         self.bury(Entity::Agent(agent.id.clone()), agent.version);
-        for id in agent.commands.values() {
+        for id in agent.command_ids() {
             if let Some(command) = self.commands.get(id) {
                 let version = command.version;
                 self.bury(Entity::Command(*id), version);
@@ -757,7 +764,7 @@ impl State {
         self.unlink_agent(&agent);
         agent.detach_stream(DetachReason::AgentDeleted, &mut self.journal);
         self.forget_remote_stream(&mut agent);
-        for id in agent.commands.values() {
+        for id in agent.command_ids() {
             if let Some(command) = self.commands.remove(id) {
                 self.deadlines.schedule.remove(command.deadline);
                 self.journal.command_dropped(&command, now);

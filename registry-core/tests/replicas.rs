@@ -156,10 +156,14 @@ impl Log for Store {
     }
 }
 
+/// Runs once, right after the next commit an engine writes.
+type Hook = Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>;
+
 /// One replica's engine over the shared store: the commit script's rules.
 struct Engine {
     store: Store,
     replica: ReplicaId,
+    after_commit: Hook,
 }
 
 impl Storage for Engine {
@@ -260,6 +264,9 @@ impl Storage for Engine {
         });
         if let Commit::Written { version, .. } = &written {
             self.store.head.send_replace(*version);
+            if let Some(hook) = self.after_commit.lock().unwrap().take() {
+                hook();
+            }
         }
         Ok(written)
     }
@@ -317,14 +324,17 @@ struct Node {
     /// Wakes the tail when it may go on.
     wake: watch::Sender<()>,
     store: Store,
+    after_commit: Hook,
 }
 
 impl Node {
     fn start(store: &Store, settings: Settings, name: &str) -> Self {
         let id: ReplicaId = Arc::from(name);
+        let after_commit = Hook::default();
         let engine = Engine {
             store: store.clone(),
             replica: id.clone(),
+            after_commit: after_commit.clone(),
         };
         let guard = Registry::start_shared(
             settings,
@@ -344,6 +354,7 @@ impl Node {
             live: Arc::new(AtomicBool::new(true)),
             wake: watch::Sender::new(()),
             store: store.clone(),
+            after_commit,
         };
         node.spawn_tail();
         node
@@ -814,4 +825,197 @@ async fn a_heartbeat_of_an_agent_deleted_on_another_replica_is_refused_as_unknow
         .unwrap_err();
     assert!(matches!(err, RegistryError::UnknownAgent(_)), "{err}");
     assert_eq!(b.registry.agents(&Default::default()).len(), 0);
+}
+
+/// Another replica's commit of `change`, written to the store as the next
+/// version; returns its log entry.
+fn commit_elsewhere(store: &Store, change: Change) -> LogEntry {
+    let origin: ReplicaId = Arc::from("replica-elsewhere");
+    let entry = store.with(|held| {
+        held.seq += 1;
+        let version = held.seq;
+        held.write(&change, version, &origin);
+        let entry = LogEntry {
+            version,
+            origin,
+            changes: vec![change],
+        };
+        held.log.push(entry.clone());
+        entry
+    });
+    store.head.send_replace(entry.version);
+    entry
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_read_while_this_replicas_commit_of_it_is_in_flight_is_applied_after_it() {
+    let settings = Settings {
+        replay: registry_core::Replay::Unacknowledged,
+        ..Settings::default()
+    };
+    let (store, nodes) = cluster_with(1, settings);
+    let a = &nodes[0];
+    register(a, "a-1").await;
+    let command = a
+        .registry
+        .durably(|registry| registry.send_to_agent("a-1", request("replay")))
+        .await
+        .unwrap();
+    // Replayed to a new stream: a delivery written behind.
+    let mut stream = a.registry.open_stream("a-1").unwrap();
+    stream.next().await.unwrap();
+    let id = command.command_id;
+    // Right after a writes the delivery, another replica acknowledges the
+    // command, and a reads that while its commit is still in flight.
+    let (hook_store, registry) = (store.clone(), a.registry.clone());
+    *a.after_commit.lock().unwrap() = Some(Box::new(move || {
+        let text = hook_store.with(|held| held.commands[&id.as_u128()].clone());
+        let mut record: CommandRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(record.status, CommandStatus::Delivered);
+        record.status = CommandStatus::Acknowledged;
+        record.acknowledged_at = record.delivered_at;
+        record.ack = Some(Ack::default());
+        let entry = commit_elsewhere(&hook_store, Change::Command(record));
+        registry.apply_log(vec![entry]);
+    }));
+    a.registry.flush().await.unwrap();
+    assert!(a.after_commit.lock().unwrap().is_none(), "the hook ran");
+
+    let id = id.to_string();
+    assert_eq!(status_on(a, "a-1", &id), CommandStatus::Acknowledged);
+    let stats = a.registry.stats();
+    assert_eq!(stats.commands_in(CommandStatus::Delivered), 0);
+    assert_eq!(stats.commands_in(CommandStatus::Acknowledged), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_conflict_refuses_the_operation_it_touches_and_keeps_the_rest_of_the_group() {
+    let (_store, nodes) = cluster(2);
+    let (id, _stream) = delivered_on_b(&nodes).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    b.registry.flush().await.unwrap();
+    a.resume();
+    let registrations = a.registry.stats().registrations;
+    let (acked, registered) = tokio::join!(
+        a.registry
+            .durably(|registry| registry.ack("a-1", &id, Ack::default())),
+        a.registry
+            .durably(|registry| registry.register(registration("a-2", "orders"))),
+    );
+    assert_eq!(acked.unwrap().status, CommandStatus::Acknowledged);
+    assert!(!registered.unwrap().1);
+    assert_eq!(
+        a.registry.stats().registrations,
+        registrations + 1,
+        "the registration was not run again"
+    );
+    settle(&nodes).await;
+    assert_eq!(b.registry.agent("a-2").unwrap().status, AgentStatus::Live);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_deletion_is_undone_whole_and_run_again() {
+    let (store, nodes) = cluster(2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    register(a, "a-1").await;
+    a.registry
+        .durably(|registry| registry.send_to_agent("a-1", request("replay")))
+        .await
+        .unwrap();
+    settle(&nodes).await;
+    // b takes a heartbeat a has not read when it deletes the agent: the
+    // deletion conflicts, its commands are fetched back with the agent, and
+    // it runs again.
+    a.hold();
+    b.registry
+        .durably(|registry| registry.heartbeat("a-1"))
+        .await
+        .unwrap();
+    a.resume();
+    a.registry
+        .durably(|registry| registry.delete_agent("a-1"))
+        .await
+        .unwrap();
+    settle(&nodes).await;
+
+    for node in &nodes {
+        assert!(node.registry.agents(&Default::default()).is_empty());
+        let stats = node.registry.stats();
+        assert_eq!(stats.commands.iter().sum::<usize>(), 0, "{}", node.id);
+        assert_eq!(stats.payload_bytes, 0, "{}", node.id);
+    }
+    store.with(|held| {
+        assert!(held.agents.is_empty());
+        assert!(held.commands.is_empty(), "no command outlives its agent");
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollouts_progress_reads_the_same_on_every_replica() {
+    let (_store, nodes) = cluster(3);
+    for agent_id in ["a-1", "a-2"] {
+        register(&nodes[0], agent_id).await;
+    }
+    settle(&nodes).await;
+    let _stream = nodes[2].registry.open_stream("a-2").unwrap();
+    settle(&nodes).await;
+    let rollout = nodes[1]
+        .registry
+        .durably(|registry| registry.send_to_fleet(request("config-update")))
+        .await
+        .unwrap();
+    settle(&nodes).await;
+    let first = rollout.commands[0].command_id.to_string();
+    nodes[0]
+        .registry
+        .durably(|registry| registry.ack("a-1", &first, Ack::default()))
+        .await
+        .unwrap();
+    settle(&nodes).await;
+
+    let id = rollout.rollout_id.to_string();
+    for node in &nodes {
+        let progress = node.registry.rollout(&id).unwrap();
+        assert_eq!(
+            (
+                progress.targeted,
+                progress.pending,
+                progress.delivered,
+                progress.succeeded
+            ),
+            (2, 0, 1, 1),
+            "{}",
+            node.id
+        );
+        assert!(!progress.done);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn commands_sent_to_one_agent_on_two_replicas_at_once_are_both_kept() {
+    let (_store, nodes) = cluster(2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    register(a, "a-1").await;
+    settle(&nodes).await;
+    // Each replica numbers the agent's next command alike.
+    let (first, second) = tokio::join!(
+        a.registry
+            .durably(|registry| registry.send_to_agent("a-1", request("replay"))),
+        b.registry
+            .durably(|registry| registry.send_to_agent("a-1", request("deep-trace"))),
+    );
+    let ids = [first.unwrap().command_id, second.unwrap().command_id];
+    settle(&nodes).await;
+    for node in &nodes {
+        let listed: Vec<_> = node
+            .registry
+            .commands_of("a-1")
+            .unwrap()
+            .into_iter()
+            .map(|command| command.command_id)
+            .collect();
+        assert_eq!(listed.len(), 2, "{}", node.id);
+        assert!(ids.iter().all(|id| listed.contains(id)), "{}", node.id);
+        assert_eq!(node.registry.stats().commands_in(CommandStatus::Pending), 2);
+    }
 }

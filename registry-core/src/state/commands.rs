@@ -98,7 +98,7 @@ impl State {
         self.journal.stats.commands[CommandStatus::Pending.index()] += 1;
         self.journal.dirty.command(id);
         if let Some(agent) = self.agents.get_mut(agent_id) {
-            agent.commands.insert(seq, id);
+            agent.commands.insert((seq, id));
             agent.unfinished += 1;
             if deliver_now && !self.closing {
                 deliver(agent, &mut command, now, &mut self.journal);
@@ -120,8 +120,7 @@ impl State {
             .get(agent_id)
             .ok_or_else(|| unknown_agent(agent_id))?;
         Ok(agent
-            .commands
-            .values()
+            .command_ids()
             .rev()
             .filter_map(|id| self.commands.get(id))
             .map(|command| command.view(&self.journal.clock))
@@ -185,8 +184,7 @@ impl State {
             return;
         };
         let due: Vec<CommandId> = agent
-            .commands
-            .values()
+            .command_ids()
             .filter(|id| {
                 self.commands
                     .get(*id)

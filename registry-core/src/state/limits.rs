@@ -35,8 +35,7 @@ impl State {
         // oldest unfinished one is the first to make room. Only a refusal
         // looks for it.
         let retry_after = agent
-            .commands
-            .values()
+            .command_ids()
             .filter_map(|id| self.commands.get(id))
             .find(|command| !command.status.is_final())
             .map_or(self.settings.command_expiry, |command| {

@@ -7,7 +7,7 @@
 //! as it is then: a record is never older than its mark, which is all that
 //! keeping what was answered needs.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -218,7 +218,7 @@ impl State {
                 remote_stream: None,
                 replacements: None,
                 credential: record.credential,
-                commands: BTreeMap::new(),
+                commands: BTreeSet::new(),
                 unfinished: 0,
                 version,
             }),
@@ -280,7 +280,7 @@ impl State {
         let Some(agent) = self.agents.get_mut(&record.agent_id) else {
             return false;
         };
-        agent.commands.insert(record.seq, id);
+        agent.commands.insert((record.seq, id));
         if !record.status.is_final() {
             agent.unfinished += 1;
         }

@@ -463,7 +463,7 @@ impl State {
         self.deadlines.schedule.remove(command.deadline);
         self.journal.command_dropped(&command, now);
         if let Some(agent) = self.agents.get_mut(&command.agent_id) {
-            agent.commands.remove(&command.seq);
+            agent.commands.remove(&(command.seq, id));
             if !command.status.is_final() {
                 agent.unfinished = agent.unfinished.saturating_sub(1);
             }

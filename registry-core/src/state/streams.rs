@@ -229,16 +229,17 @@ impl State {
             .and_then(|id| id.trim().parse::<CommandId>().ok())
             .and_then(|id| self.commands.get(&id))
             .filter(|command| command.agent_id == *agent_id)
-            .map(|command| command.seq);
+            .map(|command| (command.seq, command.id));
         let clock = self.journal.clock;
         let mut replayed = VecDeque::new();
-        for (seq, id) in &agent.commands {
+        for key in &agent.commands {
+            let id = &key.1;
             let Some(command) = self.commands.get_mut(id) else {
                 continue;
             };
             let first_delivery = match command.status {
                 CommandStatus::Pending => true,
-                CommandStatus::Delivered if seen_up_to.is_none_or(|seen| *seq > seen) => false,
+                CommandStatus::Delivered if seen_up_to.is_none_or(|seen| *key > seen) => false,
                 _ => continue,
             };
             if first_delivery {
