@@ -39,7 +39,7 @@ use crate::fleet::{FleetEvent, FleetSubscription, StatusChanges};
 use crate::replication::{Entity, Log, LogEntry, ReplicaId, Version};
 use crate::rollout::{NewRollout, RolloutView};
 use crate::settings::Settings;
-use crate::state::{Applying, Dirty, HashSet, State, Targets, in_applying_order};
+use crate::state::{Applying, Dirty, HashSet, State, Targets, applying_rank};
 use crate::stats::Stats;
 use crate::storage::{Change, Snapshot, Storage, StorageError, WRITE_BEHIND};
 use crate::subscription::Subscription;
@@ -553,7 +553,11 @@ impl Registry {
     pub(crate) fn reload<T>(&self, snapshot: Snapshot, under_lock: impl FnOnce() -> T) -> T {
         let mut state = self.lock();
         let taken = under_lock();
-        self.set_position(snapshot.position);
+        if let Some(replica) = &self.shared.replica {
+            // Exactly the store's: a store emptied and begun again numbers
+            // its commits from 1 again.
+            replica.position.send_replace(snapshot.position);
+        }
         state.reload(snapshot, self.shared.clock.now());
         drop(state);
         self.shared.wake_scheduler.notify_one();
@@ -883,9 +887,9 @@ impl Registry {
             changes,
         } = entry;
         let mut applying = Applying::entry(origin);
-        let mut changes: Vec<((), Change)> = changes.into_iter().map(|c| ((), c)).collect();
-        in_applying_order(&mut changes);
-        let mut changes = changes.into_iter().map(|(_, change)| change).peekable();
+        let mut changes = changes;
+        changes.sort_by_key(applying_rank);
+        let mut changes = changes.into_iter().peekable();
         loop {
             let page: Vec<Change> = changes.by_ref().take(APPLY_PAGE).collect();
             let last = changes.peek().is_none();

@@ -23,7 +23,7 @@ mod streams;
 
 pub(crate) use launch::Targets;
 pub(crate) use marks::Dirty;
-pub(crate) use replicate::{Applying, in_applying_order};
+pub(crate) use replicate::{Applying, applying_rank};
 pub(crate) use streams::OpenedStream;
 use streams::{Replacements, StreamSlot};
 

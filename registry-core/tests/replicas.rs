@@ -159,11 +159,16 @@ impl Log for Store {
 /// Runs once, right after the next commit an engine writes.
 type Hook = Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>;
 
+/// Runs before every commit an engine is asked for, while set: another
+/// replica's commit that comes first.
+type Race = Arc<Mutex<Option<Box<dyn FnMut() + Send>>>>;
+
 /// One replica's engine over the shared store: the commit script's rules.
 struct Engine {
     store: Store,
     replica: ReplicaId,
     after_commit: Hook,
+    race: Race,
 }
 
 impl Storage for Engine {
@@ -216,6 +221,9 @@ impl Storage for Engine {
         bases: &[Version],
     ) -> Result<Commit, StorageError> {
         assert_eq!(changes.len(), bases.len(), "one base per change");
+        if let Some(race) = self.race.lock().unwrap().as_mut() {
+            race();
+        }
         let origin = self.replica.clone();
         let written = self.store.with(|held| {
             let mut conflicts = Vec::new();
@@ -325,16 +333,19 @@ struct Node {
     wake: watch::Sender<()>,
     store: Store,
     after_commit: Hook,
+    race: Race,
 }
 
 impl Node {
     fn start(store: &Store, settings: Settings, name: &str) -> Self {
         let id: ReplicaId = Arc::from(name);
         let after_commit = Hook::default();
+        let race = Race::default();
         let engine = Engine {
             store: store.clone(),
             replica: id.clone(),
             after_commit: after_commit.clone(),
+            race: race.clone(),
         };
         let guard = Registry::start_shared(
             settings,
@@ -355,6 +366,7 @@ impl Node {
             wake: watch::Sender::new(()),
             store: store.clone(),
             after_commit,
+            race,
         };
         node.spawn_tail();
         node
@@ -1018,4 +1030,44 @@ async fn commands_sent_to_one_agent_on_two_replicas_at_once_are_both_kept() {
         assert!(ids.iter().all(|id| listed.contains(id)), "{}", node.id);
         assert_eq!(node.registry.stats().commands_in(CommandStatus::Pending), 2);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_operation_another_replica_wins_twice_is_refused_to_be_tried_again_in_a_second() {
+    let (store, nodes) = cluster(1);
+    let a = &nodes[0];
+    register(a, "a-1").await;
+    let command = a
+        .registry
+        .durably(|registry| registry.send_to_agent("a-1", request("replay")))
+        .await
+        .unwrap();
+    let id = command.command_id;
+    // Before each of a's commits, another replica delivers the command anew.
+    let racer = store.clone();
+    *a.race.lock().unwrap() = Some(Box::new(move || {
+        let text = racer.with(|held| held.commands[&id.as_u128()].clone());
+        let mut record: CommandRecord = serde_json::from_str(&text).unwrap();
+        let at = record.delivered_at.map_or(1, |at| at.unix_millis() + 1);
+        record.status = CommandStatus::Delivered;
+        record.delivered_at = Some(Timestamp::from_unix_millis(at));
+        commit_elsewhere(&racer, Change::Command(record));
+    }));
+    let err = a
+        .registry
+        .durably(|registry| registry.ack("a-1", &id.to_string(), Ack::default()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RegistryError::StorageUnavailable(message)
+            if message == registry_core::error::CONCURRENT_CHANGE),
+        "{err}"
+    );
+    assert_eq!(err.retry_after(), Some(std::time::Duration::from_secs(1)));
+    // Nothing of the ack is kept: the other replica's delivery is what a reads.
+    *a.race.lock().unwrap() = None;
+    assert_eq!(
+        status_on(a, "a-1", &id.to_string()),
+        CommandStatus::Delivered
+    );
 }

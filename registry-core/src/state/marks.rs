@@ -73,7 +73,8 @@ impl Announcement {
 
 impl Journal {
     /// Logs and counts a transition: at once, or, with a shared engine, kept
-    /// beside the marks for the writer to announce once it is written.
+    /// beside the marks for the writer to announce once it is written (and
+    /// never while another replica's changes are applied).
     pub(super) fn announce(&mut self, announcement: Announcement) {
         if self.dirty.shared {
             if self.dirty.recording {
@@ -118,10 +119,15 @@ impl Dirty {
         self.recording
     }
 
-    /// Marks nothing: what applying another replica's changes works with,
-    /// since an applied change is never written back.
+    /// Marks nothing and announces nothing: what applying another replica's
+    /// changes works with, since an applied change is never written back and
+    /// the replica that wrote it announced it.
     pub(super) fn ignoring() -> Self {
-        Self::default()
+        Self {
+            recording: false,
+            shared: true,
+            ..Self::default()
+        }
     }
 
     pub(super) fn agent(&mut self, id: &AgentId) {

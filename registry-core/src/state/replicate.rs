@@ -132,11 +132,12 @@ impl Applying {
     }
 }
 
-/// Orders one commit's changes to be applied: rollouts (their payloads
-/// first) before the commands that read them, agents before their commands
-/// and streams, and removals of rollouts last.
-pub(crate) fn in_applying_order<T>(changes: &mut [(T, Change)]) {
-    changes.sort_by_key(|(_, change)| match change {
+/// Where a change goes when one commit's changes are applied (a stable
+/// sort by it): rollouts (their payloads first) before the commands that
+/// read them, agents before their commands and streams, removals of
+/// rollouts last.
+pub(crate) fn applying_rank(change: &Change) -> u8 {
+    match change {
         Change::RolloutPayload(..) => 0,
         Change::Rollout(_) => 1,
         Change::Agent(_) | Change::Heartbeat(..) | Change::Meta(..) => 2,
@@ -144,7 +145,7 @@ pub(crate) fn in_applying_order<T>(changes: &mut [(T, Change)]) {
         Change::Command(_) | Change::CommandRemoved(_) => 4,
         Change::AgentRemoved(_) => 5,
         Change::RolloutRemoved(_) => 6,
-    });
+    }
 }
 
 impl State {
@@ -176,7 +177,7 @@ impl State {
         }
     }
 
-    /// The version the change of `mark` is built on: that of its entity here.
+    /// The version `change` is built on, its base: that of its entity here.
     pub(super) fn base(&self, change: &Change) -> Version {
         match change {
             Change::Agent(record) => self.agents.get(&record.agent_id).map_or(0, |a| a.version),
@@ -751,7 +752,7 @@ impl State {
                 replica.removals.remove(entity);
             }
         }
-        in_applying_order(&mut fetched);
+        fetched.sort_by_key(|(_, change)| applying_rank(change));
         for (version, change) in &fetched {
             // What was kept aside and is no newer than the truth is old news.
             if let Some(replica) = &mut self.replica
