@@ -2,7 +2,9 @@
 //! registry, and the same number of EventSource subscribers against nginx with
 //! nchan, and reports push latency (p50, p99, 100%), streams dropped, memory
 //! per stream, heartbeats and acks. `bench/compare.sh` runs both and prints
-//! the table (`loadgen report`).
+//! the table (`loadgen report`). `loadgen cluster` plays the fleet against
+//! several replicas of one registry on Redis, as through a balancer, and
+//! kills one; `bench/cluster.sh` runs it (`loadgen cluster-report`).
 //!
 //! Streams are held by child processes (`loadgen shard`, at most
 //! `--streams-per-process` each) because one process may open only 20,000
@@ -16,11 +18,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use loadgen::cluster_run::{self, ClusterOptions};
 use loadgen::http::Server;
 use loadgen::nchan_run::{self, NchanOptions};
 use loadgen::registry_run::{self, RegistryOptions};
 use loadgen::results::{ResultFile, WrkResult};
-use loadgen::{register, report, shard, streams};
+use loadgen::{cluster_report, register, report, shard, streams};
 
 /// Load generator for the agent registry, and for nginx+nchan beside it.
 #[derive(Parser)]
@@ -34,6 +37,9 @@ struct Cli {
 enum Command {
     /// Register N agents, open their streams, time pushes (and optionally soak).
     Registry(RegistryOptions),
+    /// Spread N agents over a cluster's replicas, time fleet pushes,
+    /// heartbeats and Redis's memory, then kill a replica.
+    Cluster(ClusterOptions),
     /// Subscribe N clients to one nchan channel and time publishes.
     Nchan(NchanOptions),
     /// Only register agents (e.g. for wrk to heartbeat them).
@@ -65,6 +71,11 @@ enum Command {
         /// The directory holding the `*.json` result files.
         dir: PathBuf,
     },
+    /// Print the markdown table of every cluster result file in a directory.
+    ClusterReport {
+        /// The directory holding the `*.json` result files.
+        dir: PathBuf,
+    },
     /// (internal) Hold a slice of the streams; plan and orders on stdin.
     #[command(hide = true)]
     Shard,
@@ -87,6 +98,14 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let result = registry_run::run(&options).await?;
             streams::emit(result, &options.streams)?;
         }
+        Command::Cluster(options) => {
+            let result = cluster_run::run(&options).await?;
+            let json = serde_json::to_string(&ResultFile::Cluster(Box::new(result)))?;
+            if let Some(path) = &options.streams.out {
+                std::fs::write(path, format!("{json}\n"))?;
+            }
+            println!("{json}");
+        }
         Command::Nchan(options) => {
             let result = nchan_run::run(&options).await?;
             streams::emit(result, &options.streams)?;
@@ -97,7 +116,9 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             id_prefix,
         } => {
             let server = Server::from_url(&url)?;
-            let registered = register::register_fleet(&server, &id_prefix, agents, 1, 64).await?;
+            let registered =
+                register::register_fleet(std::slice::from_ref(&server), &id_prefix, agents, 1, 64)
+                    .await?;
             eprintln!(
                 "{} registered, {} failed in {:.1} s",
                 registered.ok, registered.failed, registered.seconds
@@ -119,6 +140,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             std::fs::write(out, serde_json::to_string(&ResultFile::Wrk(result))? + "\n")?;
         }
         Command::Report { dir } => print!("{}", report::render_dir(&dir)?),
+        Command::ClusterReport { dir } => print!("{}", cluster_report::render_dir(&dir)?),
         Command::Shard => shard::run().await?,
     }
     Ok(())

@@ -18,7 +18,7 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 32;
 
 /// Where a server is: its socket address and the `Host` header to send.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Server {
     /// The address to connect to.
     pub(crate) addr: SocketAddr,

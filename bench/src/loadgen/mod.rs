@@ -1,8 +1,11 @@
 //! The load generator's parts, declared by `src/bin/loadgen.rs`: a raw
 //! HTTP/1.1 client, the SSE reader, the shards that hold streams in child
-//! processes, the two targets (our registry and nginx+nchan), and the report.
+//! processes, the targets (our registry, nginx+nchan, and a cluster of our
+//! replicas on Redis), and the reports.
 
 pub(crate) mod chunked;
+pub(crate) mod cluster_report;
+pub(crate) mod cluster_run;
 pub(crate) mod fleet;
 pub(crate) mod http;
 pub(crate) mod latency;
@@ -10,6 +13,7 @@ pub(crate) use registry_bench::memory;
 pub(crate) mod nchan_run;
 pub(crate) mod protocol;
 pub(crate) mod push;
+pub(crate) mod redis_info;
 pub(crate) mod register;
 pub(crate) mod registry_run;
 pub(crate) mod report;

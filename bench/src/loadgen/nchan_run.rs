@@ -56,10 +56,17 @@ pub(crate) async fn run(options: &NchanOptions) -> io::Result<RunResult> {
         heartbeat_every_ms: 0,
         request_connections: 0,
         ack: false,
+        reconnect: false,
     };
     let subscribers = options.subscribers;
-    let opened =
-        streams::open_streams(&server, target, subscribers, &options.streams, settings).await?;
+    let opened = streams::open_streams(
+        std::slice::from_ref(&server),
+        target,
+        subscribers,
+        &options.streams,
+        settings,
+    )
+    .await?;
     let mut shards = opened.shards;
     options.streams.settle().await;
     let memory_after_streams = read_memory(options.nginx_pid);

@@ -3,10 +3,11 @@
 //! stdin, reports on its stdout. Times are wall-clock microseconds since the
 //! Unix epoch, so that they compare across processes.
 
-use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use super::http::Server;
 
 /// What a shard's streams subscribe to.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -29,10 +30,9 @@ pub(crate) enum StreamTarget {
 /// Everything a shard needs, sent as its first stdin line.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct ShardPlan {
-    /// The server's address.
-    pub(crate) server: SocketAddr,
-    /// Its `Host` header.
-    pub(crate) host: String,
+    /// The servers (the replicas of a cluster, or one): stream `i` opens on
+    /// server `i mod len`, as a round-robin balancer would place it.
+    pub(crate) servers: Vec<Server>,
     /// What to subscribe to.
     pub(crate) target: StreamTarget,
     /// The global index of this shard's first stream.
@@ -51,6 +51,10 @@ pub(crate) struct ShardPlan {
     pub(crate) request_connections: usize,
     /// Acknowledge every command received.
     pub(crate) ack: bool,
+    /// A stream that ends opens again after its `retry:`, as EventSource
+    /// does, on the next server that accepts a connection (round robin, as
+    /// a balancer passes a refused connection on to the next upstream).
+    pub(crate) reconnect: bool,
 }
 
 /// Which streams a push is meant for.
@@ -81,6 +85,20 @@ pub(crate) enum ToShard {
     },
     /// Report the counters.
     Stats,
+    /// Remember which streams are open on server `server` now (it is about
+    /// to be killed), and report how many.
+    Mark {
+        /// The server's index in the plan's `servers`.
+        server: usize,
+    },
+    /// Report once every marked stream has opened again after `since_us`
+    /// (on whichever server), or at `deadline_us` with those that have.
+    Recovery {
+        /// When the marked server was killed.
+        since_us: u64,
+        /// When to stop waiting.
+        deadline_us: u64,
+    },
     /// Exit.
     Stop,
 }
@@ -104,10 +122,17 @@ pub(crate) struct ShardStats {
     pub(crate) unexpected_events: u64,
     /// Comment lines (`: open`, keepalives) received after the first read.
     pub(crate) comments: u64,
+    /// Attempts to open an ended stream again that failed (every server
+    /// refused, or one answered otherwise).
+    #[serde(default)]
+    pub(crate) reopen_failures: u64,
     /// Why the first failed heartbeat failed.
     pub(crate) first_heartbeat_failure: Option<String>,
     /// Why the first failed ack failed.
     pub(crate) first_ack_failure: Option<String>,
+    /// Why the first failed reopening failed.
+    #[serde(default)]
+    pub(crate) first_reopen_failure: Option<String>,
 }
 
 /// A report from a shard.
@@ -136,6 +161,20 @@ pub(crate) enum FromShard {
     },
     /// The counters.
     Stats(ShardStats),
+    /// The streams marked.
+    Marked {
+        /// How many streams were open on the marked server.
+        streams: usize,
+    },
+    /// How the marked streams came back.
+    Recovered {
+        /// Streams marked.
+        marked: usize,
+        /// When each marked stream that opened again did (the first time after `since_us`).
+        reopened_us: Vec<u64>,
+        /// Streams not marked that ended after `since_us` (a kill should end none).
+        others_dropped: usize,
+    },
 }
 
 /// Now, in microseconds since the Unix epoch.

@@ -1,5 +1,7 @@
 //! Registers a fleet: `POST /api/v1/agents/register` for every agent, over a
-//! bounded number of keep-alive connections, which are closed afterwards.
+//! bounded number of keep-alive connections, which are closed afterwards;
+//! with several servers (a cluster's replicas), agent `i` through server
+//! `i mod len`, as a round-robin balancer would send it.
 
 use std::io;
 use std::sync::Arc;
@@ -23,23 +25,30 @@ pub(crate) struct Registered {
 }
 
 /// Registers agents `0..count` (ids `{prefix}{index:06}`, spread over `groups`
-/// groups) with `concurrency` requests in flight.
+/// groups) with `concurrency` requests in flight, agent `i` through
+/// `servers[i mod len]`.
 pub(crate) async fn register_fleet(
-    server: &Server,
+    servers: &[Server],
     prefix: &str,
     count: usize,
     groups: usize,
     concurrency: usize,
 ) -> io::Result<Registered> {
+    if servers.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no server to register with",
+        ));
+    }
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..concurrency.clamp(1, count.max(1)) {
         let next = next.clone();
-        let server = server.clone();
+        let mut connections: Vec<HttpConnection> =
+            servers.iter().cloned().map(HttpConnection::new).collect();
         let prefix = prefix.to_owned();
         workers.push(tokio::spawn(async move {
-            let mut connection = HttpConnection::new(server);
             let mut outcome = Registered::default();
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
@@ -47,6 +56,8 @@ pub(crate) async fn register_fleet(
                     break;
                 }
                 let body = fleet::registration_body(&prefix, index, groups);
+                let servers = connections.len();
+                let connection = &mut connections[index % servers];
                 match connection
                     .send("POST", "/api/v1/agents/register", Some(&body))
                     .await
@@ -70,7 +81,9 @@ pub(crate) async fn register_fleet(
                     }
                 }
             }
-            connection.close();
+            for connection in &mut connections {
+                connection.close();
+            }
             outcome
         }));
     }

@@ -80,7 +80,7 @@ pub(crate) async fn run(options: &RegistryOptions) -> io::Result<RunResult> {
 
     eprintln!("registering {agents} agents on {}", server.host);
     let registered = register::register_fleet(
-        &server,
+        std::slice::from_ref(&server),
         &options.id_prefix,
         agents,
         options.groups,
@@ -116,8 +116,16 @@ pub(crate) async fn run(options: &RegistryOptions) -> io::Result<RunResult> {
         heartbeat_every_ms: (heartbeat_every_s * 1000.0) as u64,
         request_connections: options.request_connections,
         ack: options.ack,
+        reconnect: false,
     };
-    let opened = streams::open_streams(&server, target, agents, &options.streams, settings).await?;
+    let opened = streams::open_streams(
+        std::slice::from_ref(&server),
+        target,
+        agents,
+        &options.streams,
+        settings,
+    )
+    .await?;
     let mut shards = opened.shards;
     options.streams.settle().await;
     let memory_after_streams = read_memory(options.server_pid);

@@ -35,6 +35,8 @@ pub(crate) fn render_dir(dir: &Path) -> io::Result<String> {
         match serde_json::from_str::<ResultFile>(text.trim()) {
             Ok(ResultFile::Run(run)) => results.runs.push(*run),
             Ok(ResultFile::Wrk(wrk)) => results.wrk.push(wrk),
+            // `loadgen cluster-report` renders those.
+            Ok(ResultFile::Cluster(_)) => {}
             Err(err) => eprintln!("skipping {}: {err}", path.display()),
         }
     }
@@ -66,7 +68,7 @@ impl Row {
 
 fn render(results: &Results) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{}\n", machine());
+    let _ = writeln!(out, "{}\n", machine("server, nginx and load generator"));
     let sizes: BTreeSet<usize> = results
         .runs
         .iter()
@@ -372,7 +374,7 @@ fn count_streams(runs: &[&RunResult]) -> String {
     format!("{} / {failed} / {dropped}", thousands(opened))
 }
 
-fn thousands(value: usize) -> String {
+pub(crate) fn thousands(value: usize) -> String {
     let digits = value.to_string();
     let mut out = String::new();
     for (at, digit) in digits.chars().enumerate() {
@@ -384,8 +386,8 @@ fn thousands(value: usize) -> String {
     out
 }
 
-/// The machine, as /proc describes it.
-fn machine() -> String {
+/// The machine, as /proc describes it, and who shares its cores (`sharing`).
+pub(crate) fn machine(sharing: &str) -> String {
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -418,7 +420,7 @@ fn machine() -> String {
         .unwrap_or_default();
     format!(
         "Machine: {cores} cores ({cpu}), {memory_gib:.0} GiB, Linux {kernel}, {open_files} open files per process; \
-         server, nginx and load generator share the cores."
+         {sharing} share the cores."
     )
 }
 

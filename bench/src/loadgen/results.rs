@@ -1,6 +1,7 @@
 //! What a run measured, as written to its result file (one JSON object) and
-//! read back by `loadgen report`: push runs against either server, and wrk's
-//! requests per second.
+//! read back by `loadgen report` and `loadgen cluster-report`: push runs
+//! against either server, wrk's requests per second, and cluster runs
+//! (replicas on Redis).
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,8 @@ pub(crate) enum ResultFile {
     Run(Box<RunResult>),
     /// A wrk run.
     Wrk(WrkResult),
+    /// A run against a cluster of replicas.
+    Cluster(Box<ClusterResult>),
 }
 
 /// Where in a run a push happened.
@@ -36,6 +39,8 @@ pub(crate) enum Phase {
     Burst,
     /// During the soak, among heartbeats.
     Soak,
+    /// After a replica was killed and its streams came back.
+    AfterFailover,
 }
 
 /// One push and what it reached.
@@ -96,6 +101,88 @@ pub(crate) struct RunResult {
     pub(crate) heartbeat_every_s: f64,
     /// Soak duration in seconds (0: none).
     pub(crate) soak_seconds: u64,
+}
+
+/// A run against the replicas of one registry: the fleet's streams spread
+/// over them, pushes, heartbeats through all of them, Redis's memory, and a
+/// replica killed.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ClusterResult {
+    /// Replicas the load was spread over.
+    pub(crate) replicas: usize,
+    /// Agents asked for, each with one stream.
+    pub(crate) agents: usize,
+    /// Processes the streams were held by.
+    pub(crate) processes: usize,
+    /// Agents registered.
+    pub(crate) registered: usize,
+    /// Registrations that failed.
+    pub(crate) registration_failures: usize,
+    /// Registrations per second, through all replicas.
+    pub(crate) registrations_per_s: f64,
+    /// Streams that opened.
+    pub(crate) streams_opened: usize,
+    /// Streams that could not be opened.
+    pub(crate) streams_failed: usize,
+    /// Why the first of those failed.
+    pub(crate) first_error: Option<String>,
+    /// How long opening all streams took, in seconds.
+    pub(crate) open_seconds: f64,
+    /// Each replica's `registry_open_streams` once all were open.
+    pub(crate) streams_per_replica: Vec<Option<u64>>,
+    /// Each replica's resident memory once all streams were open, in KiB.
+    pub(crate) replica_rss_kib: Vec<Option<u64>>,
+    /// Redis's `used_memory` along the run.
+    pub(crate) redis: RedisMemory,
+    /// Every push.
+    pub(crate) pushes: Vec<PushResult>,
+    /// Heartbeats through every replica at once (wrk), if measured.
+    pub(crate) heartbeats: Option<ClusterHeartbeats>,
+    /// A replica killed, and its streams back, if done.
+    pub(crate) failover: Option<FailoverResult>,
+    /// The shards' counters at the end.
+    pub(crate) stats: ShardStats,
+}
+
+/// Redis's `used_memory` (bytes) at the steps of a cluster run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct RedisMemory {
+    /// Before registering.
+    pub(crate) before: Option<u64>,
+    /// After registering.
+    pub(crate) after_register: Option<u64>,
+    /// With every stream open.
+    pub(crate) after_streams: Option<u64>,
+    /// After the timed pushes (their commands retained).
+    pub(crate) after_pushes: Option<u64>,
+}
+
+/// Heartbeats sent by wrk to every replica at once.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ClusterHeartbeats {
+    /// The sum of every replica's `Requests/sec`.
+    pub(crate) requests_per_s: f64,
+    /// Answers that were not 2xx, summed.
+    pub(crate) non_2xx: u64,
+    /// Socket errors, summed.
+    pub(crate) socket_errors: u64,
+    /// Each replica's wrk run.
+    pub(crate) per_replica: Vec<WrkResult>,
+}
+
+/// A replica SIGKILLed under load: how long until every stream it held was
+/// open again, through the others (or through it, restarted, when it was the only one).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct FailoverResult {
+    /// The replica killed (its index).
+    pub(crate) replica: usize,
+    /// Whether it was started again (it was the only replica).
+    pub(crate) restarted: bool,
+    /// From the kill to each stream open again: `expected` streams were on
+    /// it, `received` came back; p50, p99, and `max_us` the last.
+    pub(crate) latency: PushLatency,
+    /// Streams on other replicas that ended meanwhile.
+    pub(crate) others_dropped: usize,
 }
 
 /// One wrk run.

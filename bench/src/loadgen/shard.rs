@@ -1,12 +1,16 @@
 //! A shard: the child process that holds a slice of the SSE streams (at most
 //! ~9,500, well inside one process's 20,000 open files), heartbeats and acks
 //! for its agents, and reports to the coordinator when each stream got each
-//! push. It reads its plan and orders on stdin and reports on stdout, one
-//! JSON object a line; it exits on `stop` or when stdin closes.
+//! push. With several servers (a cluster's replicas) it places its streams
+//! round robin over them, and, when told to, reopens a stream that ended
+//! after its `retry:` on the next server that accepts it, and reports how
+//! the streams of a killed server came back. It reads its plan and orders on
+//! stdin and reports on stdout, one JSON object a line; it exits on `stop` or
+//! when stdin closes.
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +28,10 @@ use super::sse::{self, SseParser};
 /// Bytes read from a stream at a time.
 const STREAM_READ_BYTES: usize = 4096;
 
+/// How long a stream that ended before any `retry:` waits to open again
+/// (browsers' EventSource waits about 3 s).
+const DEFAULT_RETRY_MS: u64 = 3_000;
+
 /// The shard's counters, shared by its tasks.
 #[derive(Default)]
 struct Counters {
@@ -35,8 +43,10 @@ struct Counters {
     acks_failed: AtomicU64,
     unexpected_events: AtomicU64,
     comments: AtomicU64,
+    reopen_failures: AtomicU64,
     first_heartbeat_failure: Mutex<Option<String>>,
     first_ack_failure: Mutex<Option<String>>,
+    first_reopen_failure: Mutex<Option<String>>,
 }
 
 impl Counters {
@@ -50,8 +60,10 @@ impl Counters {
             acks_failed: self.acks_failed.load(Ordering::Relaxed),
             unexpected_events: self.unexpected_events.load(Ordering::Relaxed),
             comments: self.comments.load(Ordering::Relaxed),
+            reopen_failures: self.reopen_failures.load(Ordering::Relaxed),
             first_heartbeat_failure: first_of(&self.first_heartbeat_failure),
             first_ack_failure: first_of(&self.first_ack_failure),
+            first_reopen_failure: first_of(&self.first_reopen_failure),
         }
     }
 }
@@ -95,6 +107,19 @@ struct Arrival {
     data_bytes: usize,
 }
 
+/// A stream opened (on server `server`) or ended.
+enum StreamEvent {
+    Opened {
+        local: usize,
+        server: usize,
+        at_us: u64,
+    },
+    Ended {
+        local: usize,
+        at_us: u64,
+    },
+}
+
 /// An ack to send.
 struct AckOrder {
     local: usize,
@@ -104,10 +129,14 @@ struct AckOrder {
 /// What every stream task of the shard shares.
 struct StreamContext {
     plan: ShardPlan,
-    server: Server,
     opening: Semaphore,
     counters: Arc<Counters>,
+    /// The first opening of each stream, for the `opened` report.
     opened: mpsc::UnboundedSender<(usize, Result<(), String>)>,
+    /// Every opening and ending, for the failover's report.
+    events: mpsc::UnboundedSender<StreamEvent>,
+    /// The balancer's turn: the server a reopened stream tries first.
+    next_server: AtomicUsize,
     arrivals: mpsc::UnboundedSender<Arrival>,
     acks: Vec<mpsc::UnboundedSender<AckOrder>>,
 }
@@ -121,22 +150,25 @@ pub(crate) async fn run() -> io::Result<()> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no plan on stdin"))?;
     let plan: ShardPlan = serde_json::from_str(&plan_line)
         .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
-    let server = Server {
-        addr: plan.server,
-        host: plan.host.clone(),
-    };
+    if plan.servers.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the plan names no server",
+        ));
+    }
     let counters = Arc::new(Counters::default());
     let (opened_tx, mut opened_rx) = mpsc::unbounded_channel();
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let (arrivals_tx, mut arrivals_rx) = mpsc::unbounded_channel();
     let mut ack_senders = Vec::new();
     if plan.ack {
-        for _ in 0..plan.request_connections.max(1) {
+        for worker in 0..plan.request_connections.max(1) {
             let (sender, receiver) = mpsc::unbounded_channel();
             ack_senders.push(sender);
             tokio::spawn(send_acks(
                 receiver,
                 plan.clone(),
-                server.clone(),
+                server_of_worker(&plan, worker),
                 counters.clone(),
             ));
         }
@@ -144,9 +176,10 @@ pub(crate) async fn run() -> io::Result<()> {
     let context = Arc::new(StreamContext {
         opening: Semaphore::new(plan.open_concurrency.max(1)),
         plan: plan.clone(),
-        server: server.clone(),
         counters: counters.clone(),
         opened: opened_tx,
+        events: events_tx,
+        next_server: AtomicUsize::new(plan.first),
         arrivals: arrivals_tx,
         acks: ack_senders,
     });
@@ -157,6 +190,7 @@ pub(crate) async fn run() -> io::Result<()> {
 
     let mut reporter = Reporter::new();
     let mut collector = Collector::new(&plan);
+    let mut failover = Failover::new(plan.count);
     let mut tried = 0;
     let mut failed = 0;
     let mut first_error = None;
@@ -170,7 +204,10 @@ pub(crate) async fn run() -> io::Result<()> {
             .await?;
     }
     loop {
-        let next_deadline = collector.next_deadline();
+        let next_deadline = match (collector.next_deadline(), failover.deadline()) {
+            (Some(one), Some(other)) => Some(one.min(other)),
+            (one, other) => one.or(other),
+        };
         tokio::select! {
             order = orders.next_line() => {
                 let Some(order) = order? else { break };
@@ -181,6 +218,13 @@ pub(crate) async fn run() -> io::Result<()> {
                         collector.start(push, audience, deadline_us);
                     }
                     ToShard::Stats => reporter.send(&FromShard::Stats(counters.snapshot())).await?,
+                    ToShard::Mark { server } => {
+                        let streams = failover.mark(server);
+                        reporter.send(&FromShard::Marked { streams }).await?;
+                    }
+                    ToShard::Recovery { since_us, deadline_us } => {
+                        failover.start(since_us, deadline_us);
+                    }
                     ToShard::Stop => break,
                 }
             }
@@ -201,14 +245,19 @@ pub(crate) async fn run() -> io::Result<()> {
                     }).await?;
                     let registry = matches!(plan.target, StreamTarget::Registry { .. });
                     if plan.heartbeat_every_ms > 0 && registry {
-                        start_heartbeats(&plan, &server, &counters);
+                        start_heartbeats(&plan, &counters);
                     }
                 }
             }
             Some(arrival) = arrivals_rx.recv() => collector.record(arrival),
+            Some(event) = events_rx.recv() => failover.record(&event),
             () = sleep_until_deadline(next_deadline) => {}
         }
-        for report in collector.finished(now_us()) {
+        let now = now_us();
+        for report in collector.finished(now) {
+            reporter.send(&report).await?;
+        }
+        if let Some(report) = failover.finished(now) {
             reporter.send(&report).await?;
         }
     }
@@ -382,6 +431,100 @@ impl Collector {
     }
 }
 
+/// Where each stream is open, and how the streams of a killed server come back.
+struct Failover {
+    /// The server each stream is open on now (`None`: not open).
+    server: Vec<Option<usize>>,
+    /// When each stream last opened.
+    opened_at_us: Vec<u64>,
+    /// When each stream last ended (0: never).
+    ended_at_us: Vec<u64>,
+    /// The streams that were open on the server marked last.
+    marked: Vec<usize>,
+    /// The recovery being waited for: since when, until when.
+    recovery: Option<(u64, u64, Instant)>,
+}
+
+impl Failover {
+    fn new(count: usize) -> Self {
+        Self {
+            server: vec![None; count],
+            opened_at_us: vec![0; count],
+            ended_at_us: vec![0; count],
+            marked: Vec::new(),
+            recovery: None,
+        }
+    }
+
+    fn record(&mut self, event: &StreamEvent) {
+        match *event {
+            StreamEvent::Opened {
+                local,
+                server,
+                at_us,
+            } => {
+                self.server[local] = Some(server);
+                self.opened_at_us[local] = at_us;
+            }
+            StreamEvent::Ended { local, at_us } => {
+                self.server[local] = None;
+                self.ended_at_us[local] = at_us;
+            }
+        }
+    }
+
+    fn mark(&mut self, server: usize) -> usize {
+        self.marked = (0..self.server.len())
+            .filter(|&local| self.server[local] == Some(server))
+            .collect();
+        self.marked.len()
+    }
+
+    fn start(&mut self, since_us: u64, deadline_us: u64) {
+        let wait = Duration::from_micros(deadline_us.saturating_sub(now_us()));
+        self.recovery = Some((since_us, deadline_us, Instant::now() + wait));
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.recovery.map(|(_, _, deadline)| deadline)
+    }
+
+    fn is_back(&self, local: usize, since_us: u64) -> bool {
+        self.server[local].is_some() && self.opened_at_us[local] > since_us
+    }
+
+    /// The report, once every marked stream is back or the deadline passed.
+    fn finished(&mut self, now_us: u64) -> Option<FromShard> {
+        let (since_us, deadline_us, _) = self.recovery?;
+        let all_back = self
+            .marked
+            .iter()
+            .all(|&local| self.is_back(local, since_us));
+        if !all_back && now_us < deadline_us {
+            return None;
+        }
+        self.recovery = None;
+        let reopened_us = self
+            .marked
+            .iter()
+            .filter(|&&local| self.is_back(local, since_us))
+            .map(|&local| self.opened_at_us[local])
+            .collect();
+        let mut is_marked = vec![false; self.server.len()];
+        for &local in &self.marked {
+            is_marked[local] = true;
+        }
+        let others_dropped = (0..self.server.len())
+            .filter(|&local| !is_marked[local] && self.ended_at_us[local] > since_us)
+            .count();
+        Some(FromShard::Recovered {
+            marked: self.marked.len(),
+            reopened_us,
+            others_dropped,
+        })
+    }
+}
+
 /// The path a stream subscribes to, and what an event for it must contain.
 fn stream_route(plan: &ShardPlan, local: usize) -> (String, Option<Vec<u8>>) {
     match &plan.target {
@@ -394,31 +537,111 @@ fn stream_route(plan: &ShardPlan, local: usize) -> (String, Option<Vec<u8>>) {
     }
 }
 
-/// Opens one stream and reads it until it ends.
+/// Opens one stream on its server and reads it until it ends; then, when the
+/// plan says so, waits its `retry:` and opens it again (on the balancer's
+/// next server), for as long as the shard runs.
 async fn hold_stream(context: Arc<StreamContext>, local: usize) {
+    let global = context.plan.first + local;
     let (path, agent_needle) = stream_route(&context.plan, local);
-    let source = fleet::source_ip(context.plan.first + local, context.plan.source_ips);
+    let source = fleet::source_ip(global, context.plan.source_ips);
+    let mut server = global % context.plan.servers.len();
     let opened = {
         let Ok(_permit) = context.opening.acquire().await else {
             return;
         };
-        open_stream(&context.server, source, &path).await
+        open_stream(&context.plan.servers[server], source, &path).await
     };
-    let (mut stream, leftover, chunked) = match opened {
+    let mut connection = match opened {
         Ok(opened) => opened,
         Err(err) => {
             let _ = context.opened.send((local, Err(err.to_string())));
             return;
         }
     };
-    context.counters.open.fetch_add(1, Ordering::Relaxed);
     let _ = context.opened.send((local, Ok(())));
+    let mut retry_ms = DEFAULT_RETRY_MS;
+    loop {
+        context.counters.open.fetch_add(1, Ordering::Relaxed);
+        let _ = context.events.send(StreamEvent::Opened {
+            local,
+            server,
+            at_us: now_us(),
+        });
+        let sent_retry = read_stream(&context, local, agent_needle.as_deref(), connection).await;
+        retry_ms = sent_retry.unwrap_or(retry_ms);
+        context.counters.open.fetch_sub(1, Ordering::Relaxed);
+        context.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        let _ = context.events.send(StreamEvent::Ended {
+            local,
+            at_us: now_us(),
+        });
+        if !context.plan.reconnect {
+            return;
+        }
+        (connection, server) = reopen(&context, source, &path, retry_ms).await;
+    }
+}
+
+/// Opens a stream again as an EventSource client behind a balancer does:
+/// after `retry_ms`, on the server whose turn it is, passed on to the next
+/// when one refuses the connection; when every server refused, or one
+/// answered with something else than a stream, waits `retry_ms` again.
+async fn reopen(
+    context: &StreamContext,
+    source: std::net::Ipv4Addr,
+    path: &str,
+    retry_ms: u64,
+) -> (OpenStream, usize) {
+    let servers = &context.plan.servers;
+    loop {
+        tokio::time::sleep(Duration::from_millis(retry_ms)).await;
+        let Ok(_permit) = context.opening.acquire().await else {
+            // The semaphore is never closed; wait as if refused.
+            continue;
+        };
+        let turn = context.next_server.fetch_add(1, Ordering::Relaxed);
+        let mut failure = None;
+        for attempt in 0..servers.len() {
+            let server = (turn + attempt) % servers.len();
+            match open_stream(&servers[server], source, path).await {
+                Ok(opened) => return (opened, server),
+                Err(OpenError::Connect(err)) => failure = Some(err),
+                Err(OpenError::Answer(err)) => {
+                    failure = Some(err);
+                    break;
+                }
+            }
+        }
+        context
+            .counters
+            .reopen_failures
+            .fetch_add(1, Ordering::Relaxed);
+        if let (Ok(mut first), Some(failure)) =
+            (context.counters.first_reopen_failure.lock(), failure)
+        {
+            first.get_or_insert(failure.to_string());
+        }
+    }
+}
+
+/// Reads an open stream until it ends; returns the last `retry:` it sent.
+async fn read_stream(
+    context: &StreamContext,
+    local: usize,
+    agent_needle: Option<&[u8]>,
+    connection: OpenStream,
+) -> Option<u64> {
+    let OpenStream {
+        mut stream,
+        leftover,
+        chunked,
+    } = connection;
     let mut reader = StreamReader {
         decoder: chunked.then(ChunkedDecoder::default),
         parser: SseParser::default(),
     };
     let mut on_event = |event: &sse::SseEvent<'_>, at_us: u64| {
-        on_stream_event(&context, local, agent_needle.as_deref(), event, at_us);
+        on_stream_event(context, local, agent_needle, event, at_us);
     };
     let mut ended = reader.feed(&leftover, now_us(), &mut on_event);
     let mut buffer = vec![0; STREAM_READ_BYTES];
@@ -437,8 +660,7 @@ async fn hold_stream(context: Arc<StreamContext>, local: usize) {
             comments = seen;
         }
     }
-    context.counters.open.fetch_sub(1, Ordering::Relaxed);
-    context.counters.dropped.fetch_add(1, Ordering::Relaxed);
+    reader.parser.retry_ms()
 }
 
 /// Handles one event of stream `local`: records the arrival, queues the ack.
@@ -507,14 +729,50 @@ impl StreamReader {
     }
 }
 
-/// Connects from `source`, asks for the event stream and reads the response
-/// head; returns the stream, the body bytes already read, and whether the body is chunked.
+/// An open stream: the connection, the body bytes already read with the
+/// head, and whether the body is chunked.
+struct OpenStream {
+    stream: TcpStream,
+    leftover: Vec<u8>,
+    chunked: bool,
+}
+
+/// Why a stream did not open: the connection was refused (a balancer tries
+/// the next server), or the server answered otherwise (the client sees it).
+#[derive(Debug)]
+enum OpenError {
+    Connect(io::Error),
+    Answer(io::Error),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect(err) => write!(formatter, "connecting: {err}"),
+            Self::Answer(err) => err.fmt(formatter),
+        }
+    }
+}
+
+/// Connects from `source`, asks for the event stream and reads the response head.
 async fn open_stream(
     server: &Server,
     source: std::net::Ipv4Addr,
     path: &str,
-) -> io::Result<(TcpStream, Vec<u8>, bool)> {
-    let mut stream = http::connect(server.addr, Some(source)).await?;
+) -> Result<OpenStream, OpenError> {
+    let stream = http::connect(server.addr, Some(source))
+        .await
+        .map_err(OpenError::Connect)?;
+    request_stream(stream, server, path)
+        .await
+        .map_err(OpenError::Answer)
+}
+
+async fn request_stream(
+    mut stream: TcpStream,
+    server: &Server,
+    path: &str,
+) -> io::Result<OpenStream> {
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
         server.host
@@ -544,14 +802,24 @@ async fn open_stream(
                 )));
             }
             let leftover = received.split_off(head.length);
-            return Ok((stream, leftover, head.chunked));
+            return Ok(OpenStream {
+                stream,
+                leftover,
+                chunked: head.chunked,
+            });
         }
     }
 }
 
+/// The server worker `worker`'s requests go to: the workers of a shard are
+/// spread over the servers as a balancer spreads connections.
+fn server_of_worker(plan: &ShardPlan, worker: usize) -> Server {
+    plan.servers[(plan.first + worker) % plan.servers.len()].clone()
+}
+
 /// Starts the heartbeat workers: each agent heartbeats every period, agents
 /// spread evenly over it by their global index.
-fn start_heartbeats(plan: &ShardPlan, server: &Server, counters: &Arc<Counters>) {
+fn start_heartbeats(plan: &ShardPlan, counters: &Arc<Counters>) {
     let workers = plan.request_connections.max(1);
     let start = Instant::now();
     for worker in 0..workers {
@@ -559,7 +827,7 @@ fn start_heartbeats(plan: &ShardPlan, server: &Server, counters: &Arc<Counters>)
             worker,
             workers,
             plan.clone(),
-            server.clone(),
+            server_of_worker(plan, worker),
             counters.clone(),
             start,
         ));

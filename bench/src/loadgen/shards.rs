@@ -92,6 +92,17 @@ pub(crate) struct PushArrivals {
     pub(crate) data_bytes: Option<usize>,
 }
 
+/// How the streams of a killed server came back, gathered from every shard.
+#[derive(Debug, Default)]
+pub(crate) struct Recovery {
+    /// Streams that were open on it.
+    pub(crate) marked: usize,
+    /// When each of those that opened again did.
+    pub(crate) reopened_us: Vec<u64>,
+    /// Other streams that ended meanwhile.
+    pub(crate) others_dropped: usize,
+}
+
 /// All the shards of one run.
 pub(crate) struct Shards {
     shards: Vec<Shard>,
@@ -186,12 +197,66 @@ impl Shards {
             total.acks_failed += stats.acks_failed;
             total.unexpected_events += stats.unexpected_events;
             total.comments += stats.comments;
+            total.reopen_failures += stats.reopen_failures;
+            total.first_reopen_failure = total.first_reopen_failure.or(stats.first_reopen_failure);
             total.first_heartbeat_failure = total
                 .first_heartbeat_failure
                 .or(stats.first_heartbeat_failure);
             total.first_ack_failure = total.first_ack_failure.or(stats.first_ack_failure);
         }
         Ok(total)
+    }
+
+    /// Has every shard remember its streams open on server `server` (about to
+    /// be killed); returns how many there are.
+    pub(crate) async fn mark(&mut self, server: usize) -> io::Result<usize> {
+        let order = ToShard::Mark { server };
+        let reports = try_join_all(self.shards.iter_mut().map(|shard| async {
+            shard.order(&order).await?;
+            shard.report().await
+        }))
+        .await?;
+        let mut marked = 0;
+        for report in reports {
+            let FromShard::Marked { streams } = report else {
+                return Err(unexpected(&report));
+            };
+            marked += streams;
+        }
+        Ok(marked)
+    }
+
+    /// Waits until every marked stream has opened again after `since_us`
+    /// (or `deadline_us` passed) and gathers when each did.
+    pub(crate) async fn recovery(
+        &mut self,
+        since_us: u64,
+        deadline_us: u64,
+    ) -> io::Result<Recovery> {
+        let order = ToShard::Recovery {
+            since_us,
+            deadline_us,
+        };
+        let reports = try_join_all(self.shards.iter_mut().map(|shard| async {
+            shard.order(&order).await?;
+            shard.report().await
+        }))
+        .await?;
+        let mut recovery = Recovery::default();
+        for report in reports {
+            let FromShard::Recovered {
+                marked,
+                reopened_us,
+                others_dropped,
+            } = report
+            else {
+                return Err(unexpected(&report));
+            };
+            recovery.marked += marked;
+            recovery.reopened_us.extend(reopened_us);
+            recovery.others_dropped += others_dropped;
+        }
+        Ok(recovery)
     }
 
     /// Tells every shard to exit, and kills those that don't in time.
@@ -238,13 +303,13 @@ pub(crate) fn split(total: usize, per_process: usize, template: &ShardPlan) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::loadgen::http::Server;
     use crate::loadgen::protocol::StreamTarget;
 
     #[test]
     fn splits_evenly_below_the_cap() {
         let template = ShardPlan {
-            server: "127.0.0.1:1".parse().unwrap(),
-            host: String::new(),
+            servers: vec![Server::from_url("http://127.0.0.1:1").unwrap()],
             target: StreamTarget::Nchan {
                 channel: "c".into(),
             },
@@ -256,6 +321,7 @@ mod tests {
             heartbeat_every_ms: 0,
             request_connections: 1,
             ack: false,
+            reconnect: false,
         };
         let counts: Vec<(usize, usize)> = split(19_000, 9_500, &template)
             .iter()

@@ -22,12 +22,19 @@ pub(crate) struct SseParser {
     data: Vec<u8>,
     has_data: bool,
     comments: u64,
+    retry_ms: Option<u64>,
 }
 
 impl SseParser {
     /// How many comment lines (`: ...`, keepalives) have been seen.
     pub(crate) fn comments(&self) -> u64 {
         self.comments
+    }
+
+    /// The last `retry:` the stream sent (milliseconds), if any: how long an
+    /// EventSource client waits before it reconnects.
+    pub(crate) fn retry_ms(&self) -> Option<u64> {
+        self.retry_ms
     }
 
     /// Parses `bytes`, calling `on_event` for each complete event.
@@ -89,6 +96,12 @@ impl SseParser {
             b"event" => {
                 self.event.clear();
                 self.event.extend_from_slice(value);
+            }
+            // As the EventSource standard says: only ASCII digits, else ignored.
+            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                self.retry_ms = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|digits| digits.parse().ok());
             }
             _ => {}
         }
@@ -170,6 +183,15 @@ mod tests {
             );
             assert_eq!(comments, 2);
         }
+    }
+
+    #[test]
+    fn keeps_the_last_retry() {
+        let mut parser = SseParser::default();
+        parser.feed(b"retry: 7012\n: open\n\n", &mut |_| {});
+        assert_eq!(parser.retry_ms(), Some(7_012));
+        parser.feed(b"retry: soon\nretry:60000\n\n", &mut |_| {});
+        assert_eq!(parser.retry_ms(), Some(60_000));
     }
 
     #[test]

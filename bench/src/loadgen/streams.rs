@@ -91,19 +91,21 @@ pub(crate) struct ShardSettings {
     pub(crate) request_connections: usize,
     /// Acknowledge every command.
     pub(crate) ack: bool,
+    /// Open an ended stream again after its `retry:`.
+    pub(crate) reconnect: bool,
 }
 
-/// Spawns the shards and waits until all `streams` streams have been tried.
+/// Spawns the shards and waits until all `streams` streams have been tried,
+/// stream `i` on `servers[i mod len]`.
 pub(crate) async fn open_streams(
-    server: &Server,
+    servers: &[Server],
     target: StreamTarget,
     streams: usize,
     options: &StreamOptions,
     settings: ShardSettings,
 ) -> io::Result<OpenedStreams> {
     let template = ShardPlan {
-        server: server.addr,
-        host: server.host.clone(),
+        servers: servers.to_vec(),
         target,
         first: 0,
         count: 0,
@@ -113,10 +115,12 @@ pub(crate) async fn open_streams(
         heartbeat_every_ms: settings.heartbeat_every_ms,
         request_connections: settings.request_connections,
         ack: settings.ack,
+        reconnect: settings.reconnect,
     };
     let plans = shards::split(streams, options.streams_per_process, &template);
     eprintln!(
-        "opening {streams} streams from {} process(es), source addresses 127.0.0.1..=127.0.0.{}",
+        "opening {streams} streams on {} server(s) from {} process(es), source addresses 127.0.0.1..=127.0.0.{}",
+        servers.len(),
         plans.len(),
         template.source_ips
     );
