@@ -13,6 +13,9 @@
 //! - [`open_stream`], [`read_head`] and [`read_until`]: an agent's SSE stream,
 //!   read as raw text.
 //! - [`metric_value`] and [`metric`]: one sample of `/metrics`.
+//! - [`redis`]: a `redis-server` of a test's own, on a free port.
+
+pub mod redis;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
