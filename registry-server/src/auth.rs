@@ -195,7 +195,15 @@ pub async fn agent(
         .find(|(name, _)| *name == "agent_id")
         .map(|(_, value)| value)
         .unwrap_or_default();
-    gate.authorize(request.headers(), Required::Agent(agent_id))?;
+    let required = Required::Agent(agent_id);
+    if let Err(refused) = gate.authorize(request.headers(), required) {
+        // A token another replica issued a moment ago: known once caught up.
+        if !gate.registry.is_shared() {
+            return Err(refused);
+        }
+        gate.registry.catch_up().await?;
+        gate.authorize(request.headers(), required)?;
+    }
     Ok(next.run(request).await)
 }
 

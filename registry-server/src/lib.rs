@@ -40,8 +40,9 @@ pub mod state;
 use std::future::Future;
 use std::io;
 
-use registry_core::{Clock, Registry, RegistryGuard, Settings, Storage};
+use registry_core::{Clock, Registry, RegistryGuard, Settings, Storage, StorageError};
 use registry_embedded::Embedded;
+use registry_signing::ServerKey;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -66,75 +67,125 @@ pub enum ServeError {
     Io(#[from] io::Error),
 }
 
-/// The storage engine `[storage]` asks for, opened, with what runs beside it.
-pub struct OpenedStorage {
-    engine: Option<Box<dyn Storage>>,
-    /// The Redis engine's lease keeper, run while the server serves.
-    keeper: Option<registry_redis::Keeper>,
+/// The storage engine `[storage]` asks for, opened.
+pub struct OpenedStorage(Opened);
+
+enum Opened {
+    Memory,
+    Embedded(Embedded),
+    /// A replica of the registry in Redis, with the tasks that run beside it.
+    Redis(Box<registry_redis::Replica>),
+}
+
+impl OpenedStorage {
+    /// The engine, for what is read before the registry starts (the signing key).
+    fn engine(&mut self) -> Option<&mut dyn Storage> {
+        match &mut self.0 {
+            Opened::Memory => None,
+            Opened::Embedded(engine) => Some(engine),
+            Opened::Redis(replica) => Some(&mut replica.engine),
+        }
+    }
 }
 
 /// The engine `[storage]` asks for, opened: none for `memory`. Refuses,
 /// naming `storage.path` and the file, a file another process has open or
 /// one it can't read, and leaves such a file as it is; refuses, naming
 /// `storage.redis_url` or `storage.redis_prefix`, a Redis it can't reach or
-/// a registry another process serves.
+/// a registry it can't read.
 pub fn open_storage(config: &Config) -> Result<OpenedStorage, ServeError> {
     match config.storage.engine {
-        StorageEngine::Memory => Ok(OpenedStorage {
-            engine: None,
-            keeper: None,
-        }),
+        StorageEngine::Memory => Ok(OpenedStorage(Opened::Memory)),
         StorageEngine::Redis => {
             let storage = &config.storage;
-            let (engine, keeper) = registry_redis::open(&storage.redis_url, &storage.redis_prefix)
-                .map_err(|err| {
+            let replica =
+                registry_redis::open(&storage.redis_url, &storage.redis_prefix).map_err(|err| {
                     let key = match err {
                         registry_redis::OpenError::Unreachable { .. } => "storage.redis_url",
-                        _ => "storage.redis_prefix",
+                        registry_redis::OpenError::Unreadable { .. } => "storage.redis_prefix",
                     };
                     ServeError::Storage(format!("{key}: {err}"))
                 })?;
-            info!(at = %engine.describe(), "state kept in Redis");
-            Ok(OpenedStorage {
-                engine: Some(Box::new(engine)),
-                keeper: Some(keeper),
-            })
+            info!(
+                at = %replica.engine.describe(),
+                replica = %replica.engine.replica_id(),
+                "state kept in Redis, shared by the registry's replicas"
+            );
+            Ok(OpenedStorage(Opened::Redis(Box::new(replica))))
         }
         StorageEngine::Embedded => {
             let engine = Embedded::open(&config.storage.path)
                 .map_err(|err| ServeError::Storage(format!("storage.path: {err}")))?;
             info!(path = %engine.path().display(), "state kept in the embedded file");
-            Ok(OpenedStorage {
-                engine: Some(Box::new(engine)),
-                keeper: None,
-            })
+            Ok(OpenedStorage(Opened::Embedded(engine)))
         }
     }
 }
 
-/// Starts the registry over `storage`, loading what it holds.
+/// Starts the registry over `storage`, loading what it holds. A replica on
+/// Redis first joins the registry's live replicas, publishing the public key
+/// it signs with (`key`): one signing with another key than a live replica's
+/// is refused, naming `signing.key_file` (SPEC 12). Returns the guard, and
+/// the Redis replica's tasks, to run beside the registry.
 fn start_registry(
     settings: Settings,
-    storage: Option<Box<dyn Storage>>,
+    storage: OpenedStorage,
     config: &Config,
-) -> Result<RegistryGuard, ServeError> {
-    match storage {
-        None => Ok(Registry::start(settings)),
-        Some(storage) => {
-            Registry::start_with_storage(settings, Clock::new(), storage).map_err(|err| {
-                ServeError::Storage(match config.storage.engine {
-                    StorageEngine::Redis => format!(
-                        "storage.redis_prefix: the registry can't be loaded, it was left \
-                         untouched: {err}"
-                    ),
-                    _ => format!(
-                        "storage.path: {} can't be loaded, it was left untouched: {err}",
-                        config.storage.path.display()
-                    ),
-                })
-            })
+    key: Option<&ServerKey>,
+) -> Result<(RegistryGuard, Option<registry_redis::Tasks>), ServeError> {
+    let not_loaded = |err: StorageError| {
+        ServeError::Storage(match config.storage.engine {
+            StorageEngine::Redis => format!(
+                "storage.redis_prefix: the registry can't be loaded, it was left untouched: {err}"
+            ),
+            _ => format!(
+                "storage.path: {} can't be loaded, it was left untouched: {err}",
+                config.storage.path.display()
+            ),
+        })
+    };
+    match storage.0 {
+        Opened::Memory => Ok((Registry::start(settings), None)),
+        Opened::Embedded(engine) => {
+            let guard = Registry::start_with_storage(settings, Clock::new(), Box::new(engine))
+                .map_err(not_loaded)?;
+            Ok((guard, None))
+        }
+        Opened::Redis(replica) => {
+            let registry_redis::Replica {
+                mut engine,
+                log,
+                tasks,
+            } = *replica;
+            let public_key = key.map(|key| key.public_key().to_base64());
+            engine
+                .join(public_key.as_deref())
+                .map_err(|err| match err {
+                    registry_redis::JoinError::Storage(err) => {
+                        ServeError::Storage(format!("storage.redis_url: {err}"))
+                    }
+                    other => ServeError::Config(other_key(config, &other)),
+                })?;
+            let replica_id = engine.replica_id();
+            let guard =
+                Registry::start_shared(settings, Clock::new(), Box::new(engine), replica_id, log)
+                    .map_err(not_loaded)?;
+            Ok((guard, Some(tasks)))
         }
     }
+}
+
+/// Why a replica that signs with another key than a live replica's can't start.
+fn other_key(config: &Config, other: &registry_redis::JoinError) -> ConfigError {
+    let whose = if config.signing.key_file.is_empty() {
+        "the key kept in Redis (signing.key_file is empty)".to_owned()
+    } else {
+        format!("the key of {}", config.signing.key_file)
+    };
+    ConfigError::new(format!(
+        "signing.key_file: this replica would sign with {whose}, but {other}; every replica of \
+         a registry signs with the same key: give this one the same signing.key_file"
+    ))
 }
 
 /// Serves the registry on `listener` until `shutdown` completes, then shuts
@@ -156,10 +207,7 @@ pub async fn serve_with_storage(
     storage: OpenedStorage,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let OpenedStorage {
-        engine: mut storage,
-        keeper,
-    } = storage;
+    let mut storage = storage;
     let local_addr = listener.local_addr()?;
     let auth = Auth::load(&config.auth)?;
     auth.check_exposure(local_addr, config.auth.allow_open)?;
@@ -172,13 +220,13 @@ pub async fn serve_with_storage(
     );
     let settings = config.core_settings(limits);
     let grace = config.server.shutdown_grace;
-    let key = signing::server_key(&config.signing, storage.as_deref_mut())?;
-    let guard = start_registry(settings, storage, &config)?;
+    let key = signing::server_key(&config.signing, storage.engine())?;
+    let (guard, tasks) = start_registry(settings, storage, &config, key.as_ref())?;
     let keeping = CancellationToken::new();
-    if let Some(keeper) = keeper {
-        tokio::spawn(keeper.run(guard.registry(), keeping.clone()));
+    if let Some(tasks) = tasks {
+        tokio::spawn(tasks.run(guard.registry(), keeping.clone()));
     }
-    // The keeper ends with this function, however it returns.
+    // The Redis replica's tasks end with this function, however it returns.
     let _keeping = keeping.drop_guard();
     let state = AppState::new(guard.registry(), config, auth, key);
     let app = routes::router(state.clone());

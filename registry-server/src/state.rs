@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::http::HeaderMap;
-use registry_core::{AgentId, Registry};
+use registry_core::{AgentId, Registry, RegistryError};
 use registry_signing::ServerKey;
 
 use crate::auth::{Auth, Gate};
@@ -68,6 +68,14 @@ impl AppState {
     /// The registry.
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
+    }
+
+    /// The registry, once it holds every write any replica answered before
+    /// this call (SPEC 9: a request may follow its write to another replica);
+    /// at once with a store that no other replica writes.
+    pub async fn caught_up(&self) -> Result<&Registry, RegistryError> {
+        self.inner.registry.catch_up().await?;
+        Ok(&self.inner.registry)
     }
 
     /// The configuration the server runs with.

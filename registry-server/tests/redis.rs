@@ -4,118 +4,19 @@
 //! them; Redis stopped and started again from its file answers 503 with
 //! `Retry-After` meanwhile (`/readyz` too) and is served again by itself with
 //! nothing lost; Redis emptied is noticed and served as an empty registry;
-//! a second server on the same prefix exits 2 naming `storage.redis_prefix`.
+//! another prefix is another registry. Several replicas: `replicas.rs`.
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
+use registry_testkit::redis::RedisServer;
 use serde_json::Value;
 
-/// A `redis-server` of the test's own, with `appendonly yes` and
-/// `appendfsync always`, killed when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-    /// Its folder; taken by [`stop`](Self::stop) to start it again there.
-    dir: Option<WorkDir>,
-}
-
-impl Redis {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        Self::start_on(port, WorkDir::new())
-    }
-
-    /// Starts on `port` in `dir`, reading the append-only file there if any.
-    fn start_on(port: u16, dir: WorkDir) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .args(["--save", "", "--maxmemory-policy", "noeviction"])
-            .arg("--dir")
-            .arg(&dir.0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server from PATH starts");
-        let redis = Self {
-            child,
-            port,
-            dir: Some(dir),
-        };
-        let deadline = Instant::now() + PROMPTLY;
-        while !redis.answers_ping() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        redis
-    }
-
-    fn answers_ping(&self) -> bool {
-        let Ok(mut tcp) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = tcp.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut reply = [0; 7];
-        tcp.write_all(b"PING\r\n").is_ok()
-            && tcp.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
-    }
-
-    /// Sends one inline command; returns the first line of the reply.
-    fn command(&self, command: &str) -> String {
-        let mut tcp = TcpStream::connect(("127.0.0.1", self.port)).expect("redis answers");
-        tcp.set_read_timeout(Some(PROMPTLY)).expect("a timeout");
-        tcp.write_all(format!("{command}\r\n").as_bytes())
-            .expect("a command sent");
-        let mut reply = Vec::new();
-        let mut byte = [0];
-        while !reply.ends_with(b"\r\n") {
-            tcp.read_exact(&mut byte).expect("a reply");
-            reply.push(byte[0]);
-        }
-        String::from_utf8_lossy(&reply).trim_end().to_owned()
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// Stops it with SIGTERM (it writes its file and exits); returns its port and folder.
-    fn stop(mut self) -> (u16, WorkDir) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("the kill command");
-        assert!(status.success());
-        self.child.wait().expect("redis-server exits");
-        (self.port, self.dir.take().expect("its folder"))
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// The server's environment for the registry at `prefix` on `redis`.
-fn env(redis: &Redis, prefix: &str) -> Vec<(&'static str, String)> {
+fn env(redis: &RedisServer, prefix: &str) -> Vec<(&'static str, String)> {
     vec![
         ("REGISTRY_STORAGE__ENGINE", "redis".into()),
         ("REGISTRY_STORAGE__REDIS_URL", redis.url()),
@@ -149,7 +50,7 @@ fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
 
 #[test]
 fn a_sigkill_right_after_the_answers_loses_none_of_them() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let env = env(&redis, "kill:");
     let (process, addr) = serve(WorkDir::new(), &env);
     assert_eq!(register(addr, "a-1").0, 201);
@@ -204,7 +105,7 @@ fn a_sigkill_right_after_the_answers_loses_none_of_them() {
 
 #[test]
 fn redis_stopped_answers_503_then_serves_again_from_its_file_with_nothing_lost() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let env = env(&redis, "outage:");
     let (process, addr) = serve(WorkDir::new(), &env);
     assert_eq!(register(addr, "a-1").0, 201);
@@ -235,7 +136,7 @@ fn redis_stopped_answers_503_then_serves_again_from_its_file_with_nothing_lost()
     );
     assert!(answer.header("retry-after").is_some(), "{answer:?}");
 
-    let redis = Redis::start_on(port, dir);
+    let redis = RedisServer::start_on(port, dir);
     eventually(Duration::from_secs(10), "ready again", || {
         http(addr, "GET", "/readyz", None).0 == 200
     });
@@ -254,27 +155,11 @@ fn redis_stopped_answers_503_then_serves_again_from_its_file_with_nothing_lost()
 }
 
 #[test]
-fn a_second_server_on_the_same_prefix_exits_2_naming_storage_redis_prefix() {
-    let redis = Redis::start();
-    let env = env(&redis, "one:");
-    let (first, addr) = serve(WorkDir::new(), &env);
+fn another_prefix_on_the_same_redis_is_another_registry() {
+    let redis = RedisServer::start();
+    let (first, addr) = serve(WorkDir::new(), &env(&redis, "one:"));
     assert_eq!(register(addr, "a-1").0, 201);
-
-    let started = Instant::now();
-    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut second = Process::spawn(WorkDir::new(), &["--bind", "127.0.0.1:0"], &pairs);
-    let status = second.wait_exit();
-    let log = second.log();
-    assert_eq!(status.code(), Some(2), "{log}");
-    assert!(started.elapsed() < PROMPTLY, "{:?}", started.elapsed());
-    assert!(log.contains("storage.redis_prefix"), "{log}");
-    assert!(log.contains("\"one:\""), "{log}");
-    assert!(!log.contains("listening on"), "{log}");
-
-    // Another prefix on the same Redis is another registry.
-    let mut other = env.clone();
-    other[2].1 = "two:".into();
-    let (second, second_addr) = serve(WorkDir::new(), &other);
+    let (second, second_addr) = serve(WorkDir::new(), &env(&redis, "two:"));
     assert_eq!(http(second_addr, "GET", "/api/v1/agents/a-1", None).0, 404);
     assert_eq!(http(addr, "GET", "/api/v1/agents/a-1", None).0, 200);
     second.terminate();
@@ -283,13 +168,16 @@ fn a_second_server_on_the_same_prefix_exits_2_naming_storage_redis_prefix() {
 
 #[test]
 fn redis_emptied_is_noticed_logged_at_error_and_served_as_an_empty_registry() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let env = env(&redis, "flushed:");
     let (mut process, addr) = serve(WorkDir::new(), &env);
     assert_eq!(register(addr, "a-1").0, 201);
 
-    assert_eq!(redis.command("FLUSHALL"), "+OK");
-    // Nothing is written meanwhile: the lease's watch notices by itself.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let _: () = redis::cmd("FLUSHALL")
+        .query(&mut client.get_connection().unwrap())
+        .unwrap();
+    // Nothing is written meanwhile: the keeper notices by itself.
     let line = process.wait_for_line("Redis lost the registry's data");
     assert!(line.contains("ERROR"), "{line}");
     eventually(Duration::from_secs(5), "an empty registry", || {

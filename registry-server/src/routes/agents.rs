@@ -3,7 +3,9 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use registry_core::{Ack, AgentId, AgentStatus, CommandView, RegistrationRequest};
+use registry_core::{
+    Ack, AgentId, AgentStatus, CommandView, RegistrationRequest, Registry, RegistryError,
+};
 use serde::Serialize;
 use tracing::instrument;
 use utoipa::ToSchema;
@@ -13,8 +15,8 @@ use crate::auth;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, OptionalJson};
 use crate::openapi::{
-    BadRequest, Forbidden, PayloadTooLarge, Problem, RequestTimeout, TooManyRequests, Unauthorized,
-    UnsupportedMediaType,
+    BadRequest, Forbidden, PayloadTooLarge, Problem, RequestTimeout, ServiceUnavailable,
+    TooManyRequests, Unauthorized, UnsupportedMediaType,
 };
 use crate::state::AppState;
 
@@ -86,6 +88,7 @@ pub(super) struct Registered {
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 429, response = TooManyRequests),
+        (status = 503, response = ServiceUnavailable),
     ),
     security(("enrollmentToken" = [])),
 )]
@@ -106,7 +109,8 @@ pub(super) async fn register(
         agent_token = Some(token);
     }
     let (agent, resumed) = app
-        .registry()
+        .caught_up()
+        .await?
         .durably(|registry| registry.register(registration.clone()))
         .await?;
     let config = app.config();
@@ -147,6 +151,7 @@ pub(super) async fn register(
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, description = "No agent has this id: register again", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
     ),
     security(("agentToken" = [])),
 )]
@@ -155,7 +160,16 @@ pub(super) async fn heartbeat(
     State(app): State<AppState>,
     ApiPath(AgentPath { agent_id }): ApiPath<AgentPath>,
 ) -> Result<StatusCode, ApiError> {
-    app.registry().heartbeat(&agent_id)?;
+    let registry = app.registry();
+    let beat = |registry: &Registry| registry.heartbeat(&agent_id);
+    match registry.durably(beat).await {
+        // An agent registered through another replica a moment ago: this
+        // one catches up only then, so that a heartbeat stays one round trip.
+        Err(RegistryError::UnknownAgent(_)) if registry.is_shared() => {
+            app.caught_up().await?.durably(beat).await?;
+        }
+        beaten => beaten?,
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -184,6 +198,7 @@ pub(super) async fn heartbeat(
         (status = 409, description = "The command EXPIRED before it was acknowledged", body = Problem, content_type = "application/problem+json"),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
+        (status = 503, response = ServiceUnavailable),
     ),
     security(("agentToken" = [])),
 )]
@@ -197,7 +212,8 @@ pub(super) async fn ack(
     OptionalJson(ack): OptionalJson<Ack>,
 ) -> Result<Json<CommandView>, ApiError> {
     let command = app
-        .registry()
+        .caught_up()
+        .await?
         .durably(|registry| registry.ack(&agent_id, &command_id, ack.clone()))
         .await?;
     Ok(Json(command))

@@ -88,7 +88,10 @@ pub(super) async fn stream(
     let last_event_id = headers
         .get(LAST_EVENT_ID)
         .and_then(|value| value.to_str().ok());
-    let subscription = app.registry().open_stream_after(&agent_id, last_event_id)?;
+    let subscription = app
+        .caught_up()
+        .await?
+        .open_stream_after(&agent_id, last_event_id)?;
     let config = &app.config().sse;
     // The first lines tell the client when to come back, and that the stream is open.
     let opened = Event::default()
@@ -134,6 +137,7 @@ pub(super) async fn stream(
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, description = "No agent has this id", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
     ),
     security(("agentToken" = [])),
 )]
@@ -142,7 +146,7 @@ pub(super) async fn probe(
     State(app): State<AppState>,
     ApiPath(AgentPath { agent_id }): ApiPath<AgentPath>,
 ) -> Result<Response, ApiError> {
-    app.registry().agent(&agent_id)?;
+    app.caught_up().await?.agent(&agent_id)?;
     Ok((
         [
             (

@@ -14,8 +14,8 @@ use crate::bulk::{JsonBody, off_workers};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::openapi::{
-    BadRequest, Forbidden, PayloadTooLarge, Problem, RequestTimeout, TooManyRequests, Unauthorized,
-    UnsupportedMediaType,
+    BadRequest, Forbidden, PayloadTooLarge, Problem, RequestTimeout, ServiceUnavailable,
+    TooManyRequests, Unauthorized, UnsupportedMediaType,
 };
 use crate::state::AppState;
 
@@ -75,6 +75,7 @@ fn parse_status(status: &str) -> Result<AgentStatus, ApiError> {
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
+        (status = 503, response = ServiceUnavailable),
     ),
     security(("operatorToken" = [])),
 )]
@@ -87,7 +88,7 @@ pub(super) async fn list(
         status: query.status.as_deref().map(parse_status).transpose()?,
         group: query.group,
     };
-    let registry = app.registry().clone();
+    let registry = app.caught_up().await?.clone();
     off_workers(move || JsonBody::of(&registry.agents(&filter))).await
 }
 
@@ -105,6 +106,7 @@ pub(super) async fn list(
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, description = "No agent has this id", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
     ),
     security(("operatorToken" = [])),
 )]
@@ -113,7 +115,7 @@ pub(super) async fn agent(
     State(app): State<AppState>,
     ApiPath(AgentPath { agent_id }): ApiPath<AgentPath>,
 ) -> Result<Json<AgentView>, ApiError> {
-    Ok(Json(app.registry().agent(&agent_id)?))
+    Ok(Json(app.caught_up().await?.agent(&agent_id)?))
 }
 
 /// `DELETE /api/v1/agents/{agentId}`: 204; ends its stream and drops its commands.
@@ -131,6 +133,7 @@ pub(super) async fn agent(
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, description = "No agent has this id", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
     ),
     security(("operatorToken" = [])),
 )]
@@ -139,7 +142,8 @@ pub(super) async fn delete(
     State(app): State<AppState>,
     ApiPath(AgentPath { agent_id }): ApiPath<AgentPath>,
 ) -> Result<StatusCode, ApiError> {
-    app.registry()
+    app.caught_up()
+        .await?
         .durably(|registry| registry.delete_agent(&agent_id))
         .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -160,6 +164,7 @@ pub(super) async fn delete(
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
+        (status = 503, response = ServiceUnavailable),
     ),
     security(("operatorToken" = [])),
 )]
@@ -180,7 +185,8 @@ pub(super) async fn delete_dead(
         ));
     }
     let deleted = app
-        .registry()
+        .caught_up()
+        .await?
         .durably(|registry| Ok(registry.delete_dead_agents()))
         .await?;
     Ok(Json(Deleted { deleted }))
@@ -215,6 +221,7 @@ pub(super) async fn delete_dead(
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 429, response = TooManyRequests),
+        (status = 503, response = ServiceUnavailable),
     ),
     security(("operatorToken" = [])),
 )]
@@ -225,7 +232,8 @@ pub(super) async fn send_to_agent(
     ApiJson(request): ApiJson<CommandRequest>,
 ) -> Result<(StatusCode, Json<CommandView>), ApiError> {
     let command = app
-        .registry()
+        .caught_up()
+        .await?
         .durably(|registry| registry.send_to_agent(&agent_id, request.clone()))
         .await?;
     Ok((StatusCode::ACCEPTED, Json(command)))
@@ -250,6 +258,7 @@ pub(super) async fn send_to_agent(
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 429, response = TooManyRequests),
+        (status = 503, response = ServiceUnavailable),
     ),
     security(("operatorToken" = [])),
 )]
@@ -260,7 +269,8 @@ pub(super) async fn send_to_group(
     ApiJson(request): ApiJson<CommandRequest>,
 ) -> Result<(StatusCode, JsonBody), ApiError> {
     let rollout = app
-        .registry()
+        .caught_up()
+        .await?
         .durably_in_bulk(move |registry| registry.send_to_group(&group, request.clone()))
         .await?;
     let body = off_workers(move || JsonBody::of(&rollout)).await?;
@@ -284,6 +294,7 @@ pub(super) async fn send_to_group(
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 429, response = TooManyRequests),
+        (status = 503, response = ServiceUnavailable),
     ),
     security(("operatorToken" = [])),
 )]
@@ -293,7 +304,8 @@ pub(super) async fn send_to_fleet(
     ApiJson(request): ApiJson<CommandRequest>,
 ) -> Result<(StatusCode, JsonBody), ApiError> {
     let rollout = app
-        .registry()
+        .caught_up()
+        .await?
         .durably_in_bulk(move |registry| registry.send_to_fleet(request.clone()))
         .await?;
     let body = off_workers(move || JsonBody::of(&rollout)).await?;
@@ -315,6 +327,7 @@ pub(super) async fn send_to_fleet(
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, description = "No agent has this id", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
     ),
     security(("operatorToken" = [])),
 )]
@@ -323,7 +336,7 @@ pub(super) async fn commands_of(
     State(app): State<AppState>,
     ApiPath(AgentPath { agent_id }): ApiPath<AgentPath>,
 ) -> Result<Json<Vec<CommandView>>, ApiError> {
-    Ok(Json(app.registry().commands_of(&agent_id)?))
+    Ok(Json(app.caught_up().await?.commands_of(&agent_id)?))
 }
 
 /// `GET /api/v1/agents/{agentId}/commands/{commandId}`.
@@ -340,6 +353,7 @@ pub(super) async fn commands_of(
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, description = "No such command for this agent", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
     ),
     security(("operatorToken" = [])),
 )]
@@ -351,5 +365,7 @@ pub(super) async fn command(
         command_id,
     }): ApiPath<CommandPath>,
 ) -> Result<Json<CommandView>, ApiError> {
-    Ok(Json(app.registry().command(&agent_id, &command_id)?))
+    Ok(Json(
+        app.caught_up().await?.command(&agent_id, &command_id)?,
+    ))
 }

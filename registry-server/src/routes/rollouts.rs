@@ -10,7 +10,7 @@ use utoipa::IntoParams;
 
 use crate::error::ApiError;
 use crate::extract::ApiPath;
-use crate::openapi::{BadRequest, Forbidden, Problem, Unauthorized};
+use crate::openapi::{BadRequest, Forbidden, Problem, ServiceUnavailable, Unauthorized};
 use crate::state::AppState;
 
 /// The path of one rollout.
@@ -36,12 +36,13 @@ pub(super) struct RolloutPath {
         (status = 200, description = "The rollouts, newest first", body = Vec<RolloutView>),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
+        (status = 503, response = ServiceUnavailable),
     ),
     security(("operatorToken" = [])),
 )]
 #[instrument(level = "debug", skip_all)]
-pub(super) async fn list(State(app): State<AppState>) -> Json<Vec<RolloutView>> {
-    Json(app.registry().rollouts())
+pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<RolloutView>>, ApiError> {
+    Ok(Json(app.caught_up().await?.rollouts()))
 }
 
 /// `GET /api/v1/rollouts/{rolloutId}`: its commands counted by status now.
@@ -62,6 +63,7 @@ pub(super) async fn list(State(app): State<AppState>) -> Json<Vec<RolloutView>> 
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, description = "No rollout with this id is retained (a rolloutId that is not a UUID included)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = ServiceUnavailable),
     ),
     security(("operatorToken" = [])),
 )]
@@ -70,5 +72,5 @@ pub(super) async fn rollout(
     State(app): State<AppState>,
     ApiPath(RolloutPath { rollout_id }): ApiPath<RolloutPath>,
 ) -> Result<Json<RolloutView>, ApiError> {
-    Ok(Json(app.registry().rollout(&rollout_id)?))
+    Ok(Json(app.caught_up().await?.rollout(&rollout_id)?))
 }
