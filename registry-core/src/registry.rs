@@ -470,7 +470,7 @@ impl Registry {
     /// Has the engine commit, with nothing to write if nothing is waiting, and
     /// waits for it: an engine that finds it can't reach its store, or that the
     /// store lost the registry, fails, and the state is read again from it as
-    /// after any failed write. For an engine's watchdog (the Redis engine's lease).
+    /// after any failed write. For an engine's watchdog (the Redis engine's keeper).
     pub async fn check_storage(&self) -> Result<(), StorageError> {
         let receipt = {
             let mut state = self.lock();

@@ -78,18 +78,18 @@
 //! `docs/replicas.md` holds the design. In short: every replica keeps the
 //! whole state in memory and runs the rules here, once, under its lock, as a
 //! single server does; Redis keeps these same records (the same serde forms)
-//! and is the arbiter and the log. A commit is one Lua script that writes a
-//! batch atomically (and, once replicas tail the log, checks each entity's
-//! version and appends the batch to a Redis Stream that the other replicas
-//! apply with the same per-entity code as a load). The grace after a restart
-//! becomes also the grace after Redis is back.
+//! and is the arbiter and the log. A commit is one Lua script that checks
+//! each agent's and command's version, writes the batch atomically and
+//! appends it to a Redis Stream that the other replicas follow and apply
+//! with the same per-entity code as a load ([`crate::replication`]). The
+//! grace after a restart becomes also the grace after Redis is back.
 //!
 //! The signing key is the one value replicas must agree on before they
 //! serve: [`Storage::meta_or_insert`] stores it only if none is stored, in one
-//! step, so the first replica to start decides. A replica started with a
-//! `signing.key_file` must also refuse to start (exit 2) when its registry's
-//! other replicas sign with another key (SPEC 12): the Redis engine will need
-//! to keep the public key each live replica signs with beside its liveness.
+//! step, so the first replica to start decides. A replica that would sign
+//! with another key than a live replica's refuses to start (exit 2, SPEC 12):
+//! the Redis engine keeps the public key each live replica signs with beside
+//! its liveness.
 
 use std::collections::BTreeMap;
 use std::fmt;
