@@ -212,8 +212,13 @@ struct AgentEntry {
     commands: BTreeSet<(u64, CommandId)>,
     /// How many of them are PENDING or DELIVERED (`commands.max_unfinished_per_agent`).
     unfinished: usize,
-    /// Its version in a shared store, as this replica knows it (0 otherwise).
+    /// Its version in a shared store, as this replica knows it (0 otherwise):
+    /// the base of its next change. A heartbeat moves it.
     version: Version,
+    /// The version of the commit that wrote the record it holds: a record
+    /// another replica wrote after it is newer, even if a heartbeat since
+    /// moved `version` past it.
+    record_version: Version,
 }
 
 impl AgentEntry {
@@ -630,6 +635,7 @@ impl State {
                     commands: BTreeSet::new(),
                     unfinished: 0,
                     version,
+                    record_version: version,
                 }));
                 self.journal
                     .agent_event(agent, None, Some(AgentStatus::Live), now);

@@ -1071,3 +1071,60 @@ async fn an_operation_another_replica_wins_twice_is_refused_to_be_tried_again_in
         CommandStatus::Delivered
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_heartbeat_written_just_after_another_replicas_stale_leaves_both_replicas_agreeing() {
+    let (store, nodes) = cluster(2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    register(a, "a-1").await;
+    settle(&nodes).await;
+    let stale_after = Settings::default().stale_after.as_millis() as u64;
+    advance_ms(stale_after - 1_000).await;
+    // Another replica's STALE (stamped with the deadline, a second from now)
+    // is written just before b's heartbeat; b reads it only afterwards.
+    b.hold();
+    let racer = store.clone();
+    let mut once = Some(());
+    *b.race.lock().unwrap() = Some(Box::new(move || {
+        if once.take().is_none() {
+            return;
+        }
+        let id = AgentId::parse("a-1").unwrap();
+        let text = racer.with(|held| held.agents[&id].clone());
+        let mut record: AgentRecord = serde_json::from_str(&text).unwrap();
+        record.status = AgentStatus::Stale;
+        record.status_changed_at =
+            Timestamp::from_unix_millis(record.last_heartbeat_at.unix_millis() + stale_after);
+        commit_elsewhere(&racer, Change::Agent(record));
+    }));
+    b.registry
+        .durably(|registry| registry.heartbeat("a-1"))
+        .await
+        .unwrap();
+    b.sync();
+    settle(&nodes).await;
+
+    // Both read what the store holds: the record STALE, the heartbeat beside it.
+    let (on_a, on_b) = (
+        a.registry.agent("a-1").unwrap(),
+        b.registry.agent("a-1").unwrap(),
+    );
+    assert_eq!(on_a, on_b);
+    assert_eq!(on_b.status, AgentStatus::Stale);
+    assert_eq!(
+        on_b.last_heartbeat_at.unix_millis(),
+        at(stale_after - 1_000)
+    );
+    // The agent's next heartbeat revives it everywhere.
+    b.registry
+        .durably(|registry| registry.heartbeat("a-1"))
+        .await
+        .unwrap();
+    settle(&nodes).await;
+    for node in &nodes {
+        assert_eq!(
+            node.registry.agent("a-1").unwrap().status,
+            AgentStatus::Live
+        );
+    }
+}

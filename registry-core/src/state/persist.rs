@@ -221,6 +221,7 @@ impl State {
                 commands: BTreeSet::new(),
                 unfinished: 0,
                 version,
+                record_version: version,
             }),
         );
     }

@@ -214,10 +214,15 @@ impl State {
         marks.has_heartbeat(id) || replica.in_flight.iter().any(|b| b.has_heartbeat(id))
     }
 
-    /// Whether a change of `entity` as of `version` is already reflected here.
-    fn knows(&self, entity: &Entity, version: Version) -> bool {
+    /// Whether `change`, of `entity`, as of `version` is already reflected
+    /// here. An agent's record is compared with the record held, a heartbeat
+    /// with the agent's version.
+    fn knows(&self, entity: &Entity, change: &Change, version: Version) -> bool {
         let held = match entity {
-            Entity::Agent(id) => self.agents.get(id).map(|agent| agent.version),
+            Entity::Agent(id) => self.agents.get(id).map(|agent| match change {
+                Change::Heartbeat(..) => agent.version,
+                _ => agent.record_version,
+            }),
             Entity::Command(id) => self.commands.get(id).map(|command| command.version),
             Entity::Rollout(_) | Entity::Meta(_) => return false,
         };
@@ -311,12 +316,14 @@ impl State {
                         }
                         return;
                     }
-                    if self.knows(&entity, version) {
+                    if self.knows(&entity, &change, version) {
                         return;
                     }
                 }
                 match change {
-                    Change::Agent(record) => self.apply_agent(record, version, marks, now),
+                    Change::Agent(record) => {
+                        self.apply_agent(record, version, applying.forced, marks, now);
+                    }
                     Change::AgentRemoved(id) => self.apply_agent_removed(&id, now),
                     Change::Heartbeat(id, at) => self.apply_heartbeat(&id, at, version),
                     Change::Command(record) => self.apply_command(applying, record, version, now),
@@ -328,8 +335,18 @@ impl State {
     }
 
     /// An agent's record replaces the agent held here (its stream, its
-    /// commands and its recent replacements kept), or adds it.
-    fn apply_agent(&mut self, record: AgentRecord, version: Version, marks: &Dirty, now: Instant) {
+    /// commands and its recent replacements kept), or adds it. Read from the
+    /// log, it keeps a later heartbeat time held here (the store keeps it
+    /// beside the record); `forced`, fetched, it is the truth, but for a
+    /// heartbeat taken here and not written yet.
+    fn apply_agent(
+        &mut self,
+        record: AgentRecord,
+        version: Version,
+        forced: bool,
+        marks: &Dirty,
+        now: Instant,
+    ) {
         let id = record.agent_id.clone();
         let Some(old) = self.agents.remove(&id) else {
             self.link_agent(record, None, version, None);
@@ -344,14 +361,17 @@ impl State {
         let mut old = *old;
         self.unlink_agent(&old);
         // A heartbeat taken here and not written yet is newer than the record.
-        let heartbeat = self
-            .has_local_heartbeat(&id, marks)
+        let heartbeat = (!forced || self.has_local_heartbeat(&id, marks))
             .then(|| self.journal.clock.timestamp(old.last_heartbeat_at));
         let metadata_changed = *old.metadata != record.metadata;
         self.link_agent(record, heartbeat, version, None);
         let Some(agent) = self.agents.get_mut(&id) else {
             return;
         };
+        if !forced {
+            // A heartbeat written since the record may have moved it further.
+            agent.version = agent.version.max(old.version);
+        }
         agent.stream = old.stream.take();
         agent.remote_stream = old.remote_stream.take();
         agent.replacements = old.replacements.take();
@@ -385,7 +405,7 @@ impl State {
         let Some(agent) = self.agents.get_mut(id) else {
             return;
         };
-        agent.version = version;
+        agent.version = agent.version.max(version);
         if at <= agent.last_heartbeat_at {
             return;
         }
@@ -663,7 +683,13 @@ impl State {
     /// Notes that `change` is what the store holds as `version`.
     fn written(&mut self, change: &Change, version: Version) {
         match change {
-            Change::Agent(AgentRecord { agent_id: id, .. }) | Change::Heartbeat(id, _) => {
+            Change::Agent(AgentRecord { agent_id: id, .. }) => {
+                if let Some(agent) = self.agents.get_mut(id) {
+                    agent.version = agent.version.max(version);
+                    agent.record_version = agent.record_version.max(version);
+                }
+            }
+            Change::Heartbeat(id, _) => {
                 if let Some(agent) = self.agents.get_mut(id) {
                     agent.version = agent.version.max(version);
                 }
@@ -676,7 +702,10 @@ impl State {
             Change::AgentRemoved(id) => {
                 match self.agents.get_mut(id) {
                     // Created here again since: the store holds none of it now.
-                    Some(agent) => agent.version = 0,
+                    Some(agent) => {
+                        agent.version = 0;
+                        agent.record_version = 0;
+                    }
                     None => self.removal_written(Entity::Agent(id.clone()), version),
                 }
             }
