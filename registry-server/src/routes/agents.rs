@@ -3,9 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use registry_core::{
-    Ack, AgentId, AgentStatus, CommandView, RegistrationRequest, Registry, RegistryError,
-};
+use registry_core::{Ack, AgentId, AgentStatus, CommandView, RegistrationRequest};
 use serde::Serialize;
 use tracing::instrument;
 use utoipa::ToSchema;
@@ -160,16 +158,11 @@ pub(super) async fn heartbeat(
     State(app): State<AppState>,
     ApiPath(AgentPath { agent_id }): ApiPath<AgentPath>,
 ) -> Result<StatusCode, ApiError> {
-    let registry = app.registry();
-    let beat = |registry: &Registry| registry.heartbeat(&agent_id);
-    match registry.durably(beat).await {
-        // An agent registered through another replica a moment ago: this
-        // one catches up only then, so that a heartbeat stays one round trip.
-        Err(RegistryError::UnknownAgent(_)) if registry.is_shared() => {
-            app.caught_up().await?.durably(beat).await?;
-        }
-        beaten => beaten?,
-    }
+    // The agent's token was checked after catching up with the log (see
+    // `auth::agent`), so the agent is known here if any replica knows it.
+    app.registry()
+        .durably(|registry| registry.heartbeat(&agent_id))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
