@@ -21,8 +21,13 @@
 # Prints a markdown table of medians over the runs (`loadgen cluster-report`)
 # and keeps every log and raw result under $OUT.
 #
-#   bash bench/cluster.sh             100,000 agents over 6 replicas, 3 runs
+#   bash bench/cluster.sh             100,000 agents over 7 replicas, 3 runs
 #   QUICK=1 bash bench/cluster.sh     a smoke run: 600 agents over 2 replicas, 1 run (under a minute once built)
+#
+# Why 7: a replica here holds at most 19,313 streams (server.max_streams, from
+# the 20,000 open files a process may have), so 6 replicas hold 100,000
+# streams (16,667 each) but 5 cannot take them back when one dies
+# (5 x 19,313 < 100,000): the seventh is the spare a failover needs.
 #
 # A replica that cannot join (a build that serves one replica per prefix exits
 # 2) leaves the smoke run with the replicas that did start; with a single one,
@@ -45,7 +50,7 @@ if [[ $QUICK == 1 ]]; then
     AGENTS=${AGENTS:-600} REPLICAS=${REPLICAS:-2} RUNS=${RUNS:-1} PUSHES=${PUSHES:-2}
     WRK_SECONDS=${WRK_SECONDS:-2} SETTLE_MS=${SETTLE_MS:-200} SSE_RETRY=${SSE_RETRY:-1s}
 else
-    AGENTS=${AGENTS:-100000} REPLICAS=${REPLICAS:-6} RUNS=${RUNS:-3} PUSHES=${PUSHES:-3}
+    AGENTS=${AGENTS:-100000} REPLICAS=${REPLICAS:-7} RUNS=${RUNS:-3} PUSHES=${PUSHES:-3}
     WRK_SECONDS=${WRK_SECONDS:-10} SETTLE_MS=${SETTLE_MS:-2000} SSE_RETRY=${SSE_RETRY:-}
 fi
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-64}

@@ -62,7 +62,7 @@ fn render(runs: &[ClusterResult]) -> String {
         "\nPush latency: from sending the command (each push through the next replica) until each stream's reader has it; \
          medians over every fleet push of every run. Failover: from the SIGKILL until each stream the killed replica held \
          is open again, each agent waiting the `retry:` its stream had sent (SPEC 10's jitter included). Redis memory: \
-         `INFO memory` used_memory."
+         `INFO memory` used_memory, the log of the last commits (a Redis Stream, trimmed) included."
     );
     out
 }
@@ -109,7 +109,16 @@ fn rows(runs: &[ClusterResult]) -> Vec<Row> {
         "all".to_owned(),
     ));
     rows.push((
-        "fleet command answered (202)".to_owned(),
+        "fleet commands answered 202".to_owned(),
+        format!(
+            "{} / {}",
+            burst.iter().filter(|push| push.status == 202).count(),
+            burst.len()
+        ),
+        "all".to_owned(),
+    ));
+    rows.push((
+        "fleet command answered after".to_owned(),
         seconds(median(
             &burst
                 .iter()
@@ -129,12 +138,14 @@ fn rows(runs: &[ClusterResult]) -> Vec<Row> {
         .map(|wrk| format!(" (`{}` on each replica at once)", wrk.settings))
         .unwrap_or_default();
     rows.push((
-        format!("heartbeats per second through the cluster{heartbeat_settings}"),
+        format!("heartbeats answered 204 per second through the cluster{heartbeat_settings}"),
         whole(median_of(runs, |run| {
-            Some(run.heartbeats.as_ref()?.requests_per_s)
+            Some(run.heartbeats.as_ref()?.ok_per_s)
         })),
         format!(
-            "not 2xx: {}, socket errors: {}",
+            "{} agents heartbeating every 30 s send {}/s; not 2xx: {}, socket errors: {}",
+            thousands(first.agents),
+            thousands(first.agents / 30),
             runs.iter()
                 .filter_map(|run| run.heartbeats.as_ref())
                 .map(|heartbeats| heartbeats.non_2xx)
@@ -233,9 +244,14 @@ fn rows(runs: &[ClusterResult]) -> Vec<Row> {
         rows.push((
             "fleet command after the failover: reached, 100 % after".to_owned(),
             format!(
-                "{}, {}",
+                "{}, {} (answered {})",
                 reached(&after),
-                seconds(percentile(|latency| latency.max_us, &after))
+                seconds(percentile(|latency| latency.max_us, &after)),
+                after
+                    .iter()
+                    .map(|push| push.status.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             "every agent, nothing lost".to_owned(),
         ));

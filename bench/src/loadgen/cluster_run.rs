@@ -339,15 +339,21 @@ async fn heartbeat_through_all(
             }
         }
     }
+    let requests_per_s: f64 = per_replica.iter().map(|run| run.requests_per_s).sum();
+    let non_2xx: u64 = per_replica.iter().map(|run| run.non_2xx).sum();
     let heartbeats = ClusterHeartbeats {
-        requests_per_s: per_replica.iter().map(|run| run.requests_per_s).sum(),
-        non_2xx: per_replica.iter().map(|run| run.non_2xx).sum(),
+        requests_per_s,
+        ok_per_s: (requests_per_s - non_2xx as f64 / options.wrk_seconds as f64).max(0.0),
+        non_2xx,
         socket_errors: per_replica.iter().map(|run| run.socket_errors).sum(),
         per_replica,
     };
     eprintln!(
-        "  {:.0} heartbeats/s in all ({} not 2xx, {} socket errors)",
-        heartbeats.requests_per_s, heartbeats.non_2xx, heartbeats.socket_errors
+        "  {:.0} heartbeats/s answered 204 in all, of {:.0} sent ({} not 2xx, {} socket errors)",
+        heartbeats.ok_per_s,
+        heartbeats.requests_per_s,
+        heartbeats.non_2xx,
+        heartbeats.socket_errors
     );
     Some(heartbeats)
 }

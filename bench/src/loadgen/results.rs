@@ -160,8 +160,10 @@ pub(crate) struct RedisMemory {
 /// Heartbeats sent by wrk to every replica at once.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ClusterHeartbeats {
-    /// The sum of every replica's `Requests/sec`.
+    /// The sum of every replica's `Requests/sec`, whatever the answers.
     pub(crate) requests_per_s: f64,
+    /// Of those, the ones answered 2xx (204), per second.
+    pub(crate) ok_per_s: f64,
     /// Answers that were not 2xx, summed.
     pub(crate) non_2xx: u64,
     /// Socket errors, summed.
