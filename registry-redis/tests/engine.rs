@@ -391,3 +391,83 @@ fn agent_ids_with_any_character_allowed_round_trip() {
         vec![(Entity::Agent(AgentId::parse(id).unwrap()), 1)]
     );
 }
+
+#[test]
+fn a_load_while_another_replica_writes_never_pairs_a_record_with_a_newer_version() {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let redis = RedisServer::start();
+    let mut a = open(&redis, "l:");
+    a.load().unwrap();
+    let count = 5_000;
+    let ids: Vec<String> = (0..count).map(|n| format!("a-{n}")).collect();
+    let all: Vec<Change> = ids
+        .iter()
+        .map(|id| Change::Agent(agent_record(id, "n0")))
+        .collect();
+    a.commit_versioned(&all, &vec![0; count]).unwrap();
+    // A rewrites its agents one commit at a time, noting what each version
+    // wrote, while B loads.
+    let written: Arc<Mutex<HashMap<u64, (String, String)>>> = Arc::default();
+    let (stop, started) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let writer = {
+        let (written, stop, started) = (written.clone(), stop.clone(), started.clone());
+        std::thread::spawn(move || {
+            let mut versions = vec![1_u64; count];
+            let mut n = 0_usize;
+            while !stop.load(Ordering::SeqCst) {
+                let index = n % count;
+                let name = format!("n{}", n + 1);
+                let change = Change::Agent(agent_record(&ids[index], &name));
+                let answer = a.commit_versioned(&[change], &[versions[index]]).unwrap();
+                let Commit::Written { version, .. } = answer else {
+                    panic!("{answer:?}");
+                };
+                versions[index] = version;
+                written
+                    .lock()
+                    .unwrap()
+                    .insert(version, (ids[index].clone(), name));
+                n += 1;
+                if n == 10 {
+                    started.store(true, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    while !started.load(Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+    let mut b = open(&redis, "l:");
+    let snapshot = b.load().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+
+    // Each record loaded is at least as new as the version it is loaded
+    // with: B's commits built on it conflict rather than overwrite a newer
+    // record, and the log after the load's position brings the rest.
+    let written = written.lock().unwrap();
+    let versions: HashMap<Entity, u64> = snapshot.versions.iter().cloned().collect();
+    let mut newer = 0;
+    for record in &snapshot.agents {
+        let version = versions[&Entity::Agent(record.agent_id.clone())];
+        let name = match written.get(&version) {
+            Some((id, name)) => {
+                assert_eq!(id, record.agent_id.as_str());
+                name.as_str()
+            }
+            None => "n0",
+        };
+        let loaded: u64 = record.metadata.name[1..].parse().unwrap();
+        let at_version: u64 = name[1..].parse().unwrap();
+        if loaded < at_version {
+            newer += 1;
+        }
+    }
+    assert_eq!(newer, 0, "records loaded with the version of a later write");
+}
