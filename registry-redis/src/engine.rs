@@ -213,6 +213,20 @@ impl RedisEngine {
             let position: Option<Version> = redis::cmd("GET").arg(&keys.seq).query(connection)?;
             snapshot.position = position.unwrap_or(0);
             let live: Vec<String> = scripts.live.key(&keys.replicas).invoke(connection)?;
+            // Versions before the records: a record read later is at least
+            // as new as the version it is held with, so a commit built on it
+            // conflicts rather than overwrites a newer one, and the log
+            // after the position brings the rest. Read the other way, a
+            // record rewritten between the two reads would be held with
+            // the newer version, and the tail would skip the newer write.
+            for (key, value) in scan(connection, &keys.versions)? {
+                let entity = entity(&key).ok_or_else(|| bad(format!("version of {key:?}")))?;
+                let version = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|text| text.parse::<Version>().ok())
+                    .ok_or_else(|| bad(format!("version of {key:?}: not a number")))?;
+                snapshot.versions.push((entity, version));
+            }
             for (id, value) in scan(connection, &keys.agents)? {
                 let record: AgentRecord = serde_json::from_slice(&value)
                     .map_err(|err| bad(format!("agent {id:?}: {err}")))?;
@@ -247,14 +261,6 @@ impl RedisEngine {
             }
             for (key, value) in scan(connection, &keys.meta)? {
                 snapshot.meta.insert(key, value);
-            }
-            for (key, value) in scan(connection, &keys.versions)? {
-                let entity = entity(&key).ok_or_else(|| bad(format!("version of {key:?}")))?;
-                let version = std::str::from_utf8(&value)
-                    .ok()
-                    .and_then(|text| text.parse::<Version>().ok())
-                    .ok_or_else(|| bad(format!("version of {key:?}: not a number")))?;
-                snapshot.versions.push((entity, version));
             }
             for (id, replica) in scan(connection, &keys.streams)? {
                 let replica = String::from_utf8_lossy(&replica);
