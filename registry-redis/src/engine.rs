@@ -490,9 +490,15 @@ fn text(value: &redis::Value) -> String {
 /// Every field of the hash `key`, read in pages (`HSCAN`), never in one reply.
 fn scan(connection: &mut Connection, key: &str) -> redis::RedisResult<Vec<(String, Vec<u8>)>> {
     use redis::Commands;
-    connection
-        .hscan::<_, (String, Vec<u8>)>(key)?
-        .collect::<redis::RedisResult<Vec<_>>>()
+    // HSCAN may return a field more than once (the hash resized while it
+    // was read): each field once, as last read, or the state would hold an
+    // agent or a command twice in its counts.
+    let mut fields: std::collections::HashMap<String, Vec<u8>> = std::collections::HashMap::new();
+    for field in connection.hscan::<_, (String, Vec<u8>)>(key)? {
+        let (name, value) = field?;
+        fields.insert(name, value);
+    }
+    Ok(fields.into_iter().collect())
 }
 
 impl Storage for RedisEngine {
