@@ -266,3 +266,73 @@ async fn the_keeper_says_which_replicas_are_alive_and_notices_redis_emptied() {
     next(&mut a.recorded.checks).await;
     a.stop.cancel();
 }
+
+/// Rewrites `P log` from entry `from` on, as a Redis restarted from an
+/// append-only file that lost its last writes, then written by another
+/// replica, shows it: the entries before `from` kept, `from` and the next
+/// one committed anew by another replica. Atomic with killing the tail's
+/// connection (`tail`), as the restart would.
+fn rewrite_history(redis: &RedisServer, prefix: &str, from: u64, tail: &str) {
+    const REWRITE: &str = r"
+local log, seq, from = KEYS[1], KEYS[2], tonumber(ARGV[1])
+local kept = redis.call('XRANGE', log, '-', (from - 1) .. '-0')
+local frames = redis.call('XRANGE', log, from .. '-0', from .. '-0')[1][2][4]
+redis.call('DEL', log)
+for _, entry in ipairs(kept) do redis.call('XADD', log, entry[1], unpack(entry[2])) end
+redis.call('XADD', log, from .. '-0', 'o', 'replica-elsewhere', 'c', frames)
+redis.call('XADD', log, (from + 1) .. '-0', 'o', 'replica-elsewhere', 'c', frames)
+redis.call('SET', seq, from + 1)
+return 1
+";
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_connection().unwrap();
+    redis::pipe()
+        .atomic()
+        .cmd("EVAL")
+        .arg(REWRITE)
+        .arg(2)
+        .arg(format!("{prefix}log"))
+        .arg(format!("{prefix}seq"))
+        .arg(from)
+        .cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(tail)
+        .query::<()>(&mut connection)
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_rewritten_behind_the_tail_has_the_registry_load_though_it_is_as_long() {
+    let redis = RedisServer::start();
+    let mut a = follow(&redis, "back:").await;
+    let b = engine(loaded(&redis, "back:").await);
+    for n in 0..3 {
+        commit(
+            &b,
+            vec![Change::Agent(agent_record(&format!("a-{n}"), "n"))],
+        )
+        .await;
+    }
+    for version in 1..=3 {
+        assert_eq!(next(&mut a.recorded.entries).await.version, version);
+    }
+    let name = format!("name=registry-tail-{}", a.id);
+    let clients: String = query(&redis, &["CLIENT", "LIST"]);
+    let tail = clients
+        .lines()
+        .find(|line| line.contains(&name))
+        .and_then(|line| {
+            line.split_whitespace()
+                .find_map(|field| field.strip_prefix("id="))
+        })
+        .expect("the tail's connection")
+        .to_owned();
+    // Redis lost commit 3 and another replica's commits took numbers 3
+    // and 4: by the time the tail is connected again, the log is as long
+    // as what it applied, but entry 3 is not the one it applied.
+    rewrite_history(&redis, "back:", 3, &tail);
+
+    next(&mut a.recorded.checks).await;
+    a.stop.cancel();
+}
