@@ -6,7 +6,11 @@
 //! Entries are numbered by the commit script: entry `v-0` is commit `v`, and
 //! `P seq` is the last one. So the tail knows exactly what follows what it
 //! applied: a gap means the log was trimmed past it (or Redis went back in
-//! time), and the registry loads everything again instead.
+//! time), and the registry loads everything again instead. A Redis that went
+//! back in time and was written again since can hold a log as long as what
+//! was applied, with other commits under the same numbers: each time it
+//! connects, the tail checks that the entry it applied last is still the
+//! one in the log (its fingerprint), and has the registry load if not.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -110,6 +114,27 @@ struct Raw {
     frames: Vec<u8>,
 }
 
+/// The last entry applied, to tell it from another commit that took its
+/// number after Redis went back in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Applied {
+    version: Version,
+    fingerprint: u64,
+}
+
+impl Raw {
+    fn applied(&self) -> Applied {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.origin.hash(&mut hasher);
+        self.frames.hash(&mut hasher);
+        Applied {
+            version: self.version,
+            fingerprint: hasher.finish(),
+        }
+    }
+}
+
 impl Tail {
     pub(crate) fn new(client: Client, shared: Arc<Shared>) -> Self {
         Self { client, shared }
@@ -121,24 +146,21 @@ impl Tail {
     pub async fn run(self, follower: impl Follower, stop: CancellationToken) {
         let mut loads = self.shared.watch_loads();
         let mut position = loads.borrow_and_update().position;
+        let mut last: Option<Applied> = None;
         let mut connection = None;
         let mut failing = false;
         let mut just_connected = false;
         loop {
             let live = match connection.as_mut() {
                 Some(live) => live,
-                None => match self.connect(position).await {
-                    Ok((live, behind)) => {
+                None => match self.connect(position, &mut last).await {
+                    Ok((live, trouble)) => {
                         if failing {
                             info!("this replica follows the log again");
                             failing = false;
                         }
-                        if let Some(head) = behind {
-                            self.ask_reload(
-                                &follower,
-                                format!("the log ends at {head}, before {position}, which this replica applied"),
-                            )
-                            .await;
+                        if let Some(why) = trouble {
+                            self.ask_reload(&follower, why).await;
                         }
                         just_connected = true;
                         connection.insert(live)
@@ -176,6 +198,8 @@ impl Tail {
                 }
                 Ok(Read::Loaded) => {
                     position = loads.borrow_and_update().position;
+                    // The entry at the load's position becomes the one applied.
+                    last = None;
                     // A read still blocked on it would hold the next one back.
                     connection = None;
                     continue;
@@ -192,9 +216,10 @@ impl Tail {
                     continue;
                 }
             };
-            let (entries, trouble) = self.decode(raws, position).await;
-            if let Some(last) = entries.last() {
-                position = last.version;
+            let (entries, applied, trouble) = self.decode(raws, position).await;
+            if let Some(entry) = entries.last() {
+                position = entry.version;
+                last = applied;
                 // Unless a load replaced the state meanwhile: read again from it.
                 if !loads.has_changed().unwrap_or(true) {
                     follower.apply(entries).await;
@@ -207,12 +232,16 @@ impl Tail {
     }
 
     /// A connection of the tail's own (a blocked `XREAD` holds its
-    /// connection), named in `CLIENT LIST`; and, if the log ends before
-    /// `position` (Redis went back in time), where it ends.
+    /// connection), named in `CLIENT LIST`; and why the log can't be
+    /// followed from `position` if it can't: it ends before `position`, or
+    /// its entry `position` is not `last`, the one applied (Redis went back
+    /// in time). Without `last` (nothing read since a load), the entry at
+    /// `position` becomes it.
     async fn connect(
         &self,
         position: Version,
-    ) -> redis::RedisResult<(MultiplexedConnection, Option<Version>)> {
+        last: &mut Option<Applied>,
+    ) -> redis::RedisResult<(MultiplexedConnection, Option<String>)> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(BLOCK + TIMEOUT));
@@ -230,7 +259,48 @@ impl Tail {
             .query_async(&mut connection)
             .await?;
         let head = head.unwrap_or(0);
-        Ok((connection, (head < position).then_some(head)))
+        if head < position {
+            let why =
+                format!("the log ends at {head}, before {position}, which this replica applied");
+            return Ok((connection, Some(why)));
+        }
+        if position == 0 {
+            return Ok((connection, None));
+        }
+        let id = format!("{position}-0");
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(&self.shared.keys.log)
+            .arg(&id)
+            .arg(&id)
+            .query_async(&mut connection)
+            .await?;
+        // An `XRANGE` reply: `[[id, [field, value...]]]`, empty without it.
+        let found = match reply {
+            Value::Array(items) => items.into_iter().next().map(|item| match raw(item) {
+                Some(raw) => raw.applied(),
+                // Not in the form the commit script writes: not what was applied.
+                None => Applied {
+                    version: 0,
+                    fingerprint: 0,
+                },
+            }),
+            _ => None,
+        };
+        let trouble = match (*last, found) {
+            (Some(applied), Some(found)) if applied.version == position && applied != found => {
+                Some(format!(
+                    "the log's entry {position} is not the one this replica applied: Redis went                      back in time and was written again since"
+                ))
+            }
+            (_, None) => Some(format!(
+                "the log no longer holds entry {position}, which this replica applied last"
+            )),
+            (_, found) => {
+                *last = found;
+                None
+            }
+        };
+        Ok((connection, trouble))
     }
 
     /// The entries after `position`, waiting up to [`BLOCK`] for one.
@@ -256,12 +326,18 @@ impl Tail {
     /// pool when they are large), up to the first that does not follow or
     /// can't be decoded, which is the trouble. This replica's own entries
     /// are not decoded (it holds what they say): they only move the position.
-    async fn decode(&self, raws: Vec<Raw>, position: Version) -> (Vec<LogEntry>, Option<String>) {
+    async fn decode(
+        &self,
+        raws: Vec<Raw>,
+        position: Version,
+    ) -> (Vec<LogEntry>, Option<Applied>, Option<String>) {
         let own = self.shared.replica.clone();
         let size: usize = raws.iter().map(|raw| raw.frames.len()).sum();
         let decode = move || {
             let mut entries = Vec::with_capacity(raws.len());
+            let mut applied = None;
             for (expected, raw) in (position + 1..).zip(raws) {
+                let print = raw.applied();
                 let Raw {
                     version,
                     origin,
@@ -272,14 +348,17 @@ impl Tail {
                         "the log goes on at entry {version}, not {expected}: it was trimmed \
                          past what this replica applied"
                     );
-                    return (entries, Some(why));
+                    return (entries, applied, Some(why));
                 }
                 let changes = if origin == own {
                     Vec::new()
                 } else {
                     match wire::decode_frames(&frames) {
                         Ok(changes) => changes,
-                        Err(why) => return (entries, Some(format!("log entry {version}: {why}"))),
+                        Err(why) => {
+                            let why = format!("log entry {version}: {why}");
+                            return (entries, applied, Some(why));
+                        }
                     }
                 };
                 entries.push(LogEntry {
@@ -287,15 +366,16 @@ impl Tail {
                     origin,
                     changes,
                 });
+                applied = Some(print);
             }
-            (entries, None)
+            (entries, applied, None)
         };
         if size < LARGE_ENTRY {
             decode()
         } else {
             tokio::task::spawn_blocking(decode)
                 .await
-                .unwrap_or_else(|err| (Vec::new(), Some(err.to_string())))
+                .unwrap_or_else(|err| (Vec::new(), None, Some(err.to_string())))
         }
     }
 
