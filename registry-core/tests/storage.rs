@@ -483,3 +483,30 @@ async fn a_running_rollout_restarts_counting_the_commands_read_back() {
     let after = registry.rollout(&rollout_id).unwrap();
     assert_eq!((after.expired, after.pending, after.done), (3, 0, true));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_stream_ends_when_the_state_is_read_again_after_a_failed_write() {
+    let storage = MapStorage::default();
+    let (_guard, registry) = start_on(&storage);
+    register(&registry, "a-1").await;
+    let mut fleet = registry.fleet_events().unwrap();
+    storage.with(|stored| stored.failing = true);
+    // The registration is refused, and the state read again from storage:
+    // the fleet stream told of an agent the registry no longer holds, so it
+    // ends, and its reader lists again (SPEC 9, 11).
+    let refused = registry
+        .durably(|registry| registry.register(registration("a-2", "orders")))
+        .await;
+    assert!(matches!(refused, Err(RegistryError::StorageUnavailable(_))));
+    assert!(registry.agent("a-2").is_err());
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while fleet.next().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the fleet stream ends");
+    // A new one follows the registry as it is now.
+    storage.with(|stored| stored.failing = false);
+    let mut fleet = registry.fleet_events().unwrap();
+    register(&registry, "a-2").await;
+    assert!(fleet.next().await.is_some());
+}
