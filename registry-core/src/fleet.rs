@@ -59,7 +59,8 @@ pub struct AgentEvent {
 
 /// A reader of the fleet's events from the moment it subscribed. It ends
 /// (returns `None`) when the reader fell more than `fleet_queue` events behind,
-/// or when the registry shuts down.
+/// when the state is read again from storage (the events no longer lead to
+/// the registry's state), or when the registry shuts down.
 pub struct FleetSubscription {
     receiver: broadcast::Receiver<FleetEvent>,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,

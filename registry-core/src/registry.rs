@@ -76,6 +76,10 @@ struct Shared {
     wake_scheduler: Notify,
     /// Parent of every stream's closer: cancelling it ends every stream.
     streams: CancellationToken,
+    /// Ends the fleet's event streams open now: a child of `streams`,
+    /// replaced (and cancelled) when the state is read again from storage,
+    /// after which their readers' views are no longer the registry's.
+    fleet: Mutex<CancellationToken>,
     /// What changes in the fleet, for every reader of the fleet's events.
     events: broadcast::Sender<FleetEvent>,
     settings: Arc<Settings>,
@@ -247,11 +251,13 @@ impl Registry {
             log,
             position: watch::Sender::new(0),
         });
+        let streams = CancellationToken::new();
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
                 wake_scheduler: Notify::new(),
-                streams: CancellationToken::new(),
+                fleet: Mutex::new(streams.child_token()),
+                streams,
                 events,
                 settings,
                 clock,
@@ -559,6 +565,15 @@ impl Registry {
             replica.position.send_replace(snapshot.position);
         }
         state.reload(snapshot, self.shared.clock.now());
+        // The fleet's event streams told of a state that is gone (what was
+        // refused, what other replicas did meanwhile): they end, and their
+        // readers list again (SPEC 9, 11). Under the state's lock, as
+        // subscribing is, so none opened on the old state is missed.
+        let ended = std::mem::replace(
+            &mut *self.shared.fleet.lock(),
+            self.shared.streams.child_token(),
+        );
+        ended.cancel();
         drop(state);
         self.shared.wake_scheduler.notify_one();
         taken
@@ -793,7 +808,9 @@ impl Registry {
     }
 
     /// Every change in the fleet from now on, until the reader falls more than
-    /// `fleet_queue` events behind or the registry shuts down.
+    /// `fleet_queue` events behind, the state is read again from storage
+    /// (after a failed write, or a replica that could not follow the log), or
+    /// the registry shuts down.
     pub fn fleet_events(&self) -> Result<FleetSubscription, RegistryError> {
         // Subscribing under the lock orders it with the changes: none made
         // after the answer is missed.
@@ -803,7 +820,7 @@ impl Registry {
             }
             Ok(FleetSubscription::new(
                 self.shared.events.subscribe(),
-                self.shared.streams.child_token().cancelled_owned(),
+                self.shared.fleet.lock().child_token().cancelled_owned(),
             ))
         })
     }
