@@ -647,3 +647,41 @@ fn redis_emptied_is_served_as_one_empty_registry_by_every_replica() {
         replica.process.terminate();
     }
 }
+
+#[test]
+fn a_replica_whose_liveness_ran_out_and_came_back_has_its_streams_read_connected_again() {
+    let redis = RedisServer::start();
+    let cluster = replicas(&redis, "lapse:", &[], 2);
+    let [a, b] = [cluster[0].addr, cluster[1].addr];
+    assert_eq!(register_in(a, None, "a-1", "g").0, 201);
+    let mut on_b = stream_as(b, "a-1", None);
+    eventually(PROMPTLY, "connected on A", || {
+        op(a, "GET", "/api/v1/agents/a-1", None).1["connected"] == true
+    });
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_connection().unwrap();
+    let on: String = redis::cmd("HGET")
+        .arg("lapse:streams")
+        .arg("a-1")
+        .query(&mut connection)
+        .unwrap();
+    // B's liveness runs out (its keeper stalled, or Redis was away for
+    // longer than it lasts): A ends B's streams.
+    eventually(Duration::from_secs(10), "not connected on A", || {
+        let _: u64 = redis::cmd("ZREM")
+            .arg("lapse:replicas")
+            .arg(&on)
+            .query(&mut connection)
+            .unwrap();
+        op(a, "GET", "/api/v1/agents/a-1", None).1["connected"] == false
+    });
+    // B's keeper renews it: B's stream, still open, reads connected again on A.
+    eventually(Duration::from_secs(5), "connected on A again", || {
+        op(a, "GET", "/api/v1/agents/a-1", None).1["connected"] == true
+    });
+    let id = push(a, None, "a-1", "replay");
+    read_until(&mut on_b, &id).expect("the command on B's stream");
+    for replica in cluster {
+        replica.process.terminate();
+    }
+}
