@@ -930,6 +930,14 @@ impl Registry {
         self.with_state(|state, _| state.replicas_alive(alive));
     }
 
+    /// This replica's liveness ran out and was renewed (as the engine
+    /// learns it): the other replicas ended the streams open here, which
+    /// are still open; each is written as opened again, so that they read
+    /// it `connected` again.
+    pub fn announce_streams(&self) {
+        self.with_state(|state, _| state.announce_streams());
+    }
+
     /// With a store shared by replicas, waits until this replica has applied
     /// the log up to its head as it is now: what any replica answered before
     /// is then read here too. The server calls it before reads. Refused as

@@ -17,6 +17,10 @@ pub trait Follower: Clone + Send + Sync + 'static {
     /// The replicas alive now (this one among them), every second.
     fn replicas_alive(&self, replicas: &[ReplicaId]);
 
+    /// This replica's liveness had run out and is renewed: the others ended
+    /// the streams open here, which are announced again.
+    fn announce_streams(&self);
+
     /// Has the writer commit at once: when Redis can't be used, or the engine
     /// asked to load again, the commit fails and the registry loads the state
     /// from Redis again (retried every second until it can). Returns once it
@@ -37,6 +41,10 @@ impl Follower for registry_core::Registry {
 
     fn replicas_alive(&self, replicas: &[ReplicaId]) {
         registry_core::Registry::replicas_alive(self, replicas);
+    }
+
+    fn announce_streams(&self) {
+        registry_core::Registry::announce_streams(self);
     }
 
     async fn check_storage(&self) {

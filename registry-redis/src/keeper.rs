@@ -1,7 +1,8 @@
 //! The keeper: every second it renews this replica's liveness in
 //! `P replicas` (and the public key it signs with in `P keys`), forgets
 //! replicas whose liveness ran out, tells the registry which are alive, and
-//! watches Redis: when Redis can't be reached or lost the registry (the
+//! announces its streams again when it finds its liveness had run out (the
+//! others ended them meanwhile), and watches Redis: when Redis can't be reached or lost the registry (the
 //! marker is gone), it has the registry check its storage, which refuses
 //! writes (503) and reads the state again until Redis serves it.
 
@@ -72,7 +73,7 @@ impl Keeper {
                 .invoke_async(connection)
                 .await;
             healthy = match answer.as_deref() {
-                Ok([Value::Int(1), live @ ..]) => {
+                Ok([Value::Int(1), Value::Int(lapsed), live @ ..]) => {
                     if !healthy {
                         info!("Redis serves the registry again");
                     }
@@ -82,6 +83,15 @@ impl Keeper {
                         .map(ReplicaId::from)
                         .collect();
                     follower.replicas_alive(&live);
+                    if *lapsed == 1 {
+                        // Forgotten meanwhile: the other replicas ended the
+                        // streams open here, which are still open.
+                        warn!(
+                            prefix = %self.shared.keys.prefix,
+                            "this replica's liveness had run out: its streams are announced again"
+                        );
+                        follower.announce_streams();
+                    }
                     true
                 }
                 Ok(_) => {

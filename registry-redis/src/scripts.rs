@@ -157,17 +157,19 @@ return {1}
 /// Every second: KEYS replicas, keys, marker; ARGV the replica's id, its
 /// liveness in ms, its public key (empty: none), the marker it loaded.
 /// Renews its liveness and key, forgets the replicas whose liveness ran out,
-/// and answers `{marker still the one loaded (1) or not (0), live replicas...}`.
+/// and answers `{marker still the one loaded (1) or not (0), its liveness
+/// had run out (1: it was forgotten, and the others ended its streams) or
+/// not (0), live replicas...}`.
 const KEEP: &str = r"
 local time = redis.call('TIME')
 local now = time[1] * 1000 + math.floor(time[2] / 1000)
-redis.call('ZADD', KEYS[1], now + ARGV[2], ARGV[1])
+local lapsed = redis.call('ZADD', KEYS[1], now + ARGV[2], ARGV[1])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) end
 for _, replica in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100)) do
   redis.call('ZREM', KEYS[1], replica)
   redis.call('HDEL', KEYS[2], replica)
 end
-local answer = {redis.call('GET', KEYS[3]) == ARGV[4] and 1 or 0}
+local answer = {redis.call('GET', KEYS[3]) == ARGV[4] and 1 or 0, lapsed}
 for _, replica in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
   answer[#answer + 1] = replica
 end

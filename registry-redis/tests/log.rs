@@ -47,6 +47,8 @@ impl Follower for Recorder {
         let _ = self.alive.send(replicas.to_vec());
     }
 
+    fn announce_streams(&self) {}
+
     async fn check_storage(&self) {
         let engine = Arc::clone(&self.engine);
         tokio::task::spawn_blocking(move || {

@@ -602,6 +602,17 @@ impl State {
         }
     }
 
+    /// Marks every stream open here as opened again: the other replicas
+    /// ended them when this replica's liveness ran out. A pass over the
+    /// agents, but no periodic scan: only when the liveness lapsed.
+    pub(crate) fn announce_streams(&mut self) {
+        for agent in self.agents.values() {
+            if agent.stream.is_some() {
+                self.journal.dirty.stream(&agent.id, true);
+            }
+        }
+    }
+
     /// Hands the next `limit` PENDING commands applied to the open streams
     /// of their agents here. Returns whether commands remain.
     pub(crate) fn deliver_applied(
