@@ -1128,3 +1128,22 @@ async fn a_heartbeat_written_just_after_another_replicas_stale_leaves_both_repli
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_read_after_catching_up_shows_an_ack_answered_on_another_replica_during_a_local_delivery()
+ {
+    let (_store, nodes) = cluster(2);
+    let (id, _stream) = delivered_on_b(&nodes).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // a answers the ack; b's delivery of that command is not written yet.
+    let acked = a
+        .registry
+        .durably(|registry| registry.ack("a-1", &id, Ack::default()))
+        .await
+        .unwrap();
+    assert_eq!(acked.status, CommandStatus::Acknowledged);
+    // A client that reads through b next, as the server does, catches up
+    // first: it reads the ack answered.
+    b.registry.catch_up().await.unwrap();
+    assert_eq!(status_on(b, "a-1", &id), CommandStatus::Acknowledged);
+}
