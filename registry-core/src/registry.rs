@@ -939,8 +939,9 @@ impl Registry {
     }
 
     /// With a store shared by replicas, waits until this replica has applied
-    /// the log up to its head as it is now: what any replica answered before
-    /// is then read here too. The server calls it before reads. Refused as
+    /// the log up to its head as it is now (and, if a change it applied waits
+    /// for this replica's own commit of the same entity, until that commit
+    /// resolves): what any replica answered before is then read here too. The server calls it before reads. Refused as
     /// [`RegistryError::StorageUnavailable`] when the head can't be read, or
     /// is not reached within 2 s. Returns at once without a shared store.
     pub async fn catch_up(&self) -> Result<(), RegistryError> {
@@ -957,6 +958,15 @@ impl Registry {
             .await
             .is_ok_and(|reached| reached.is_ok());
         if reached {
+            if self.lock().has_kept_aside() {
+                // Another replica's change of what this one changed and has
+                // not written yet waits until this one's commit resolves
+                // (it conflicts and fetches the truth, or wins and the
+                // change is applied after it): the read waits for that too.
+                self.flush()
+                    .await
+                    .map_err(|err| RegistryError::StorageUnavailable(err.0))?;
+            }
             return Ok(());
         }
         Err(RegistryError::StorageUnavailable(format!(

@@ -1131,7 +1131,7 @@ async fn a_heartbeat_written_just_after_another_replicas_stale_leaves_both_repli
 
 #[tokio::test(start_paused = true)]
 async fn a_read_after_catching_up_shows_an_ack_answered_on_another_replica_during_a_local_delivery()
- {
+{
     let (_store, nodes) = cluster(2);
     let (id, _stream) = delivered_on_b(&nodes).await;
     let (a, b) = (&nodes[0], &nodes[1]);

@@ -809,6 +809,14 @@ impl State {
         self.done_with(&[], now);
     }
 
+    /// Whether another replica's change is kept aside, waiting for this
+    /// replica's own commit of the same entity to resolve.
+    pub(crate) fn has_kept_aside(&self) -> bool {
+        self.replica
+            .as_ref()
+            .is_some_and(|replica| !replica.kept_aside.is_empty())
+    }
+
     /// This replica's id, with a shared store.
     pub(crate) fn replica_id(&self) -> Option<ReplicaId> {
         self.replica.as_ref().map(|replica| replica.id.clone())
