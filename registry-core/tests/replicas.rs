@@ -1147,3 +1147,40 @@ async fn a_read_after_catching_up_shows_an_ack_answered_on_another_replica_durin
     b.registry.catch_up().await.unwrap();
     assert_eq!(status_on(b, "a-1", &id), CommandStatus::Acknowledged);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_transition_found_unchanged_does_not_skip_a_heartbeat_written_after_it() {
+    let (store, nodes) = cluster(2);
+    let (b, c) = (&nodes[0], &nodes[1]);
+    register(b, "a-1").await;
+    settle(&nodes).await;
+    let stale_after = Settings::default().stale_after.as_millis() as u64;
+    advance_ms(stale_after - 1).await;
+    // Another replica writes the agent STALE at its deadline just before
+    // c's heartbeat, taken a millisecond earlier, reaches the store beside it.
+    let racer = store.clone();
+    *c.race.lock().unwrap() = Some(Box::new(move || {
+        let text = racer.with(|held| held.agents[&AgentId::parse("a-1").unwrap()].clone());
+        let mut record: AgentRecord = serde_json::from_str(&text).unwrap();
+        if record.status == AgentStatus::Live {
+            let due = record.last_heartbeat_at.unix_millis() + stale_after;
+            record.status = AgentStatus::Stale;
+            record.status_changed_at = Timestamp::from_unix_millis(due);
+            commit_elsewhere(&racer, Change::Agent(record));
+        }
+    }));
+    b.hold();
+    c.registry
+        .durably(|registry| registry.heartbeat("a-1"))
+        .await
+        .unwrap();
+    *c.race.lock().unwrap() = None;
+    // b's own deadline writes the same STALE record: unchanged.
+    advance_ms(1).await;
+    b.registry.flush().await.unwrap();
+    b.sync();
+    settle(&nodes).await;
+
+    let heartbeat = |node: &Node| node.registry.agent("a-1").unwrap().last_heartbeat_at;
+    assert_eq!(heartbeat(b), heartbeat(c), "b read c's heartbeat");
+}
