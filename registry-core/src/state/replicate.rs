@@ -674,11 +674,20 @@ impl State {
         let unchanged: HashMap<usize, Version> = unchanged.iter().copied().collect();
         let mut held: HashSet<Entity> = HashSet::default();
         for (index, change) in changes.iter().enumerate() {
-            let stored = unchanged.get(&index).copied();
-            if stored.is_some() {
-                held.insert(change.entity());
+            match unchanged.get(&index) {
+                // The store held it already: the entry that wrote it is
+                // applied from the log in its turn, which moves the version.
+                // Moved here to the version stored (which a heartbeat written
+                // since may have moved), that heartbeat's entry would be
+                // skipped as known. A removal is noted, to guard it.
+                Some(&stored) => {
+                    held.insert(change.entity());
+                    if matches!(change, Change::AgentRemoved(_) | Change::CommandRemoved(_)) {
+                        self.written(change, stored);
+                    }
+                }
+                None => self.written(change, version),
             }
-            self.written(change, stored.unwrap_or(version));
         }
         for batch in batches {
             for announcement in batch.announcements() {
