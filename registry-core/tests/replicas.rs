@@ -1184,3 +1184,34 @@ async fn a_transition_found_unchanged_does_not_skip_a_heartbeat_written_after_it
     let heartbeat = |node: &Node| node.registry.agent("a-1").unwrap().last_heartbeat_at;
     assert_eq!(heartbeat(b), heartbeat(c), "b read c's heartbeat");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_command_left_in_the_store_by_a_deletion_racing_its_creation_is_removed_by_the_next_load()
+ {
+    let (store, nodes) = cluster(2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    register(a, "a-1").await;
+    settle(&nodes).await;
+    // b creates a command for the agent while a, which has not read it,
+    // deletes the agent: a's deletion takes only the commands a knows.
+    a.hold();
+    b.registry
+        .durably(|registry| registry.send_to_agent("a-1", request("replay")))
+        .await
+        .unwrap();
+    a.registry
+        .durably(|registry| registry.delete_agent("a-1"))
+        .await
+        .unwrap();
+    a.resume();
+    settle(&nodes).await;
+    assert!(b.registry.agents(&Default::default()).is_empty());
+    // The command outlives its agent in the store; a replica that loads it
+    // finishes the deletion's job.
+    let c = Node::start(&store, Settings::default(), "replica-c");
+    c.registry.flush().await.unwrap();
+    store.with(|held| {
+        assert!(held.agents.is_empty());
+        assert!(held.commands.is_empty(), "no command outlives its agent");
+    });
+}
