@@ -1187,7 +1187,7 @@ async fn a_transition_found_unchanged_does_not_skip_a_heartbeat_written_after_it
 
 #[tokio::test(start_paused = true)]
 async fn a_command_left_in_the_store_by_a_deletion_racing_its_creation_is_removed_by_the_next_load()
- {
+{
     let (store, nodes) = cluster(2);
     let (a, b) = (&nodes[0], &nodes[1]);
     register(a, "a-1").await;

@@ -240,9 +240,12 @@ impl State {
     ) -> bool {
         let clock = self.journal.clock;
         if !self.agents.contains_key(&record.agent_id) {
-            // Its agent's removal was written and this was not: finish the job.
+            // Its agent's removal was written and this was not (or, with
+            // replicas, it was created while another replica deleted its
+            // agent): finish the job, from the version stored.
             warn!(command_id = %record.command_id, "a stored command of no stored agent is dropped");
             self.journal.dirty.command(record.command_id);
+            self.bury(Entity::Command(record.command_id), version);
             return false;
         }
         // A command of a rollout reads the rollout's payload; one of a
@@ -257,6 +260,7 @@ impl State {
         let Some(payload) = payload else {
             warn!(command_id = %record.command_id, "a stored command without its payload is dropped");
             self.journal.dirty.command(record.command_id);
+            self.bury(Entity::Command(record.command_id), version);
             return false;
         };
         if record.rollout_id.is_none() {
