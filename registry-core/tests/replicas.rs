@@ -39,6 +39,8 @@ struct Held {
     streams: BTreeMap<AgentId, ReplicaId>,
     seq: Version,
     log: Vec<LogEntry>,
+    /// Every commit fails while set (the store unreachable); loads do not.
+    failing: bool,
 }
 
 fn json<T: serde::Serialize>(record: &T) -> String {
@@ -223,6 +225,9 @@ impl Storage for Engine {
         assert_eq!(changes.len(), bases.len(), "one base per change");
         if let Some(race) = self.race.lock().unwrap().as_mut() {
             race();
+        }
+        if self.store.with(|held| held.failing) {
+            return Err(StorageError::new("the store can't be reached"));
         }
         let origin = self.replica.clone();
         let written = self.store.with(|held| {
@@ -1214,4 +1219,28 @@ async fn a_command_left_in_the_store_by_a_deletion_racing_its_creation_is_remove
         assert!(held.agents.is_empty());
         assert!(held.commands.is_empty(), "no command outlives its agent");
     });
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_read_the_store_again_announces_its_streams_again() {
+    let (store, nodes) = cluster(2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    register(a, "a-1").await;
+    settle(&nodes).await;
+    let _stream = b.registry.open_stream("a-1").unwrap();
+    settle(&nodes).await;
+    assert!(a.registry.agent("a-1").unwrap().connected);
+    // The store is away for longer than b's liveness lasts: a ends b's
+    // streams, and b, whose write fails, reads the store again.
+    a.registry.replicas_alive(std::slice::from_ref(&a.id));
+    assert!(!a.registry.agent("a-1").unwrap().connected);
+    store.with(|held| held.failing = true);
+    assert!(b.registry.check_storage().await.is_err());
+    store.with(|held| held.failing = false);
+    settle(&nodes).await;
+
+    assert!(
+        a.registry.agent("a-1").unwrap().connected,
+        "b's stream, still open, reads connected on a again"
+    );
 }
