@@ -431,6 +431,10 @@ impl State {
                 }
             }
         }
+        // With replicas, the streams kept are written as opened again: while
+        // this replica could not write, the others may have ended them (its
+        // liveness ran out), and what the store says of them is older.
+        fresh.announce_streams();
         let stats = &self.journal.stats;
         let counters = &mut fresh.journal.stats;
         counters.transitions = stats.transitions;
