@@ -9,10 +9,10 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use registry_core::{AgentId, CommandEvent, CommandId, Payload, Timestamp};
 use registry_server::signing::event_data;
-use registry_signing::ServerKey;
+use registry_signing::{AheadSigner, ServerKey};
 use serde_json::{Value, json};
 
 /// A payload of about `bytes` bytes, shaped as configuration is: a few
@@ -39,22 +39,46 @@ fn event(payload: &Payload) -> CommandEvent {
 
 const SIZES: [usize; 3] = [64, 1024, 65_536];
 
-/// The data of one event, as a stream writes it, signed and not.
+/// The data of one event, as a stream writes it: signed with a nonce from
+/// the stock (what a stream does while the stock lasts), signed as RFC 8032
+/// does (deterministic, what it does when the stock is empty), and unsigned;
+/// and what making a nonce ahead costs.
 fn per_event(c: &mut Criterion) {
-    let key = ServerKey::generate().unwrap();
+    let signer = AheadSigner::new(ServerKey::generate().unwrap());
     let mut group = c.benchmark_group("event data");
     for size in SIZES {
         let payload = Payload::from_value(&payload(size));
         let event = event(&payload);
-        let data = event_data(&event, Some(&key)).unwrap();
+        let data = event_data(&event, Some(&signer)).unwrap();
         group.throughput(Throughput::Bytes(data.len() as u64));
         group.bench_with_input(BenchmarkId::new("signed", size), &event, |b, event| {
-            b.iter(|| event_data(black_box(event), Some(&key)).unwrap());
+            b.iter_batched(
+                || assert!(signer.restock(1) == 1),
+                |()| event_data(black_box(event), Some(&signer)).unwrap(),
+                BatchSize::SmallInput,
+            );
         });
+        group.bench_with_input(
+            BenchmarkId::new("signed, stock empty", size),
+            &event,
+            |b, event| {
+                b.iter(|| event_data(black_box(event), Some(&signer)).unwrap());
+            },
+        );
         group.bench_with_input(BenchmarkId::new("unsigned", size), &event, |b, event| {
             b.iter(|| event_data(black_box(event), None).unwrap());
         });
     }
+    group.finish();
+    let mut group = c.benchmark_group("nonces made ahead");
+    group.throughput(Throughput::Elements(64));
+    group.bench_function("a batch of 64", |b| {
+        b.iter_batched(
+            || AheadSigner::new(ServerKey::generate().unwrap()),
+            |signer| assert_eq!(signer.restock(64), 64),
+            BatchSize::SmallInput,
+        );
+    });
     group.finish();
 }
 
@@ -74,12 +98,12 @@ fn per_request(c: &mut Criterion) {
 
 /// What an agent pays: parse, take the signature out, canonicalize, verify.
 fn verify(c: &mut Criterion) {
-    let key = ServerKey::generate().unwrap();
-    let public = key.public_key();
+    let signer = AheadSigner::new(ServerKey::generate().unwrap());
+    let public = signer.key().public_key();
     let mut group = c.benchmark_group("verify");
     for size in [64, 1024] {
         let payload = Payload::from_value(&payload(size));
-        let data = event_data(&event(&payload), Some(&key)).unwrap();
+        let data = event_data(&event(&payload), Some(&signer)).unwrap();
         group.bench_with_input(BenchmarkId::from_parameter(size), &data, |b, data| {
             b.iter(|| public.verify_data(black_box(data)).unwrap());
         });

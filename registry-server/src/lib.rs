@@ -40,7 +40,7 @@ pub mod state;
 use std::future::Future;
 use std::io;
 
-use registry_core::{Clock, Registry, RegistryGuard, Settings, Storage, StorageError};
+use registry_core::{Clock, Registry, RegistryGuard, Replay, Settings, Storage, StorageError};
 use registry_embedded::Embedded;
 use registry_signing::ServerKey;
 use tokio::net::TcpListener;
@@ -229,6 +229,17 @@ pub async fn serve_with_storage(
     // The Redis replica's tasks end with this function, however it returns.
     let _keeping = keeping.drop_guard();
     let state = AppState::new(guard.registry(), config, auth, key);
+    let stocking = CancellationToken::new();
+    // With replay a command may be sent again, and must then carry the very
+    // same data: its signature is RFC 8032's deterministic one, no stock is
+    // kept. Without, each command is signed once.
+    if let Some(signer) = state.signer()
+        && state.config().sse.replay == Replay::None
+    {
+        signing::keep_stocked(signer.clone(), guard.registry(), stocking.clone())?;
+    }
+    // The nonce maker stops with this function, however it returns.
+    let _stocking = stocking.drop_guard();
     let app = routes::router(state.clone());
 
     let stopping = CancellationToken::new();

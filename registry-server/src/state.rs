@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::http::HeaderMap;
 use registry_core::{AgentId, Registry, RegistryError};
-use registry_signing::ServerKey;
+use registry_signing::{AheadSigner, ServerKey};
 
 use crate::auth::{Auth, Gate};
 use crate::config::Config;
@@ -25,8 +25,9 @@ struct Inner {
     auth: Arc<Auth>,
     ready: AtomicBool,
     metrics: Arc<Metrics>,
-    /// What commands are signed with; none when `signing.enabled` is false.
-    signing_key: Option<ServerKey>,
+    /// What commands are signed with, and its stock of nonces; none when
+    /// `signing.enabled` is false.
+    signer: Option<Arc<AheadSigner>>,
     /// Its public key as the registration answer gives it.
     public_key: Option<String>,
 }
@@ -42,6 +43,7 @@ impl AppState {
     ) -> Self {
         let metrics = Arc::new(Metrics::new(registry.clone()));
         let public_key = signing_key.as_ref().map(|key| key.public_key().to_base64());
+        let signer = signing_key.map(|key| Arc::new(AheadSigner::new(key)));
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -49,15 +51,15 @@ impl AppState {
                 auth: Arc::new(auth),
                 ready: AtomicBool::new(false),
                 metrics,
-                signing_key,
+                signer,
                 public_key,
             }),
         }
     }
 
-    /// The key commands are signed with, if they are.
-    pub fn signing_key(&self) -> Option<&ServerKey> {
-        self.inner.signing_key.as_ref()
+    /// What commands are signed with, if they are.
+    pub fn signer(&self) -> Option<&Arc<AheadSigner>> {
+        self.inner.signer.as_ref()
     }
 
     /// `serverPublicKey`: the standard base64 of the signing key's public key.

@@ -7,6 +7,7 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use ed25519_dalek::hazmat::ExpandedSecretKey;
 use ed25519_dalek::pkcs8::{
     DecodePrivateKey, EncodePrivateKey, KeypairBytes, spki::der::pem::LineEnding,
 };
@@ -114,6 +115,12 @@ impl ServerKey {
     /// The Ed25519 signature (RFC 8032, pure Ed25519) of `message`.
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.key.sign(message).to_bytes()
+    }
+
+    /// The secret scalar and nonce prefix RFC 8032 derives from the seed,
+    /// for [`AheadSigner`](crate::AheadSigner); wiped when dropped.
+    pub(crate) fn expanded(&self) -> ExpandedSecretKey {
+        ExpandedSecretKey::from(self.key.as_bytes())
     }
 }
 

@@ -18,14 +18,18 @@
 //!
 //! # Layout
 //!
+//! - [`ahead`]: [`AheadSigner`], signing with nonces made ahead of time, which
+//!   the server's streams use.
 //! - [`canonical`]: RFC 8785 (by `serde_jcs`), and the ±2^53 rule for numbers.
 //! - [`key`]: [`ServerKey`] (PKCS#8 PEM, generated, or a stored seed) and [`PublicKey`].
 //! - [`signed`]: [`ServerKey::sign_object`] and [`PublicKey::verify_data`].
 
+pub mod ahead;
 pub mod canonical;
 pub mod key;
 pub mod signed;
 
+pub use ahead::AheadSigner;
 pub use canonical::{CanonicalError, MAX_SAFE_INTEGER, canonical_payload, check_numbers};
 pub use key::{KeyError, PublicKey, ServerKey};
 pub use signed::{SIGNATURE_MEMBER, VerifyError};

@@ -47,22 +47,25 @@ impl ServerKey {
     /// a `signature` member (the caller's tests show that what it passes is);
     /// the signature covers exactly its bytes.
     pub fn sign_object(&self, canonical_object: &str) -> String {
-        debug_assert!(canonical_object.starts_with('{') && canonical_object.ends_with('}'));
-        let signature = self.sign(canonical_object.as_bytes());
-        let open = &canonical_object[..canonical_object.len() - 1];
-        let mut signed =
-            String::with_capacity(canonical_object.len() + SIGNATURE_BASE64_LENGTH + 16);
-        signed.push_str(open);
-        if open.len() > 1 {
-            signed.push(',');
-        }
-        signed.push('"');
-        signed.push_str(SIGNATURE_MEMBER);
-        signed.push_str("\":\"");
-        STANDARD.encode_string(signature, &mut signed);
-        signed.push_str("\"}");
-        signed
+        with_signature(canonical_object, &self.sign(canonical_object.as_bytes()))
     }
+}
+
+/// `canonical_object` with `"signature"` appended as its last member, holding `signature`.
+pub(crate) fn with_signature(canonical_object: &str, signature: &[u8; 64]) -> String {
+    debug_assert!(canonical_object.starts_with('{') && canonical_object.ends_with('}'));
+    let open = &canonical_object[..canonical_object.len() - 1];
+    let mut signed = String::with_capacity(canonical_object.len() + SIGNATURE_BASE64_LENGTH + 16);
+    signed.push_str(open);
+    if open.len() > 1 {
+        signed.push(',');
+    }
+    signed.push('"');
+    signed.push_str(SIGNATURE_MEMBER);
+    signed.push_str("\":\"");
+    STANDARD.encode_string(signature, &mut signed);
+    signed.push_str("\"}");
+    signed
 }
 
 impl PublicKey {

@@ -16,7 +16,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{StreamExt, stream};
 use registry_core::{CommandEvent, DetachReason, Subscription};
-use registry_signing::ServerKey;
+use registry_signing::AheadSigner;
 use tracing::{error, instrument};
 
 use super::AgentPath;
@@ -186,7 +186,9 @@ impl futures_util::Stream for AgentEvents {
         loop {
             match ready!(self.subscription.poll_next_unpin(cx)) {
                 Some(command) => {
-                    if let Some(event) = to_event(&command, self.app.signing_key()) {
+                    if let Some(event) =
+                        to_event(&command, self.app.signer().map(|signer| &**signer))
+                    {
                         return Poll::Ready(Some(Ok(event)));
                     }
                 }
@@ -201,13 +203,13 @@ impl futures_util::Stream for AgentEvents {
     }
 }
 
-/// The SSE event of one command, signed with `key`. Signing happens here, in
+/// The SSE event of one command, signed by `signer`. Signing happens here, in
 /// the stream's own task, not under the registry's lock: a fleet command's
 /// signatures are spread over the runtime's workers. Every field is free of
 /// CR, LF and NUL: the id is a UUID, the type a configured token, the data
 /// compact JSON (which escapes control characters) and base64.
-fn to_event(command: &CommandEvent, key: Option<&ServerKey>) -> Option<Event> {
-    match signing::event_data(command, key) {
+fn to_event(command: &CommandEvent, signer: Option<&AheadSigner>) -> Option<Event> {
+    match signing::event_data(command, signer) {
         Ok(data) => Some(
             Event::default()
                 .id(command.command_id.to_string())
