@@ -9,7 +9,9 @@
 //!
 //! - `slots`: the cap, and the index of idle connections by age.
 //! - `tracked`: the socket and service wrappers that tell a connection its phase.
+//! - `handoff`: streams written past hyper once it wrote their head.
 
+mod handoff;
 mod slots;
 mod tracked;
 
@@ -26,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
 use crate::metrics::{CloseReason, ConnectionMetrics};
+pub(crate) use handoff::WrittenPastHyper;
 pub(crate) use slots::Timeouts;
 use slots::{Admission, Connection, Phase, Slots};
 use tracked::{TrackedService, WatchedSocket};
@@ -71,7 +74,7 @@ pub(crate) async fn serve_connections(
     // Heads are timed here, from their first byte: hyper's own timer would
     // also run while a kept-alive connection waits for its next request.
     http.header_read_timeout(None).max_buf_size(MAX_HEAD_BYTES);
-    let slots = Slots::new(settings.max_connections);
+    let slots = Slots::new(settings.max_connections, settings.timeouts);
     let tasks = TaskTracker::new();
     let mut accept_errors = Throttled::default();
     let mut refusals = Throttled::default();
@@ -120,13 +123,29 @@ pub(crate) async fn serve_connections(
         let stopping = stopping.clone();
         let metrics = metrics.clone();
         let slots = slots.clone();
+        let streams = tasks.clone();
+        let closing = metrics.clone();
         tasks.spawn(async move {
-            if let Some(reason) = serve_one(served, &connection, settings.timeouts, &stopping).await
-            {
-                metrics.closed(reason);
+            let ended = serve_one(served, &connection, &stopping).await;
+            let release = move || {
+                connection.release();
+                metrics.set_open(slots.open());
+            };
+            match ended {
+                Ended::Closed(reason) => {
+                    if let Some(reason) = reason {
+                        closing.closed(reason);
+                    }
+                    release();
+                }
+                // A task of its own, so that what served the head is freed.
+                Ended::HandedOff(tcp, stream) => {
+                    streams.spawn(async move {
+                        handoff::write_stream(tcp, stream).await;
+                        release();
+                    });
+                }
             }
-            connection.release();
-            metrics.set_open(slots.open());
         });
     }
     drop(listener);
@@ -142,57 +161,77 @@ pub(crate) async fn serve_connections(
     }
 }
 
+/// How hyper's part of a connection ended.
+enum Ended {
+    /// The connection is closed; why, if the server closed it.
+    Closed(Option<CloseReason>),
+    /// A stream's head is written: its body is to be written past hyper.
+    HandedOff(TcpStream, handoff::PendingStream),
+}
+
 /// Serves one connection until it ends, is evicted, times out, or shutdown
-/// finds it idle; returns why the server closed it, if it did.
+/// finds it idle (returns why the server closed it, if it did), or until a
+/// stream's head is written and the socket leaves hyper.
 async fn serve_one(
-    served: http1::Connection<TokioIo<WatchedSocket>, TrackedService>,
+    mut served: http1::Connection<TokioIo<WatchedSocket>, TrackedService>,
     connection: &Connection,
-    timeouts: Timeouts,
     stopping: &CancellationToken,
-) -> Option<CloseReason> {
-    tokio::pin!(served);
+) -> Ended {
+    let timeouts = connection.timeouts();
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
     let mut shutting_down = false;
+    let mut set_to = None;
     loop {
-        let deadline = connection.deadline(timeouts);
-        if let Some(deadline) = deadline {
-            timer.as_mut().reset(deadline);
+        let deadline = connection.arm();
+        if let Some(at) = deadline
+            && (deadline != set_to || timer.is_elapsed())
+        {
+            timer.as_mut().reset(at);
         }
+        set_to = deadline;
         tokio::select! {
             // The connection first, so what it has to write is flushed before
             // it is closed for any of the reasons below.
             biased;
-            ended = served.as_mut() => {
+            ended = &mut served => {
                 if let Err(err) = ended {
                     debug!(%err, "connection ended with an error");
                 }
-                return None;
+                return Ended::Closed(None);
             }
             () = connection.evict.cancelled() => {
                 debug!("closed, idle longest, to admit a new connection");
                 // Counted when the new connection was admitted.
-                return None;
+                return Ended::Closed(None);
             }
             () = stopping.cancelled(), if !shutting_down => {
                 shutting_down = true;
                 if let Phase::Idle { .. } = connection.phase() {
-                    return None;
+                    return Ended::Closed(None);
                 }
                 // Finish the request in progress, or begun (bounded by the
                 // head timeout), then close.
-                served.as_mut().graceful_shutdown();
+                std::pin::Pin::new(&mut served).graceful_shutdown();
             }
-            () = connection.changed.notified() => {}
+            () = connection.changed.notified() => {
+                if let Some(stream) = connection.handoff.take_ready() {
+                    // hyper wrote the head and flushed it: nothing of it is
+                    // left in hyper's buffer, and what it read past the head
+                    // (a client sends nothing while its stream is open) is dropped.
+                    let tcp = served.into_parts().io.into_inner().into_tcp();
+                    return Ended::HandedOff(tcp, stream);
+                }
+            }
             () = &mut timer, if deadline.is_some() => {
                 match connection.phase() {
                     Phase::Idle { since } if Instant::now() >= since + timeouts.idle => {
                         debug!("closed after server.idle_timeout idle");
-                        return Some(CloseReason::IdleTimeout);
+                        return Ended::Closed(Some(CloseReason::IdleTimeout));
                     }
                     Phase::Head { since } if Instant::now() >= since + timeouts.head => {
                         debug!("closed: the request head did not arrive within server.head_timeout");
-                        return Some(CloseReason::HeadTimeout);
+                        return Ended::Closed(Some(CloseReason::HeadTimeout));
                     }
                     _ => {}
                 }

@@ -3,6 +3,13 @@
 //! connection at the cap closes the one idle longest in O(log n), without
 //! looking at any other. Each connection's own state (idle, receiving a head,
 //! busy) and the deadline that follows from it live here too.
+//!
+//! A connection's task is woken only when its deadline comes earlier than
+//! the one its timer is set to (a head starting on a connection idle for a
+//! while); a later one (a head, then a busy request, then idle again, as
+//! every kept-alive heartbeat goes) waits for the timer, which then finds
+//! the deadline moved and sets itself again. A request costs no wake-up of
+//! its connection's task and no timer reset.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -12,9 +19,12 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::handoff::HandOff;
+
 /// Every open connection's slot, and the idle ones by age.
 pub(super) struct Slots {
     limit: usize,
+    timeouts: Timeouts,
     table: Mutex<Table>,
 }
 
@@ -48,10 +58,11 @@ pub(super) enum Admission {
 }
 
 impl Slots {
-    /// Room for `limit` connections (at least one).
-    pub(super) fn new(limit: usize) -> Arc<Self> {
+    /// Room for `limit` connections (at least one), each closed after `timeouts`.
+    pub(super) fn new(limit: usize, timeouts: Timeouts) -> Arc<Self> {
         Arc::new(Self {
             limit: limit.max(1),
+            timeouts,
             table: Mutex::new(Table {
                 open: 0,
                 idle: BTreeMap::new(),
@@ -87,8 +98,10 @@ impl Slots {
                 in_flight: 0,
                 idle_key: Some(key),
                 holds_slot: true,
+                armed: None,
             }),
             changed: Notify::new(),
+            handoff: HandOff::default(),
         });
         if evicted {
             Admission::AdmittedByEviction(connection)
@@ -115,8 +128,11 @@ pub(super) struct Connection {
     /// Cancelled when the connection is closed to make room for a new one.
     pub(super) evict: CancellationToken,
     state: Mutex<State>,
-    /// Woken on every change of phase, so the connection's task can move its deadline.
+    /// Woken on every change of phase, so the connection's task can move its
+    /// deadline, and when a stream is ready to leave hyper.
     pub(super) changed: Notify,
+    /// A response body to be written past hyper, once hyper wrote its head.
+    pub(super) handoff: HandOff,
 }
 
 struct State {
@@ -127,6 +143,21 @@ struct State {
     idle_key: Option<u64>,
     /// False once its slot was given up (evicted, or closed).
     holds_slot: bool,
+    /// The deadline its task's timer is set to, if any.
+    armed: Option<Instant>,
+}
+
+impl State {
+    /// Moves to `phase`; returns whether the task must be woken to set its
+    /// timer earlier.
+    fn enter(&mut self, phase: Phase, timeouts: Timeouts) -> bool {
+        self.phase = phase;
+        match (phase.deadline(timeouts), self.armed) {
+            (Some(deadline), Some(armed)) => deadline < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
 }
 
 /// What a connection is doing, for its deadline.
@@ -139,6 +170,17 @@ pub(super) enum Phase {
     /// A request is in progress: its body, its handler, or its response (an
     /// open stream is a response in progress).
     Busy,
+}
+
+impl Phase {
+    /// When a connection in this phase is to be closed; none while busy.
+    fn deadline(self, timeouts: Timeouts) -> Option<Instant> {
+        match self {
+            Phase::Idle { since } => Some(since + timeouts.idle),
+            Phase::Head { since } => Some(since + timeouts.head),
+            Phase::Busy => None,
+        }
+    }
 }
 
 /// The two timeouts of a connection that is not busy.
@@ -157,23 +199,35 @@ impl Connection {
     }
 
     /// When it is to be closed unless its phase changes first; none while busy.
-    pub(super) fn deadline(&self, timeouts: Timeouts) -> Option<Instant> {
-        match self.phase() {
-            Phase::Idle { since } => Some(since + timeouts.idle),
-            Phase::Head { since } => Some(since + timeouts.head),
-            Phase::Busy => None,
-        }
+    #[cfg(test)]
+    fn deadline(&self) -> Option<Instant> {
+        self.phase().deadline(self.slots.timeouts)
+    }
+
+    /// The deadline now, which its task sets its timer to.
+    pub(super) fn arm(&self) -> Option<Instant> {
+        let mut state = self.lock();
+        state.armed = state.phase.deadline(self.slots.timeouts);
+        state.armed
+    }
+
+    /// The timeouts it is held to.
+    pub(super) fn timeouts(&self) -> Timeouts {
+        self.slots.timeouts
     }
 
     /// Bytes arrived: while idle, they start a head, whose deadline then runs.
     pub(super) fn bytes_arrived(&self) {
         let mut state = self.lock();
         if let Phase::Idle { .. } = state.phase {
-            state.phase = Phase::Head {
+            let head = Phase::Head {
                 since: Instant::now(),
             };
+            let wake = state.enter(head, self.slots.timeouts);
             drop(state);
-            self.changed.notify_one();
+            if wake {
+                self.changed.notify_one();
+            }
         }
     }
 
@@ -182,7 +236,8 @@ impl Connection {
         let mut state = self.lock();
         state.in_flight += 1;
         if state.in_flight == 1 {
-            state.phase = Phase::Busy;
+            // No deadline while busy: never a reason to wake the task.
+            state.enter(Phase::Busy, self.slots.timeouts);
             if let Some(key) = state.idle_key.take() {
                 let mut table = self.slots.lock();
                 if table.idle.remove(&key).is_none() {
@@ -191,24 +246,26 @@ impl Connection {
                 }
             }
         }
-        drop(state);
-        self.changed.notify_one();
     }
 
     /// A response ended (or its request was abandoned): idle again when none is left.
     pub(super) fn request_finished(&self) {
         let mut state = self.lock();
         state.in_flight = state.in_flight.saturating_sub(1);
+        let mut wake = false;
         if state.in_flight == 0 {
-            state.phase = Phase::Idle {
+            let idle = Phase::Idle {
                 since: Instant::now(),
             };
+            wake = state.enter(idle, self.slots.timeouts);
             if state.holds_slot {
                 state.idle_key = Some(self.slots.lock().insert_idle(self.evict.clone()));
             }
         }
         drop(state);
-        self.changed.notify_one();
+        if wake {
+            self.changed.notify_one();
+        }
     }
 
     /// The connection closed: gives its slot back, unless an eviction already took it.
@@ -236,6 +293,11 @@ impl Connection {
 mod tests {
     use super::*;
 
+    const TIMEOUTS: Timeouts = Timeouts {
+        head: Duration::from_secs(10),
+        idle: Duration::from_secs(75),
+    };
+
     fn admitted(admission: Admission) -> Arc<Connection> {
         match admission {
             Admission::Admitted(connection) | Admission::AdmittedByEviction(connection) => {
@@ -247,7 +309,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn at_the_cap_the_connection_idle_longest_is_evicted_else_the_new_one_refused() {
-        let slots = Slots::new(3);
+        let slots = Slots::new(3, TIMEOUTS);
         let first = admitted(slots.admit());
         let second = admitted(slots.admit());
         let third = admitted(slots.admit());
@@ -279,7 +341,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_evicted_as_its_request_starts_gives_its_slot_once() {
-        let slots = Slots::new(1);
+        let slots = Slots::new(1, TIMEOUTS);
         let first = admitted(slots.admit());
         let second = admitted(slots.admit());
         assert!(first.evict.is_cancelled());
@@ -293,36 +355,54 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_deadline_follows_the_phase() {
-        let timeouts = Timeouts {
-            head: Duration::from_secs(10),
-            idle: Duration::from_secs(75),
-        };
-        let slots = Slots::new(1);
+        let timeouts = TIMEOUTS;
+        let slots = Slots::new(1, timeouts);
         let connection = admitted(slots.admit());
         let start = Instant::now();
-        assert_eq!(connection.deadline(timeouts), Some(start + timeouts.idle));
+        assert_eq!(connection.deadline(), Some(start + timeouts.idle));
         tokio::time::advance(Duration::from_secs(30)).await;
         connection.bytes_arrived();
         let head_start = Instant::now();
-        assert_eq!(
-            connection.deadline(timeouts),
-            Some(head_start + timeouts.head)
-        );
+        assert_eq!(connection.deadline(), Some(head_start + timeouts.head));
         // More bytes of the same head do not move it.
         tokio::time::advance(Duration::from_secs(5)).await;
         connection.bytes_arrived();
-        assert_eq!(
-            connection.deadline(timeouts),
-            Some(head_start + timeouts.head)
-        );
+        assert_eq!(connection.deadline(), Some(head_start + timeouts.head));
         connection.request_started();
-        assert_eq!(connection.deadline(timeouts), None);
+        assert_eq!(connection.deadline(), None);
         connection.bytes_arrived();
         assert_eq!(connection.phase(), Phase::Busy);
         connection.request_finished();
-        assert_eq!(
-            connection.deadline(timeouts),
-            Some(Instant::now() + timeouts.idle)
-        );
+        assert_eq!(connection.deadline(), Some(Instant::now() + timeouts.idle));
+    }
+
+    /// Whether the connection's task was woken since the last call.
+    async fn woken(connection: &Connection) -> bool {
+        tokio::time::timeout(Duration::ZERO, connection.changed.notified())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_task_is_woken_only_for_an_earlier_deadline() {
+        let slots = Slots::new(1, TIMEOUTS);
+        let connection = admitted(slots.admit());
+        // The task sets its timer to the idle deadline.
+        assert_eq!(connection.arm(), Some(Instant::now() + TIMEOUTS.idle));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        connection.bytes_arrived();
+        assert!(woken(&connection).await, "a head's deadline is earlier");
+        assert_eq!(connection.arm(), Some(Instant::now() + TIMEOUTS.head));
+        // A request, and idle again: later deadlines, which the timer finds when it fires.
+        connection.request_started();
+        connection.request_finished();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        connection.bytes_arrived();
+        assert!(!woken(&connection).await);
+        connection.request_started();
+        // Busy with nothing armed, then idle: the idle deadline must be set.
+        assert_eq!(connection.arm(), None);
+        connection.request_finished();
+        assert!(woken(&connection).await);
     }
 }

@@ -1,6 +1,8 @@
 //! What tells a [`Connection`] its phase: the socket, which reports bytes
 //! arriving (the start of a head), and the service, which marks a request in
-//! progress from its parsed head until its response body is finished or dropped.
+//! progress from its parsed head until its response body is finished or
+//! dropped. They also carry a stream's hand-off past hyper (`handoff`): the
+//! service keeps the body aside, the socket reports the head flushed.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,13 +13,14 @@ use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::http::{Request, Response};
+use axum::http::{HeaderValue, Request, Response, Version, header};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::handoff::{PendingStream, WrittenPastHyper};
 use super::slots::Connection;
 
 /// A socket that tells its connection when bytes arrive.
@@ -29,6 +32,11 @@ pub(super) struct WatchedSocket {
 impl WatchedSocket {
     pub(super) fn new(tcp: TcpStream, connection: Arc<Connection>) -> Self {
         Self { tcp, connection }
+    }
+
+    /// The socket, once hyper has let go of it.
+    pub(super) fn into_tcp(self) -> TcpStream {
+        self.tcp
     }
 }
 
@@ -69,7 +77,12 @@ impl AsyncWrite for WatchedSocket {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
+        let poll = Pin::new(&mut self.tcp).poll_flush(cx);
+        // hyper flushes the socket once its own buffer is written out.
+        if matches!(poll, Poll::Ready(Ok(()))) && self.connection.handoff.flushed() {
+            self.connection.changed.notify_one();
+        }
+        poll
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -100,19 +113,37 @@ impl hyper::service::Service<Request<Incoming>> for TrackedService {
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let in_flight = InFlight::start(self.connection.clone());
+        // hyper announces a body of unknown length in chunks, but to HTTP/1.0.
+        let chunked = request.version() != Version::HTTP_10;
         let response = self.app.call(request);
+        let connection = self.connection.clone();
         Box::pin(async move {
             let response = response.await?;
-            Ok(response.map(|body| TrackedBody {
+            if response.extensions().get::<WrittenPastHyper>().is_none() {
+                return Ok(response.map(|body| TrackedBody::Served {
+                    body,
+                    _in_flight: in_flight,
+                }));
+            }
+            let (mut head, body) = response.into_parts();
+            // The connection ends with the stream: no client should wait to reuse it.
+            head.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            connection.handoff.arm(PendingStream {
                 body,
+                chunked,
                 _in_flight: in_flight,
-            }))
+            });
+            Ok(Response::from_parts(
+                head,
+                TrackedBody::HandedOff { connection },
+            ))
         })
     }
 }
 
 /// A request in progress: from its parsed head until dropped.
-struct InFlight(Arc<Connection>);
+pub(super) struct InFlight(Arc<Connection>);
 
 impl InFlight {
     fn start(connection: Arc<Connection>) -> Self {
@@ -127,10 +158,12 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request in progress until hyper is done with it.
-pub(super) struct TrackedBody {
-    body: Body,
-    _in_flight: InFlight,
+/// A response body as hyper sees it.
+pub(super) enum TrackedBody {
+    /// Written by hyper; keeps its request in progress until hyper is done with it.
+    Served { body: Body, _in_flight: InFlight },
+    /// Written past hyper: hyper writes the head, and is never given a frame.
+    HandedOff { connection: Arc<Connection> },
 }
 
 impl http_body::Body for TrackedBody {
@@ -138,17 +171,33 @@ impl http_body::Body for TrackedBody {
     type Error = axum::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        match self.get_mut() {
+            Self::Served { body, .. } => Pin::new(body).poll_frame(cx),
+            Self::HandedOff { connection } => {
+                // Asked only once the head is in hyper's buffer. The
+                // connection's task takes the socket from hyper when it is
+                // flushed, and never polls hyper again.
+                connection.handoff.head_written();
+                Poll::Pending
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match self {
+            Self::Served { body, .. } => body.is_end_stream(),
+            Self::HandedOff { .. } => false,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self {
+            Self::Served { body, .. } => body.size_hint(),
+            // Unknown: hyper announces chunks (or, to HTTP/1.0, the connection's end).
+            Self::HandedOff { .. } => SizeHint::default(),
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -20,6 +21,7 @@ use registry_signing::AheadSigner;
 use tracing::{error, instrument};
 
 use super::AgentPath;
+use crate::connections::WrittenPastHyper;
 use crate::error::ApiError;
 use crate::extract::ApiPath;
 use crate::openapi::{BadRequest, Forbidden, Problem, ServiceUnavailable, Unauthorized};
@@ -110,7 +112,14 @@ pub(super) async fn stream(
         .interval(config.keepalive)
         .text("keepalive");
     let sse = Sse::new(stream::once(ready(Ok(opened))).chain(events)).keep_alive(keep_alive);
-    Ok(([(X_ACCEL_BUFFERING, HeaderValue::from_static("no"))], sse).into_response())
+    // Hours long: written past hyper once its head is (connections::handoff).
+    let written_past_hyper = Extension(WrittenPastHyper);
+    Ok((
+        written_past_hyper,
+        [(X_ACCEL_BUFFERING, HeaderValue::from_static("no"))],
+        sse,
+    )
+        .into_response())
 }
 
 /// `HEAD /api/v1/agents/{agentId}/events`: the answer `GET` would start with,

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::future::ready;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -14,6 +15,7 @@ use futures_util::{StreamExt, stream};
 use registry_core::FleetEvent;
 use tracing::{error, instrument};
 
+use crate::connections::WrittenPastHyper;
 use crate::error::ApiError;
 use crate::openapi::{Forbidden, ServiceUnavailable, Unauthorized};
 use crate::state::AppState;
@@ -67,7 +69,14 @@ pub(super) async fn stream(State(app): State<AppState>) -> Result<Response, ApiE
         .interval(app.config().sse.keepalive)
         .text("keepalive");
     let sse = Sse::new(opened.chain(events)).keep_alive(keep_alive);
-    Ok(([(X_ACCEL_BUFFERING, HeaderValue::from_static("no"))], sse).into_response())
+    // Hours long: written past hyper once its head is (connections::handoff).
+    let written_past_hyper = Extension(WrittenPastHyper);
+    Ok((
+        written_past_hyper,
+        [(X_ACCEL_BUFFERING, HeaderValue::from_static("no"))],
+        sse,
+    )
+        .into_response())
 }
 
 /// The SSE event of one fleet event: its kind as the event name, its data as
