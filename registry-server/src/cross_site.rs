@@ -8,9 +8,7 @@
 //! web page a link from another site may open, are outside it. Clients that
 //! send neither `Origin` nor `Sec-Fetch-Site` (agents, curl) are never refused.
 
-use std::sync::Arc;
-
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header, uri::Authority};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -172,9 +170,9 @@ impl CrossSite {
     }
 }
 
-/// Middleware: refuses cross-site requests, answers preflights from allowed
+/// Refuses cross-site requests, answers preflights from allowed
 /// origins, and adds the CORS headers to what they are answered.
-pub async fn check(State(rule): State<Arc<CrossSite>>, request: Request, next: Next) -> Response {
+pub async fn check(rule: &CrossSite, request: Request, next: Next) -> Response {
     let verdict = rule.judge(request.uri().path(), request.headers());
     let origin = request.headers().get(header::ORIGIN).cloned();
     match (verdict, origin) {

@@ -6,17 +6,15 @@
 use axum::extract::Request;
 use axum::http::uri::Authority;
 use axum::http::{HeaderMap, HeaderValue, Version, header};
-use axum::middleware::Next;
-use axum::response::Response;
 
 use crate::error::ApiError;
 
 /// Paths answered whatever the Host: a probe never depends on anything else.
 const PROBES: [&str; 2] = ["/livez", "/readyz"];
 
-/// Middleware answering 400 to a request whose Host is invalid, repeated, or
+/// Refuses (400) a request whose Host is invalid, repeated, or
 /// missing from an HTTP/1.1 request (RFC 9110 says a server must).
-pub async fn check_host(request: Request, next: Next) -> Result<Response, ApiError> {
+pub fn check_host(request: &Request) -> Result<(), ApiError> {
     if !PROBES.contains(&request.uri().path()) {
         let mut hosts = request.headers().get_all(header::HOST).iter();
         match (hosts.next(), hosts.next()) {
@@ -39,7 +37,7 @@ pub async fn check_host(request: Request, next: Next) -> Result<Response, ApiErr
             (None, _) => {}
         }
     }
-    Ok(next.run(request).await)
+    Ok(())
 }
 
 /// The request's Host when it is a valid `host[:port]`.

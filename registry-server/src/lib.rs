@@ -10,6 +10,8 @@
 //! - [`config`]: settings from defaults, file, environment and flags, checked.
 //! - [`cross_site`]: cross-site requests refused, CORS for the allowed origins.
 //! - [`routes`]: the route table and the handlers, one module per side.
+//! - [`front`]: the checks in front of every route (head size, Host, body
+//!   size, cross-site), in one layer.
 //! - [`extract`]: JSON, path and query extractors that reject with [`ApiError`].
 //! - [`error`]: [`ApiError`], written as problem+json.
 //! - [`host`]: the `Host` header, checked to be `host[:port]`.
@@ -29,6 +31,7 @@ mod connections;
 pub mod cross_site;
 pub mod error;
 pub mod extract;
+pub mod front;
 pub mod host;
 pub mod limits;
 pub mod metrics;

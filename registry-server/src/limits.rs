@@ -3,10 +3,8 @@
 //! `max_connections` and `max_streams` are sized from it), the size of a
 //! request's head, and a body declared larger than `server.max_body_bytes`.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header;
-use axum::middleware::Next;
-use axum::response::Response;
 use tracing::{info, warn};
 
 use crate::error::ApiError;
@@ -18,8 +16,8 @@ pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// the exact limit, checked on what was parsed.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-/// Middleware refusing request heads past the limits above.
-pub async fn check_head_size(request: Request, next: Next) -> Result<Response, ApiError> {
+/// Refuses a request head past the limits above.
+pub fn check_head_size(request: &Request) -> Result<(), ApiError> {
     let target_bytes = request
         .uri()
         .path_and_query()
@@ -35,17 +33,13 @@ pub async fn check_head_size(request: Request, next: Next) -> Result<Response, A
     if header_bytes > MAX_HEADER_BYTES {
         return Err(ApiError::HeadersTooLarge(MAX_HEADER_BYTES));
     }
-    Ok(next.run(request).await)
+    Ok(())
 }
 
-/// Middleware answering 413 at once to a request whose `Content-Length` is
-/// over `max_body_bytes`, before any of its body is read: with `Expect:
+/// Answers 413 at once to a request whose `Content-Length` is over
+/// `max_body_bytes`, before any of its body is read: with `Expect:
 /// 100-continue` the client is never told to send it.
-pub async fn refuse_declared_oversize(
-    State(max_body_bytes): State<usize>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
+pub fn refuse_declared_oversize(request: &Request, max_body_bytes: usize) -> Result<(), ApiError> {
     // hyper has already refused a malformed or repeated Content-Length.
     let declared = request
         .headers()
@@ -57,7 +51,7 @@ pub async fn refuse_declared_oversize(
             limit: max_body_bytes,
         });
     }
-    Ok(next.run(request).await)
+    Ok(())
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the limit now in force.

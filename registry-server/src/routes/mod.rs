@@ -13,8 +13,6 @@ mod page;
 mod probes;
 mod rollouts;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
@@ -26,12 +24,11 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterE
 use utoipa_axum::routes;
 
 use crate::auth;
-use crate::cross_site::{self, CrossSite};
 use crate::error::ApiError;
+use crate::front::{self, Front};
 use crate::metrics::track_requests;
 use crate::openapi::{self, ApiDoc, Document};
 use crate::state::AppState;
-use crate::{host, limits};
 
 /// The path of an agent's routes.
 #[derive(Deserialize, IntoParams)]
@@ -68,7 +65,7 @@ struct GroupPath {
 /// document and the web page are open.
 pub fn router(state: AppState) -> Router {
     let max_body_bytes = state.config().server.max_body_bytes;
-    let cross_site = Arc::new(CrossSite::new(&state.config().server));
+    let front = Front::new(&state.config().server);
     let mut enrollment = OpenApiRouter::new().routes(routes!(agents::register));
     let mut agent = OpenApiRouter::new()
         .routes(routes!(agents::heartbeat))
@@ -125,16 +122,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         // In front of everything else, tokens included (SPEC 7, 10).
-        .layer(middleware::from_fn_with_state(
-            cross_site,
-            cross_site::check,
-        ))
-        .layer(middleware::from_fn_with_state(
-            max_body_bytes,
-            limits::refuse_declared_oversize,
-        ))
-        .layer(middleware::from_fn(host::check_host))
-        .layer(middleware::from_fn(limits::check_head_size))
+        .layer(middleware::from_fn_with_state(front, front::check))
         .with_state(state)
 }
 
