@@ -9,8 +9,10 @@
 #                               soak of 19,000 streams, wrk 3 x 10 s each (~15 minutes)
 #   QUICK=1 bench/compare.sh    smoke test: N = 200, 1 run, a 5 s soak, wrk 1 x 2 s (< 1 minute once built)
 #
-# Knobs (environment): SIZES, RUNS, PUSHES, SOAK (seconds, 0: none), SOAK_AGENTS,
-# WRK_SECONDS, WRK_RUNS, WRK_SETTINGS, PORT, NGINX_PORT, OUT. Needs root (or the
+# Knobs (environment): ENGINE (embedded, the default engine, its file fresh
+# under $OUT for every server started; or memory), SIZES, RUNS, PUSHES, SOAK
+# (seconds, 0: none), SOAK_AGENTS, WRK_SECONDS, WRK_RUNS, WRK_SETTINGS, PORT,
+# NGINX_PORT, OUT. Needs root (or the
 # tools already there) to install nginx-light, libnginx-mod-nchan and wrk.
 # Everything it starts it stops, by PID, also when interrupted.
 set -euo pipefail
@@ -27,6 +29,7 @@ else
     SOAK_HEARTBEAT=${SOAK_HEARTBEAT:-30} SOAK_PUSH_EVERY=${SOAK_PUSH_EVERY:-60}
     WRK_SECONDS=${WRK_SECONDS:-10} WRK_RUNS=${WRK_RUNS:-3} SETTLE_MS=${SETTLE_MS:-1000}
 fi
+ENGINE=${ENGINE:-embedded}
 largest=$(tr ' ' '\n' <<<"$SIZES" | sort -n | tail -n1)
 SOAK_AGENTS=${SOAK_AGENTS:-$largest}
 WRK_SETTINGS=${WRK_SETTINGS:--t2 -c64 -d${WRK_SECONDS}s}
@@ -40,6 +43,16 @@ loadgen=$root/target/release/loadgen
 nginx_sh=$root/bench/nchan/nginx.sh
 
 source "$root/bench/lib.sh"
+
+# The server with signing on (its default) and the engine ENGINE asks for,
+# the embedded engine's file a new one each time.
+servers_started=0
+start_registry() {
+    servers_started=$((servers_started + 1))
+    local file=$OUT/registry-$servers_started.redb
+    rm -f "$file"
+    start_server REGISTRY_STORAGE__ENGINE="$ENGINE" REGISTRY_STORAGE__PATH="$file"
+}
 
 nginx_pid=""
 cleanup() {
@@ -92,7 +105,7 @@ common=(--pushes "$PUSHES" --settle-ms "$SETTLE_MS")
 for size in $SIZES; do
     for run in $(seq "$RUNS"); do
         log "N = $size, run $run of $RUNS: registry"
-        start_server
+        start_registry
         bounded 600 "$loadgen" registry --url "http://127.0.0.1:$PORT" --server-pid "$server_pid" \
             -n "$size" "${common[@]}" --group-pushes 1 --agent-pushes 1 \
             --out "$OUT/registry-$size-$run.json" >/dev/null
@@ -111,7 +124,7 @@ done
 
 if [[ $SOAK -gt 0 ]]; then
     log "soak: $SOAK_AGENTS streams for $SOAK s, heartbeats every $SOAK_HEARTBEAT s, acks"
-    start_server
+    start_registry
     bounded $((SOAK + 600)) "$loadgen" registry --url "http://127.0.0.1:$PORT" --server-pid "$server_pid" \
         -n "$SOAK_AGENTS" --pushes 0 --settle-ms "$SETTLE_MS" --soak "$SOAK" \
         --heartbeat-every-s "$SOAK_HEARTBEAT" --soak-push-every-s "$SOAK_PUSH_EVERY" --ack \
@@ -121,7 +134,7 @@ fi
 
 if [[ $peers == 1 ]]; then
     log "wrk $WRK_SETTINGS: our heartbeat route and nginx's return 204, $WRK_RUNS run(s) each"
-    start_server
+    start_registry
     bounded 60 "$loadgen" register --url "http://127.0.0.1:$PORT" -n 1000 --id-prefix wrk-
     start_nginx
     for run in $(seq "$WRK_RUNS"); do
@@ -139,7 +152,11 @@ if [[ $peers == 1 ]]; then
     stop_server
 fi
 
-"$loadgen" report "$OUT" | tee "$OUT/table.md"
+{
+    echo "Server: storage.engine = $ENGINE, signing.enabled = true (the defaults but the engine's file, under \$OUT)."
+    echo
+    "$loadgen" report "$OUT"
+} | tee "$OUT/table.md"
 log "raw results: $OUT"
 if [[ ${#failures[@]} -gt 0 ]]; then
     log "${#failures[@]} step(s) failed:"
