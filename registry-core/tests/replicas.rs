@@ -1244,3 +1244,34 @@ async fn a_replica_that_read_the_store_again_announces_its_streams_again() {
         "b's stream, still open, reads connected on a again"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn entries_read_before_a_load_of_an_emptied_store_are_not_applied_after_it() {
+    let (store, nodes) = cluster(1);
+    let a = &nodes[0];
+    register(a, "a-1").await;
+    settle(&nodes).await;
+    // Another replica registers b-1; a's tail reads the entry, and is about
+    // to hand it over...
+    a.hold();
+    let text = store.with(|held| held.agents[&AgentId::parse("a-1").unwrap()].clone());
+    let mut record: AgentRecord = serde_json::from_str(&text).unwrap();
+    record.agent_id = AgentId::parse("b-1").unwrap();
+    let read = commit_elsewhere(&store, Change::Agent(record));
+    // ...when the store is emptied, a's next write fails, and a reads it
+    // again: an empty registry, whose log starts again at 0.
+    store.with(|held| {
+        *held = Held::default();
+        held.failing = true;
+    });
+    assert!(a.registry.check_storage().await.is_err());
+    store.with(|held| held.failing = false);
+    assert!(a.registry.agents(&Default::default()).is_empty());
+    assert_eq!(a.registry.position(), 0);
+    // The entry read before the load reaches the registry after it.
+    a.registry.apply_log(vec![read]);
+    assert!(
+        a.registry.agents(&Default::default()).is_empty(),
+        "nothing of the emptied registry comes back"
+    );
+}
