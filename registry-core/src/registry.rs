@@ -29,7 +29,7 @@ use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::error;
+use tracing::{debug, error};
 
 use crate::agent::{AgentFilter, AgentId, AgentView, Credential, Registration};
 use crate::clock::Clock;
@@ -874,7 +874,8 @@ impl Registry {
     /// other replicas' commits replace what this replica holds of what they
     /// wrote (`APPLY_PAGE` changes per hold of the lock), its own only
     /// advance the position. An entry at or before the position is applied
-    /// already. A PENDING command applied for an agent whose stream is open
+    /// already; one past the next (read before a load that took the position
+    /// back) is dropped, with the rest. A PENDING command applied for an agent whose stream is open
     /// here is delivered to it. Blocks for as long as the entries take: an
     /// engine calls it off the runtime's workers, or with few entries at a time.
     pub fn apply_log(&self, entries: Vec<LogEntry>) {
@@ -882,8 +883,20 @@ impl Registry {
             return;
         };
         for entry in entries {
-            if entry.version <= self.position() {
+            let position = self.position();
+            if entry.version <= position {
                 continue;
+            }
+            if entry.version != position + 1 {
+                // Not the entry that follows what is applied: read before a
+                // load that took the position back (an emptied store
+                // numbers its commits from 1 again). The engine reads the
+                // log again from the load's position.
+                debug!(
+                    entry = entry.version,
+                    position, "a log entry read before the state was loaded again is dropped"
+                );
+                break;
             }
             let version = entry.version;
             if entry.origin != own {
