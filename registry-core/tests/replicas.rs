@@ -39,6 +39,8 @@ struct Held {
     streams: BTreeMap<AgentId, ReplicaId>,
     seq: Version,
     log: Vec<LogEntry>,
+    /// How many changes each commit the engines were asked for held.
+    commit_sizes: Vec<usize>,
     /// Every commit fails while set (the store unreachable); loads do not.
     failing: bool,
 }
@@ -231,6 +233,7 @@ impl Storage for Engine {
         }
         let origin = self.replica.clone();
         let written = self.store.with(|held| {
+            held.commit_sizes.push(changes.len());
             let mut conflicts = Vec::new();
             let mut unchanged = Vec::new();
             let mut writes = Vec::new();
@@ -1274,4 +1277,146 @@ async fn entries_read_before_a_load_of_an_emptied_store_are_not_applied_after_it
         a.registry.agents(&Default::default()).is_empty(),
         "nothing of the emptied registry comes back"
     );
+}
+
+/// The most changes one commit holds (`docs/replicas.md`, "A commit").
+const COMMIT_BOUND: usize = 2_048;
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_command_larger_than_one_commit_is_written_in_slices_each_applied_whole() {
+    let agents = 2 * COMMIT_BOUND + 100;
+    let settings = Settings {
+        fleet_queue: 2 * agents,
+        ..Settings::default()
+    };
+    let (store, nodes) = cluster_with(2, settings);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    for n in 0..agents {
+        a.registry
+            .register(registration(&format!("agent-{n:05}"), "orders"))
+            .unwrap();
+    }
+    settle(&nodes).await;
+    b.hold();
+    let (from, calls_before) = store.with(|held| (held.log.len(), held.commit_sizes.len()));
+
+    let rollout = a
+        .registry
+        .durably(|registry| registry.send_to_fleet(request("config-update")))
+        .await
+        .unwrap();
+    assert_eq!(rollout.targeted, agents);
+
+    let (entries, calls) = store.with(|held| {
+        (
+            held.log[from..].to_vec(),
+            held.commit_sizes[calls_before..].to_vec(),
+        )
+    });
+    assert!(calls.len() >= 3, "one commit of each slice: {calls:?}");
+    assert!(
+        calls.iter().all(|size| *size <= COMMIT_BOUND),
+        "no commit larger than the bound: {calls:?}"
+    );
+    let first = &entries[0].changes;
+    assert!(matches!(first[0], Change::RolloutPayload(id, _) if id == rollout.rollout_id));
+    assert!(
+        matches!(&first[1], Change::Rollout(record) if record.rollout_id == rollout.rollout_id)
+    );
+    let written: usize = entries
+        .iter()
+        .map(|entry| {
+            entry
+                .changes
+                .iter()
+                .filter(|change| matches!(change, Change::Command(_)))
+                .count()
+        })
+        .sum();
+    assert_eq!(written, agents);
+
+    // Another replica applying the entries one by one holds, after each,
+    // every command written so far with its rollout, which is not done.
+    let id = rollout.rollout_id.to_string();
+    let mut seen = 0;
+    for entry in entries {
+        seen += entry
+            .changes
+            .iter()
+            .filter(|change| matches!(change, Change::Command(_)))
+            .count();
+        b.registry.apply_log(vec![entry]);
+        let progress = b.registry.rollout(&id).unwrap();
+        assert_eq!(progress.targeted, agents);
+        assert_eq!(progress.pending, seen);
+        assert!(!progress.done);
+    }
+    b.sync();
+    settle(&nodes).await;
+    let last = format!("agent-{:05}", agents - 1);
+    let commands = b.registry.commands_of(&last).unwrap();
+    assert_eq!(commands.len(), 1);
+    assert_eq!(commands[0].rollout_id, Some(rollout.rollout_id));
+    for node in &nodes {
+        let progress = node.registry.rollout(&id).unwrap();
+        assert_eq!(
+            (progress.targeted, progress.pending, progress.expired),
+            (agents, agents, 0),
+            "{}",
+            node.id
+        );
+    }
+    // Nothing was dropped from the store as a command without its rollout.
+    assert_eq!(store.with(|held| held.commands.len()), agents);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_command_whose_store_fails_between_slices_is_refused_and_kept_in_part() {
+    let agents = COMMIT_BOUND + 100;
+    let settings = Settings {
+        fleet_queue: 2 * agents,
+        ..Settings::default()
+    };
+    let (store, nodes) = cluster_with(2, settings);
+    let a = &nodes[0];
+    for n in 0..agents {
+        a.registry
+            .register(registration(&format!("agent-{n:05}"), "orders"))
+            .unwrap();
+    }
+    settle(&nodes).await;
+    let hook = store.clone();
+    *a.after_commit.lock().unwrap() = Some(Box::new(move || {
+        hook.with(|held| held.failing = true);
+    }));
+
+    let refused = a
+        .registry
+        .durably(|registry| registry.send_to_fleet(request("config-update")))
+        .await;
+    assert!(
+        matches!(refused, Err(RegistryError::StorageUnavailable(_))),
+        "{refused:?}"
+    );
+    store.with(|held| held.failing = false);
+    settle(&nodes).await;
+
+    // The first slice is kept: the rollout and the commands it held; the
+    // targets whose commands were not written count as expired.
+    let kept = store.with(|held| held.commands.len());
+    assert!(kept > 0 && kept < agents, "{kept}");
+    let rollouts = a.registry.rollouts();
+    assert_eq!(rollouts.len(), 1);
+    for node in &nodes {
+        let progress = node
+            .registry
+            .rollout(&rollouts[0].rollout_id.to_string())
+            .unwrap();
+        assert_eq!(
+            (progress.targeted, progress.pending, progress.expired),
+            (agents, kept, agents - kept),
+            "{}",
+            node.id
+        );
+    }
 }

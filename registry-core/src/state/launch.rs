@@ -11,7 +11,9 @@
 //!    since step 1, or that reached its cap meanwhile (then counted skipped),
 //!    gets none and is withdrawn from the rollout;
 //! 4. [`Launching::take_marks`]: what steps 2 and 3 changed, handed to the
-//!    writer as one batch: the rollout is written whole, in one transaction;
+//!    writer as one batch: the rollout is written whole, in one transaction
+//!    (with a store shared by replicas, in commits of at most a few thousand
+//!    changes, its record and payload first: `writer::shared`);
 //! 5. [`State::deliver_page`]: a page of the commands handed to the open
 //!    streams of their agents. Only now: none can be acknowledged before the
 //!    batch that holds its rollout is on its way to storage.

@@ -430,9 +430,16 @@ impl State {
         let id = record.command_id;
         let to = record.status;
         if !self.commands.contains_key(&id) {
-            if self.link_command(record, version, &mut applying.tally)
-                && to == CommandStatus::Pending
+            let rollout = record.rollout_id;
+            if !self.link_command(record, version, &mut applying.tally) {
+                return;
+            }
+            if let Some(rollout) = rollout
+                && !applying.created.contains(&rollout)
             {
+                self.arrived_late(rollout, to);
+            }
+            if to == CommandStatus::Pending {
                 applying.deliveries.push(id);
             }
             return;
@@ -475,6 +482,31 @@ impl State {
         if to == CommandStatus::Pending {
             applying.deliveries.push(id);
         }
+    }
+
+    /// A command of a rollout created by an earlier entry: the origin wrote
+    /// the rollout in slices (`writer::shared`), its record and payload in
+    /// the first. Settled when it was created, the rollout counted the
+    /// targets whose commands had not come yet among the finished (EXPIRED
+    /// the remainder, those acknowledged already in its record's counts): an
+    /// unfinished one moves to its status, and the rollout is not done.
+    fn arrived_late(&mut self, rollout: RolloutId, status: CommandStatus) {
+        if status.is_final() {
+            return;
+        }
+        let Some(entry) = self.journal.rollouts.entries.get_mut(&rollout) else {
+            return;
+        };
+        let at = entry.launch.created_at;
+        if entry.done_at.take().is_some() {
+            entry.settled_done = false;
+            if let Some(key) = entry.deadline.take() {
+                self.deadlines.schedule.remove(key);
+            }
+        }
+        self.journal
+            .rollouts
+            .count(rollout, CommandStatus::Expired, status, None, at);
     }
 
     fn apply_command_removed(&mut self, id: CommandId, now: Instant) {
@@ -659,9 +691,11 @@ impl State {
 
     /// The writer's commit of `batches` wrote `changes` as `version`, but
     /// for those the store already held (`unchanged`, with their stored
-    /// versions): the versions written are noted, the transitions written
-    /// are announced, and the batches are no longer in flight. `lost`
-    /// entities were left out of the commit.
+    /// versions): the versions written are noted and the transitions they
+    /// carry are announced. A group larger than one commit is written in
+    /// slices, each noted here in turn; after the `last`, the batches are no
+    /// longer in flight. `lost` entities were left out of the commit.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn committed(
         &mut self,
         changes: &[Change],
@@ -669,10 +703,11 @@ impl State {
         unchanged: &[(usize, Version)],
         batches: &[Arc<Dirty>],
         lost: &HashSet<Entity>,
+        last: bool,
         now: Instant,
     ) {
         let unchanged: HashMap<usize, Version> = unchanged.iter().copied().collect();
-        let mut held: HashSet<Entity> = HashSet::default();
+        let mut written: HashSet<Entity> = HashSet::default();
         for (index, change) in changes.iter().enumerate() {
             match unchanged.get(&index) {
                 // The store held it already: the entry that wrote it is
@@ -681,23 +716,30 @@ impl State {
                 // since may have moved), that heartbeat's entry would be
                 // skipped as known. A removal is noted, to guard it.
                 Some(&stored) => {
-                    held.insert(change.entity());
                     if matches!(change, Change::AgentRemoved(_) | Change::CommandRemoved(_)) {
                         self.written(change, stored);
                     }
                 }
-                None => self.written(change, version),
+                None => {
+                    // A transition is carried by its entity's record.
+                    if !matches!(change, Change::Stream(..) | Change::Heartbeat(..)) {
+                        written.insert(change.entity());
+                    }
+                    self.written(change, version);
+                }
             }
         }
         for batch in batches {
             for announcement in batch.announcements() {
                 let entity = announcement.entity();
-                if !held.contains(&entity) && !lost.contains(&entity) {
+                if written.contains(&entity) && !lost.contains(&entity) {
                     self.journal.announce_now(announcement.clone());
                 }
             }
         }
-        self.done_with(batches, now);
+        if last {
+            self.done_with(batches, now);
+        }
     }
 
     /// Notes that `change` is what the store holds as `version`.
