@@ -17,7 +17,11 @@ mod tracked;
 
 use std::time::Duration;
 
-use axum::Router;
+use std::convert::Infallible;
+
+use axum::http::Request;
+use axum::response::Response;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use socket2::{SockRef, TcpKeepalive};
@@ -49,6 +53,27 @@ const UNACKED_DATA_TIMEOUT: Duration = Duration::from_secs(60);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// What answers each request: the routes and the layers in front of them.
+pub(crate) trait App:
+    tower::Service<Request<Incoming>, Response = Response, Error = Infallible>
+    + Clone
+    + Send
+    + Sync
+    + Unpin
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: tower::Service<Request<Incoming>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + Unpin
+        + 'static
+{
+}
+
 /// How connections are served.
 pub(crate) struct ConnectionSettings {
     /// Open connections at most.
@@ -63,13 +88,16 @@ pub(crate) struct ConnectionSettings {
 /// cancelled; then closes idle connections, lets the others finish the
 /// request they are receiving or answering, and waits for them at most
 /// `settings.grace`.
-pub(crate) async fn serve_connections(
+pub(crate) async fn serve_connections<S>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     settings: ConnectionSettings,
     stopping: CancellationToken,
     metrics: ConnectionMetrics,
-) {
+) where
+    S: App,
+    S::Future: Send + 'static,
+{
     let mut http = http1::Builder::new();
     // Heads are timed here, from their first byte: hyper's own timer would
     // also run while a kept-alive connection waits for its next request.
@@ -172,11 +200,15 @@ enum Ended {
 /// Serves one connection until it ends, is evicted, times out, or shutdown
 /// finds it idle (returns why the server closed it, if it did), or until a
 /// stream's head is written and the socket leaves hyper.
-async fn serve_one(
-    mut served: http1::Connection<TokioIo<WatchedSocket>, TrackedService>,
+async fn serve_one<S>(
+    mut served: http1::Connection<TokioIo<WatchedSocket>, TrackedService<S>>,
     connection: &Connection,
     stopping: &CancellationToken,
-) -> Ended {
+) -> Ended
+where
+    S: App,
+    S::Future: Send + 'static,
+{
     let timeouts = connection.timeouts();
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);

@@ -11,7 +11,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, Request, Response, Version, header};
 use http_body::{Frame, SizeHint};
@@ -20,6 +19,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::App;
 use super::handoff::{PendingStream, WrittenPastHyper};
 use super::slots::Connection;
 
@@ -90,15 +90,15 @@ impl AsyncWrite for WatchedSocket {
     }
 }
 
-/// The router, marking each request in progress on its connection.
+/// The application, marking each request in progress on its connection.
 #[derive(Clone)]
-pub(super) struct TrackedService {
-    app: TowerToHyperService<Router>,
+pub(super) struct TrackedService<S> {
+    app: TowerToHyperService<S>,
     connection: Arc<Connection>,
 }
 
-impl TrackedService {
-    pub(super) fn new(app: Router, connection: Arc<Connection>) -> Self {
+impl<S> TrackedService<S> {
+    pub(super) fn new(app: S, connection: Arc<Connection>) -> Self {
         Self {
             app: TowerToHyperService::new(app),
             connection,
@@ -106,7 +106,11 @@ impl TrackedService {
     }
 }
 
-impl hyper::service::Service<Request<Incoming>> for TrackedService {
+impl<S> hyper::service::Service<Request<Incoming>> for TrackedService<S>
+where
+    S: App,
+    S::Future: Send + 'static,
+{
     type Response = Response<TrackedBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;

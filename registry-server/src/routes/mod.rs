@@ -13,12 +13,18 @@ mod page;
 mod probes;
 mod rollouts;
 
-use axum::Router;
+use std::convert::Infallible;
+
+use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
+use axum::http::Request;
 use axum::http::{Method, Uri};
 use axum::middleware;
+use axum::response::Response;
+use hyper::body::Incoming;
 use registry_core::{AgentId, CommandId, GroupName};
 use serde::Deserialize;
+use tower::ServiceBuilder;
 use utoipa::{IntoParams, OpenApi};
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
@@ -60,10 +66,21 @@ struct GroupPath {
     group: String,
 }
 
-/// The whole HTTP API over `state`. Each role's routes sit behind the check of
+/// The whole HTTP API over `state`, with the checks in front of it. Each role's routes sit behind the check of
 /// that role's token when tokens are configured; the probes, the OpenAPI
 /// document and the web page are open.
-pub fn router(state: AppState) -> Router {
+pub fn router(
+    state: AppState,
+) -> impl tower::Service<
+    Request<Incoming>,
+    Response = Response,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ Sync
++ Unpin
++ 'static {
     let max_body_bytes = state.config().server.max_body_bytes;
     let front = Front::new(&state.config().server);
     let mut enrollment = OpenApiRouter::new().routes(routes!(agents::register));
@@ -117,13 +134,18 @@ pub fn router(state: AppState) -> Router {
         state.auth().enabled(),
         &state.config().commands.types,
     );
-    router
+    let routes = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state);
+    // Around the router, once: a layer on the router would wrap each route,
+    // and cost every request a boxed copy of the route and a boxed future.
+    ServiceBuilder::new()
+        .map_request(|request: Request<Incoming>| request.map(Body::new))
         // In front of everything else, tokens included (SPEC 7, 10).
         .layer(middleware::from_fn_with_state(front, front::check))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .service(routes)
 }
 
 async fn not_found(uri: Uri) -> ApiError {
