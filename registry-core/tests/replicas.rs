@@ -476,6 +476,27 @@ fn status_on(node: &Node, agent_id: &str, command_id: &str) -> CommandStatus {
     node.registry.command(agent_id, command_id).unwrap().status
 }
 
+/// Every replica reads the agent in `status`.
+fn assert_agent_everywhere(nodes: &[Node], agent_id: &str, status: AgentStatus) {
+    for (replica, node) in nodes.iter().enumerate() {
+        let read = node.registry.agent(agent_id).unwrap().status;
+        assert_eq!(read, status, "{agent_id} on replica {replica}");
+    }
+}
+
+/// Every replica reads the command in `status`.
+fn assert_command_everywhere(
+    nodes: &[Node],
+    agent_id: &str,
+    command_id: &str,
+    status: CommandStatus,
+) {
+    for (replica, node) in nodes.iter().enumerate() {
+        let read = status_on(node, agent_id, command_id);
+        assert_eq!(read, status, "{command_id} on replica {replica}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_registration_on_one_replica_is_read_on_another_once_it_applied_the_log() {
     let (_store, nodes) = cluster(2);
@@ -553,9 +574,7 @@ async fn a_deadline_due_on_every_replica_is_written_once_and_announced_once() {
     advance_ms(Settings::default().command_expiry.as_millis() as u64).await;
     settle(&nodes).await;
     let id = command.command_id.to_string();
-    for node in &nodes {
-        assert_eq!(status_on(node, "a-1", &id), CommandStatus::Expired);
-    }
+    assert_command_everywhere(&nodes, "a-1", &id, CommandStatus::Expired);
     let expired: u64 = nodes
         .iter()
         .map(|node| node.registry.stats().commands_expired)
@@ -564,12 +583,7 @@ async fn a_deadline_due_on_every_replica_is_written_once_and_announced_once() {
 
     advance_ms(Settings::default().stale_after.as_millis() as u64).await;
     settle(&nodes).await;
-    for node in &nodes {
-        assert_eq!(
-            node.registry.agent("a-1").unwrap().status,
-            AgentStatus::Stale
-        );
-    }
+    assert_agent_everywhere(&nodes, "a-1", AgentStatus::Stale);
     assert_eq!(store.writes_of("a-1", AgentStatus::Stale), 1);
     assert_eq!(
         transitions(&nodes, AgentStatus::Live, AgentStatus::Stale),
@@ -594,12 +608,7 @@ async fn a_heartbeat_on_one_replica_keeps_another_from_marking_the_agent_stale()
     advance_ms(1_000).await;
     settle(&nodes).await;
 
-    for node in &nodes {
-        assert_eq!(
-            node.registry.agent("a-1").unwrap().status,
-            AgentStatus::Live
-        );
-    }
+    assert_agent_everywhere(&nodes, "a-1", AgentStatus::Live);
     assert_eq!(store.writes_of("a-1", AgentStatus::Stale), 0);
     assert_eq!(
         transitions(&nodes, AgentStatus::Live, AgentStatus::Stale),
@@ -649,9 +658,7 @@ async fn an_ack_on_one_replica_written_before_the_delivery_on_another_ends_ackno
     // b's delivery, written behind now, conflicts, and b takes the ack.
     settle(&nodes).await;
     a.sync();
-    for node in &nodes {
-        assert_eq!(status_on(node, "a-1", &id), CommandStatus::Acknowledged);
-    }
+    assert_command_everywhere(&nodes, "a-1", &id, CommandStatus::Acknowledged);
     assert_eq!(b.registry.stats().commands_in(CommandStatus::Delivered), 0);
 }
 
@@ -672,9 +679,7 @@ async fn an_ack_on_one_replica_written_after_the_delivery_on_another_runs_again_
     assert_eq!(acked.status, CommandStatus::Acknowledged);
     assert!(acked.delivered_at.is_some(), "b's delivery is kept");
     settle(&nodes).await;
-    for node in &nodes {
-        assert_eq!(status_on(node, "a-1", &id), CommandStatus::Acknowledged);
-    }
+    assert_command_everywhere(&nodes, "a-1", &id, CommandStatus::Acknowledged);
     assert_eq!(
         b.registry.stats().commands_in(CommandStatus::Acknowledged),
         1
@@ -1129,12 +1134,7 @@ async fn a_heartbeat_written_just_after_another_replicas_stale_leaves_both_repli
         .await
         .unwrap();
     settle(&nodes).await;
-    for node in &nodes {
-        assert_eq!(
-            node.registry.agent("a-1").unwrap().status,
-            AgentStatus::Live
-        );
-    }
+    assert_agent_everywhere(&nodes, "a-1", AgentStatus::Live);
 }
 
 #[tokio::test(start_paused = true)]
