@@ -10,10 +10,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use futures_util::{StreamExt, stream};
 use registry_core::{CommandEvent, DetachReason, Subscription};
@@ -21,15 +20,11 @@ use registry_signing::AheadSigner;
 use tracing::{error, instrument};
 
 use super::AgentPath;
-use crate::connections::WrittenPastHyper;
 use crate::error::ApiError;
 use crate::extract::ApiPath;
 use crate::openapi::{BadRequest, Forbidden, Problem, ServiceUnavailable, Unauthorized};
 use crate::signing;
 use crate::state::AppState;
-
-/// Tells nginx and other proxies not to buffer the stream.
-const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// The header an EventSource client sends on reconnect: the id of the last event it saw.
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
@@ -108,18 +103,10 @@ pub(super) async fn stream(
                 .retry(config.replaced_retry),
         ),
     };
-    let keep_alive = KeepAlive::new()
-        .interval(config.keepalive)
-        .text("keepalive");
-    let sse = Sse::new(stream::once(ready(Ok(opened))).chain(events)).keep_alive(keep_alive);
-    // Hours long: written past hyper once its head is (connections::handoff).
-    let written_past_hyper = Extension(WrittenPastHyper);
-    Ok((
-        written_past_hyper,
-        [(X_ACCEL_BUFFERING, HeaderValue::from_static("no"))],
-        sse,
-    )
-        .into_response())
+    Ok(super::event_stream(
+        stream::once(ready(Ok(opened))).chain(events),
+        config.keepalive,
+    ))
 }
 
 /// `HEAD /api/v1/agents/{agentId}/events`: the answer `GET` would start with,
@@ -163,7 +150,7 @@ pub(super) async fn probe(
                 HeaderValue::from_static("text/event-stream"),
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-            (X_ACCEL_BUFFERING, HeaderValue::from_static("no")),
+            (super::X_ACCEL_BUFFERING, HeaderValue::from_static("no")),
         ],
         (),
     )

@@ -6,22 +6,16 @@
 use std::convert::Infallible;
 use std::future::ready;
 
-use axum::Extension;
 use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
+use axum::response::sse::Event;
 use futures_util::{StreamExt, stream};
 use registry_core::FleetEvent;
 use tracing::{error, instrument};
 
-use crate::connections::WrittenPastHyper;
 use crate::error::ApiError;
 use crate::openapi::{Forbidden, ServiceUnavailable, Unauthorized};
 use crate::state::AppState;
-
-/// Tells nginx and other proxies not to buffer the stream.
-const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// `GET /api/v1/events`.
 #[utoipa::path(
@@ -65,18 +59,10 @@ pub(super) async fn stream(State(app): State<AppState>) -> Result<Response, ApiE
         Some((event, subscription))
     })
     .filter_map(|event| ready(to_event(&event).map(Ok)));
-    let keep_alive = KeepAlive::new()
-        .interval(app.config().sse.keepalive)
-        .text("keepalive");
-    let sse = Sse::new(opened.chain(events)).keep_alive(keep_alive);
-    // Hours long: written past hyper once its head is (connections::handoff).
-    let written_past_hyper = Extension(WrittenPastHyper);
-    Ok((
-        written_past_hyper,
-        [(X_ACCEL_BUFFERING, HeaderValue::from_static("no"))],
-        sse,
-    )
-        .into_response())
+    Ok(super::event_stream(
+        opened.chain(events),
+        app.config().sse.keepalive,
+    ))
 }
 
 /// The SSE event of one fleet event: its kind as the event name, its data as

@@ -15,12 +15,16 @@ mod rollouts;
 
 use std::convert::Infallible;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Request;
+use axum::http::{HeaderName, HeaderValue};
 use axum::http::{Method, Uri};
 use axum::middleware;
-use axum::response::Response;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
 use hyper::body::Incoming;
 use registry_core::{AgentId, CommandId, GroupName};
 use serde::Deserialize;
@@ -30,6 +34,7 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterE
 use utoipa_axum::routes;
 
 use crate::auth;
+use crate::connections::WrittenPastHyper;
 use crate::error::ApiError;
 use crate::front::{self, Front};
 use crate::metrics::track_requests;
@@ -154,4 +159,24 @@ async fn not_found(uri: Uri) -> ApiError {
 
 async fn method_not_allowed(method: Method) -> ApiError {
     ApiError::MethodNotAllowed(method.to_string())
+}
+
+/// Tells nginx and other proxies not to buffer an event stream.
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
+/// The answer of every event-stream route (an agent's, the fleet's):
+/// `events` with a keepalive comment every `keepalive`, unbuffered by proxies,
+/// and, since it lasts hours, written past hyper once its head is
+/// (`connections::handoff`).
+fn event_stream(
+    events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
+    keepalive: std::time::Duration,
+) -> Response {
+    let keep_alive = KeepAlive::new().interval(keepalive).text("keepalive");
+    (
+        Extension(WrittenPastHyper),
+        [(X_ACCEL_BUFFERING, HeaderValue::from_static("no"))],
+        Sse::new(events).keep_alive(keep_alive),
+    )
+        .into_response()
 }
