@@ -113,17 +113,8 @@ pub(crate) async fn run(options: &ClusterOptions) -> io::Result<ClusterResult> {
         options.register_concurrency,
     )
     .await?;
-    let registrations_per_s = registered.ok as f64 / registered.seconds.max(1e-9);
-    eprintln!(
-        "  {} registered, {} failed, {registrations_per_s:.0}/s{}",
-        registered.ok,
-        registered.failed,
-        registered
-            .first_error
-            .as_deref()
-            .map(|err| format!(" (first failure: {err})"))
-            .unwrap_or_default()
-    );
+    registered.report();
+    let registrations_per_s = registered.per_second();
     options.streams.settle().await;
     redis.after_register = redis_used_memory(options).await;
 

@@ -24,6 +24,28 @@ pub(crate) struct Registered {
     pub(crate) seconds: f64,
 }
 
+impl Registered {
+    /// Registrations answered per second.
+    pub(crate) fn per_second(&self) -> f64 {
+        self.ok as f64 / self.seconds.max(1e-9)
+    }
+
+    /// Prints how it went, as every run reports it.
+    pub(crate) fn report(&self) {
+        let first_failure = self
+            .first_error
+            .as_deref()
+            .map(|err| format!(" (first failure: {err})"))
+            .unwrap_or_default();
+        eprintln!(
+            "  {} registered, {} failed, {:.0}/s{first_failure}",
+            self.ok,
+            self.failed,
+            self.per_second()
+        );
+    }
+}
+
 /// Registers agents `0..count` (ids `{prefix}{index:06}`, spread over `groups`
 /// groups) with `concurrency` requests in flight, agent `i` through
 /// `servers[i mod len]`.
