@@ -148,8 +148,8 @@ pub trait Storage: Send + 'static {
     /// Writes `changes` as [`commit`](Self::commit) does, if every versioned
     /// entity they touch is still at the version in `bases` (one per change,
     /// `0` for an entity this replica never saw written); all of them or
-    /// none. A heartbeat is checked only for its agent still being there, and
-    /// moves the agent's version; a [`Change::Stream`] is not checked and
+    /// none. A heartbeat is checked against its agent's version (and
+    /// conflicts when the agent is gone), and moves it; a [`Change::Stream`] is not checked and
     /// moves nothing. See [`Commit`].
     fn commit_versioned(
         &mut self,

@@ -2,8 +2,8 @@
 //! paused clock: two or three registries over an in-memory model of the
 //! Redis engine's commit script, as the design states it: a version per
 //! agent and command, a change the store already holds reported
-//! "unchanged", conflicts refusing the whole commit, heartbeats checked only
-//! for their agent and moving its version, streams kept per agent, and a log
+//! "unchanged", conflicts refusing the whole commit, heartbeats checked
+//! against their agent's version and moving it, streams kept per agent, and a log
 //! of every commit that each registry's tail hands to `apply_log` (the test
 //! can hold a tail back, to order a race).
 
@@ -242,7 +242,8 @@ impl Storage for Engine {
                 match change {
                     Change::Stream(..) => writes.push(index),
                     Change::Heartbeat(id, _) => {
-                        if held.agents.contains_key(id) {
+                        let stored = held.versions.get(&entity).copied().unwrap_or(0);
+                        if held.agents.contains_key(id) && stored == *base {
                             writes.push(index);
                         } else {
                             conflicts.push(entity);
@@ -1086,7 +1087,7 @@ async fn an_operation_another_replica_wins_twice_is_refused_to_be_tried_again_in
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_heartbeat_written_just_after_another_replicas_stale_leaves_both_replicas_agreeing() {
+async fn a_heartbeat_answered_just_after_another_replicas_stale_leaves_the_agent_live_everywhere() {
     let (store, nodes) = cluster(2);
     let (a, b) = (&nodes[0], &nodes[1]);
     register(a, "a-1").await;
@@ -1094,8 +1095,8 @@ async fn a_heartbeat_written_just_after_another_replicas_stale_leaves_both_repli
     let stale_after = Settings::default().stale_after.as_millis() as u64;
     advance_ms(stale_after - 1_000).await;
     // Another replica's STALE (stamped with the deadline, a second from now)
-    // is written just before b's heartbeat; b reads it only afterwards.
-    b.hold();
+    // is written just before b's heartbeat, which was built on the LIVE
+    // record: the heartbeat conflicts, and runs again on the STALE record.
     let racer = store.clone();
     let mut once = Some(());
     *b.race.lock().unwrap() = Some(Box::new(move || {
@@ -1114,27 +1115,24 @@ async fn a_heartbeat_written_just_after_another_replicas_stale_leaves_both_repli
         .durably(|registry| registry.heartbeat("a-1"))
         .await
         .unwrap();
-    b.sync();
     settle(&nodes).await;
 
-    // Both read what the store holds: the record STALE, the heartbeat beside it.
+    // A heartbeat answered 204 keeps the agent LIVE, as on one server.
+    assert_agent_everywhere(&nodes, "a-1", AgentStatus::Live);
     let (on_a, on_b) = (
         a.registry.agent("a-1").unwrap(),
         b.registry.agent("a-1").unwrap(),
     );
     assert_eq!(on_a, on_b);
-    assert_eq!(on_b.status, AgentStatus::Stale);
     assert_eq!(
         on_b.last_heartbeat_at.unix_millis(),
         at(stale_after - 1_000)
     );
-    // The agent's next heartbeat revives it everywhere.
-    b.registry
-        .durably(|registry| registry.heartbeat("a-1"))
-        .await
-        .unwrap();
-    settle(&nodes).await;
-    assert_agent_everywhere(&nodes, "a-1", AgentStatus::Live);
+    assert_eq!(store.writes_of("a-1", AgentStatus::Live), 2);
+    assert_eq!(
+        transitions(&nodes, AgentStatus::Stale, AgentStatus::Live),
+        1
+    );
 }
 
 #[tokio::test(start_paused = true)]

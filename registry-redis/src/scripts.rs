@@ -22,7 +22,9 @@ pub(crate) const EMPTIED: u64 = 2;
 /// 2. An agent or command change (`a A c C`) is written if its version in
 ///    `versions` is still its base; else it is unchanged if the store already
 ///    holds that record byte for byte (for a removal: no record), else a
-///    conflict. A heartbeat conflicts only when its agent is gone. Any
+///    conflict. A heartbeat is written if its agent is there and still at
+///    its base (a heartbeat built on a record another replica replaced
+///    since, a STALE written a moment before it, must run again on it). Any
 ///    conflict: `{CONFLICT, index...}` (0-based), nothing written.
 /// 3. With something to write: `seq` + 1 is the version; the log gets one
 ///    entry (id `version-0`, fields `o` origin and `c` the written changes'
@@ -58,7 +60,8 @@ for i = 4, #ARGV, 4 do
       end
     end
   elseif op == 'h' then
-    if redis.call('HEXISTS', agents, id) == 1 then
+    local stored = tonumber(redis.call('HGET', versions, 'a:' .. id) or '0')
+    if redis.call('HEXISTS', agents, id) == 1 and (base == '' or stored == tonumber(base)) then
       writes[#writes + 1] = i
     else
       conflicts[#conflicts + 1] = index

@@ -183,7 +183,7 @@ fn the_same_record_written_by_two_replicas_is_unchanged_for_the_second() {
 }
 
 #[test]
-fn a_heartbeat_moves_the_version_and_conflicts_only_when_its_agent_is_gone() {
+fn a_heartbeat_moves_the_version_and_conflicts_when_its_agent_is_gone_or_written_since() {
     let redis = RedisServer::start();
     let mut a = open(&redis, "h:");
     let mut b = open(&redis, "h:");
@@ -200,9 +200,18 @@ fn a_heartbeat_moves_the_version_and_conflicts_only_when_its_agent_is_gone() {
 
     a.commit_versioned(&[Change::Agent(agent_record("a-1", "n"))], &[0])
         .unwrap();
-    // B never saw the agent: its heartbeat is written all the same.
+    // B's heartbeat built on a version older than the record (a STALE
+    // written a moment before it) conflicts: it must run again on the record.
     let answer = b
         .commit_versioned(&[Change::Heartbeat(agent_id("a-1"), at)], &[0])
+        .unwrap();
+    assert_eq!(
+        answer,
+        Commit::Conflict(vec![Entity::Agent(agent_id("a-1"))])
+    );
+    // On the record's version it is written.
+    let answer = b
+        .commit_versioned(&[Change::Heartbeat(agent_id("a-1"), at)], &[1])
         .unwrap();
     assert!(
         matches!(answer, Commit::Written { version: 2, .. }),
