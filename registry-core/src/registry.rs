@@ -781,12 +781,18 @@ impl Registry {
     /// `last_event_id` (its `Last-Event-ID`), replacing any stream it had open.
     /// With [`Replay::Unacknowledged`](crate::Replay) the stream starts with the
     /// commands that reader may have missed; with `Replay::None` the id is ignored.
+    ///
+    /// Written behind, but with a store shared by replicas, where it is
+    /// written at once (a [`durably`](Self::durably) around it waits for it),
+    /// so that a stream answered is `connected` on every replica that caught
+    /// up, and ends the agent's older stream on another replica at once.
     pub fn open_stream_after(
         &self,
         agent_id: &str,
         last_event_id: Option<&str>,
     ) -> Result<Subscription, RegistryError> {
-        let opened = self.with_state(|state, now| {
+        let durable = self.is_shared();
+        let opened = self.apply(durable, false, |state, now| {
             state.open_stream(agent_id, last_event_id, &self.shared.streams, now)
         })?;
         Ok(Subscription::new(opened, self.clone()))

@@ -752,6 +752,23 @@ async fn a_stream_opened_on_one_replica_ends_the_agents_stream_on_another() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_stream_whose_opening_was_answered_reads_connected_on_every_replica_that_caught_up() {
+    let (_store, nodes) = cluster(3);
+    register(&nodes[0], "a-1").await;
+    settle(&nodes).await;
+    // Opened as the server opens it: the 200 waits for the opening's commit.
+    let _stream = nodes[1]
+        .registry
+        .durably(|registry| registry.open_stream("a-1"))
+        .await
+        .unwrap();
+    for node in &nodes {
+        node.registry.catch_up().await.unwrap();
+        assert!(node.registry.agent("a-1").unwrap().connected, "{}", node.id);
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn connected_reads_the_same_on_every_replica() {
     let (_store, nodes) = cluster(3);
     register(&nodes[0], "a-1").await;

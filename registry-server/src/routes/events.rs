@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use futures_util::{StreamExt, stream};
-use registry_core::{CommandEvent, DetachReason, Subscription};
+use registry_core::{CommandEvent, DetachReason, Registry, Subscription};
 use registry_signing::AheadSigner;
 use tracing::{error, instrument};
 
@@ -85,10 +85,15 @@ pub(super) async fn stream(
     let last_event_id = headers
         .get(LAST_EVENT_ID)
         .and_then(|value| value.to_str().ok());
-    let subscription = app
-        .caught_up()
-        .await?
-        .open_stream_after(&agent_id, last_event_id)?;
+    let registry = app.caught_up().await?;
+    let open = |registry: &Registry| registry.open_stream_after(&agent_id, last_event_id);
+    // With replicas, the 200 waits for the opening's commit: every replica
+    // then reads the agent connected, and the older stream elsewhere ends.
+    let subscription = if registry.is_shared() {
+        registry.durably(open).await?
+    } else {
+        open(registry)?
+    };
     let config = &app.config().sse;
     // The first lines tell the client when to come back, and that the stream is open.
     let opened = Event::default()
