@@ -3,6 +3,7 @@
 //! async workers; the connection is opened again after any failure.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::{Client, Connection};
@@ -26,6 +27,9 @@ pub(crate) const LIVENESS: Duration = Duration::from_secs(3);
 /// The log's length, about: `XADD ... MAXLEN ~`. A replica further behind
 /// than this loads everything again instead of reading the log.
 pub(crate) const LOG_LENGTH: u64 = 100_000;
+
+/// The commits this process sent: each one's token is the next number.
+static COMMITS: AtomicU64 = AtomicU64::new(1);
 
 /// Why a call failed: Redis, or what it holds.
 pub(crate) enum Failure {
@@ -299,10 +303,14 @@ impl RedisEngine {
                 "the registry was never loaded from Redis",
             ));
         };
-        let mut args: Vec<Vec<u8>> = Vec::with_capacity(3 + changes.len() * 4);
+        let mut args: Vec<Vec<u8>> = Vec::with_capacity(4 + changes.len() * 4);
         args.push(epoch.into_bytes());
         args.push(self.shared.replica.as_bytes().to_vec());
         args.push(LOG_LENGTH.to_string().into_bytes());
+        // Sent again as it is when the reply is lost: the script then
+        // answers what it answered the first time.
+        let token = COMMITS.fetch_add(1, Ordering::Relaxed);
+        args.push(token.to_string().into_bytes());
         for (index, change) in changes.iter().enumerate() {
             let (op, id, value) = wire::encode(change);
             args.push(vec![op]);
@@ -332,7 +340,8 @@ impl RedisEngine {
                     .key(&keys.seq)
                     .key(&keys.versions)
                     .key(&keys.streams)
-                    .key(&keys.log);
+                    .key(&keys.log)
+                    .key(&shared.reply);
                 for arg in &args {
                     invocation.arg(arg.as_slice());
                 }

@@ -43,6 +43,7 @@
 //! | `P streams` | hash | agentId -> the replica its stream is open on |
 //! | `P replicas` | sorted set | replica id -> when its liveness runs out, Unix ms (Redis's clock) |
 //! | `P keys` | hash | replica id -> the public key it signs with |
+//! | `P reply:<replica id>` | list | the token of its last commit that wrote, then the answer (a minute) |
 //!
 //! The records are the embedded engine's, written by `serde_json`; the Lua
 //! scripts only move strings, so a payload keeps its canonical (signed) form.

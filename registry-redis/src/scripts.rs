@@ -14,11 +14,16 @@ pub(crate) const EMPTIED: u64 = 2;
 /// One commit (`docs/replicas.md`, "A commit").
 ///
 /// KEYS: marker, agents, heartbeats, commands, rollouts, payloads, meta, seq,
-/// versions, streams, log. ARGV: the marker loaded, the origin replica, the
-/// log's length bound, then `(op, id, value, base)` per change; an empty base
-/// is not checked.
+/// versions, streams, log, and the origin's last reply. ARGV: the marker
+/// loaded, the origin replica, the log's length bound, the commit's token
+/// (unique per commit the replica sends), then `(op, id, value, base)` per
+/// change; an empty base is not checked.
 ///
-/// 1. The marker must be the one loaded, else `{EMPTIED}`.
+/// 1. The marker must be the one loaded, else `{EMPTIED}`. A commit sent
+///    again after its reply was lost (the connection dropped after the script
+///    ran) finds its token in the last reply kept and gets that reply again,
+///    as a list of strings: what it wrote is not found unchanged, so the
+///    replica that wrote it announces its transitions.
 /// 2. An agent or command change (`a A c C`) is written if its version in
 ///    `versions` is still its base; else it is unchanged if the store already
 ///    holds that record byte for byte (for a removal: no record), else a
@@ -32,18 +37,21 @@ pub(crate) const EMPTIED: u64 = 2;
 ///    agent's and command's version set (deleted with it). The log is written
 ///    first: if it refuses, nothing else was.
 /// 4. `{WRITTEN, version, index, stored version...}` for the unchanged; with
-///    nothing written, the version is `seq` as it is.
+///    nothing written, the version is `seq` as it is. A reply that wrote
+///    something is kept, behind the token, for a minute.
 pub(crate) const COMMIT: &str = r"
 local WRITTEN, CONFLICT, EMPTIED = 0, 1, 2
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {EMPTIED} end
+local reply, token = KEYS[12], ARGV[4]
+if redis.call('LINDEX', reply, 0) == token then return redis.call('LRANGE', reply, 1, -1) end
 local agents, heartbeats, commands, rollouts, payloads, meta, seq, versions, streams, log =
   KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local origin = ARGV[2]
 local checked = {a = agents, A = agents, c = commands, C = commands}
 local writes, answer, conflicts = {}, {WRITTEN, 0}, {CONFLICT}
-for i = 4, #ARGV, 4 do
+for i = 5, #ARGV, 4 do
   local op, id, value, base = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local index = (i - 4) / 4
+  local index = (i - 5) / 4
   local records = checked[op]
   if records then
     local stored = tonumber(redis.call('HGET', versions, string.lower(op) .. ':' .. id) or '0')
@@ -123,6 +131,12 @@ for _, i in ipairs(writes) do
   end
 end
 answer[2] = version
+redis.call('DEL', reply)
+redis.call('RPUSH', reply, token)
+for first = 1, #answer, 1000 do
+  redis.call('RPUSH', reply, unpack(answer, first, math.min(first + 999, #answer)))
+end
+redis.call('PEXPIRE', reply, 60000)
 return answer
 ";
 

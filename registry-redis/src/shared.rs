@@ -66,6 +66,9 @@ pub(crate) struct Shared {
     pub(crate) url: String,
     /// This replica's id: a new UUID per process.
     pub(crate) replica: ReplicaId,
+    /// The key that keeps this replica's last commit reply (`P reply:<id>`),
+    /// for a commit sent again after its reply was lost.
+    pub(crate) reply: String,
     /// The marker this replica loaded; none before the first load.
     epoch: Mutex<Option<String>>,
     /// Set when the tail finds it can't follow the log (it fell behind the
@@ -80,6 +83,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(keys: Keys, url: String, replica: ReplicaId) -> Self {
         Self {
+            reply: format!("{}reply:{replica}", keys.prefix),
             keys,
             url,
             replica,

@@ -2,7 +2,7 @@
 //! registry's writer and two replicas use it: versioned commits (written,
 //! unchanged, conflicts all or nothing), heartbeats, streams, fetch, load
 //! (versions, position, streams of live replicas), Redis emptied, the
-//! signing key of live replicas.
+//! signing key of live replicas, a commit whose reply was lost.
 
 mod common;
 
@@ -12,6 +12,11 @@ use registry_core::storage::{Change, Storage};
 use registry_core::{AgentId, Timestamp};
 use registry_redis::JoinError;
 use registry_testkit::redis::RedisServer;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
 
 #[test]
 fn a_commit_writes_versions_and_the_log_and_a_load_reads_them_back() {
@@ -479,4 +484,85 @@ fn a_load_while_another_replica_writes_never_pairs_a_record_with_a_newer_version
         }
     }
     assert_eq!(newer, 0, "records loaded with the version of a later write");
+}
+
+/// A TCP proxy in front of Redis that, once armed, passes the next
+/// `EVALSHA` on and drops the connection instead of its reply: the script
+/// ran, its reply is lost.
+struct LosingProxy {
+    port: u16,
+    armed: Arc<AtomicBool>,
+}
+
+impl LosingProxy {
+    fn start(redis_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let arm = Arc::clone(&armed);
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let server = TcpStream::connect(("127.0.0.1", redis_port)).unwrap();
+                let lose = Arc::new(AtomicBool::new(false));
+                let (armed, losing) = (Arc::clone(&arm), Arc::clone(&lose));
+                let (from, to) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                thread::spawn(move || {
+                    copy(from, to, |bytes| {
+                        if armed.load(Ordering::SeqCst)
+                            && bytes.windows(7).any(|word| word == b"EVALSHA")
+                        {
+                            armed.store(false, Ordering::SeqCst);
+                            losing.store(true, Ordering::SeqCst);
+                        }
+                        true
+                    });
+                });
+                thread::spawn(move || copy(server, client, |_| !lose.load(Ordering::SeqCst)));
+            }
+        });
+        Self { port, armed }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+/// Copies `from` to `to` while `pass` lets each read through, then closes both.
+fn copy(mut from: TcpStream, mut to: TcpStream, mut pass: impl FnMut(&[u8]) -> bool) {
+    let mut buffer = vec![0; 64 * 1024];
+    while let Ok(read) = from.read(&mut buffer) {
+        if read == 0 || !pass(&buffer[..read]) || to.write_all(&buffer[..read]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
+}
+
+#[test]
+fn a_commit_whose_reply_was_lost_is_answered_as_written_when_sent_again() {
+    let redis = RedisServer::start();
+    let proxy = LosingProxy::start(redis.port());
+    let mut a = registry_redis::open(&proxy.url(), "l:").unwrap().engine;
+    a.load().unwrap();
+    a.commit_versioned(&[Change::Agent(agent_record("a-1", "one"))], &[0])
+        .unwrap();
+    proxy.armed.store(true, Ordering::SeqCst);
+    let answer = a
+        .commit_versioned(&[Change::Agent(agent_record("a-1", "two"))], &[1])
+        .unwrap();
+    assert!(!proxy.armed.load(Ordering::SeqCst), "the reply was lost");
+    // Sent again, the commit is answered as written, not found unchanged:
+    // its transitions are announced by this replica.
+    assert_eq!(
+        answer,
+        Commit::Written {
+            version: 2,
+            unchanged: vec![]
+        }
+    );
+    assert_eq!(query::<u64>(&redis, &["GET", "l:seq"]), 2, "written once");
+    assert_eq!(query::<u64>(&redis, &["XLEN", "l:log"]), 2);
 }
