@@ -10,7 +10,6 @@
 
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header, uri::Authority};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::config::ServerConfig;
@@ -170,51 +169,83 @@ impl CrossSite {
     }
 }
 
-/// Refuses cross-site requests, answers preflights from allowed
-/// origins, and adds the CORS headers to what they are answered.
-pub async fn check(rule: &CrossSite, request: Request, next: Next) -> Response {
-    let verdict = rule.judge(request.uri().path(), request.headers());
-    let origin = request.headers().get(header::ORIGIN).cloned();
-    match (verdict, origin) {
-        (Verdict::Refused(why), _) => ApiError::Forbidden(format!(
-            "cross-site requests are refused: {why} (allowed origins are set in server.cors_origins)"
-        ))
-        .into_response(),
-        (Verdict::Allowed, Some(origin)) => {
-            let preflight = request.method() == Method::OPTIONS
-                && request
-                    .headers()
-                    .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-            let mut response = if preflight {
-                let mut response = StatusCode::NO_CONTENT.into_response();
-                let headers = response.headers_mut();
-                headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, ALLOW_METHODS);
-                headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOW_HEADERS);
-                headers.insert(header::ACCESS_CONTROL_MAX_AGE, MAX_AGE);
-                response
-            } else {
-                let mut response = next.run(request).await;
-                response
-                    .headers_mut()
-                    .insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE_HEADERS);
-                response
-            };
-            let headers = response.headers_mut();
-            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-            headers.append(header::VARY, HeaderValue::from_static("Origin"));
-            response
-        }
-        _ => {
-            let mut response = next.run(request).await;
-            // The answer depends on the Origin once some origins are allowed: caches must know.
-            if rule.has_allowed_origins() {
-                response
-                    .headers_mut()
-                    .append(header::VARY, HeaderValue::from_static("Origin"));
+/// What the rule makes of a request before it is routed: answered here (a
+/// refusal, or an allowed origin's preflight), or routed, its answer then
+/// finished with [`Finish::apply`].
+pub enum Decision {
+    /// Answered without routing.
+    Answer(Response),
+    /// Routed; what its answer gets.
+    Route(Finish),
+}
+
+/// The CORS headers a routed request's answer gets.
+pub struct Finish {
+    /// The allowed origin the request came from.
+    allowed_origin: Option<HeaderValue>,
+    /// Whether the answer depends on `Origin` (some origins are allowed):
+    /// caches must know.
+    vary: bool,
+}
+
+impl CrossSite {
+    /// Refuses cross-site requests and answers preflights from allowed
+    /// origins; says what headers the others' answers get.
+    pub fn decide(&self, request: &Request) -> Decision {
+        let verdict = self.judge(request.uri().path(), request.headers());
+        let origin = || request.headers().get(header::ORIGIN).cloned();
+        match verdict {
+            Verdict::Refused(why) => Decision::Answer(
+                ApiError::Forbidden(format!(
+                    "cross-site requests are refused: {why} (allowed origins are set in server.cors_origins)"
+                ))
+                .into_response(),
+            ),
+            Verdict::Allowed => {
+                let origin = origin();
+                let preflight = request.method() == Method::OPTIONS
+                    && request
+                        .headers()
+                        .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+                if preflight && let Some(origin) = origin {
+                    let mut response = StatusCode::NO_CONTENT.into_response();
+                    let headers = response.headers_mut();
+                    headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, ALLOW_METHODS);
+                    headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOW_HEADERS);
+                    headers.insert(header::ACCESS_CONTROL_MAX_AGE, MAX_AGE);
+                    allow(headers, origin);
+                    return Decision::Answer(response);
+                }
+                Decision::Route(Finish {
+                    vary: origin.is_none() && self.has_allowed_origins(),
+                    allowed_origin: origin,
+                })
             }
-            response
+            Verdict::Pass => Decision::Route(Finish {
+                allowed_origin: None,
+                vary: self.has_allowed_origins(),
+            }),
         }
     }
+}
+
+impl Finish {
+    /// Adds the CORS headers to a routed request's answer.
+    pub fn apply(self, response: &mut Response) {
+        let headers = response.headers_mut();
+        if let Some(origin) = self.allowed_origin {
+            headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE_HEADERS);
+            allow(headers, origin);
+        } else if self.vary {
+            headers.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
+    }
+}
+
+/// The headers that let `origin` read an answer.
+fn allow(headers: &mut HeaderMap, origin: HeaderValue) {
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.append(header::VARY, HeaderValue::from_static("Origin"));
 }
 
 #[cfg(test)]

@@ -11,14 +11,14 @@
 //! - [`cross_site`]: cross-site requests refused, CORS for the allowed origins.
 //! - [`routes`]: the route table and the handlers, one module per side.
 //! - [`front`]: the checks in front of every route (head size, Host, body
-//!   size, cross-site), in one layer.
+//!   size, cross-site) and the timing of the API's, in one service around the router.
 //! - [`extract`]: JSON, path and query extractors that reject with [`ApiError`].
 //! - [`error`]: [`ApiError`], written as problem+json.
 //! - [`host`]: the `Host` header, checked to be `host[:port]`.
 //! - `connections`: the accept loop, the connection cap, head and idle timeouts,
 //!   socket options, graceful shutdown.
 //! - [`state`]: [`AppState`], what every handler shares.
-//! - [`metrics`]: `/metrics` in Prometheus text format.
+//! - [`metrics`]: `/metrics` in Prometheus text format, and the API's latencies by route.
 //! - [`openapi`]: the OpenAPI 3.1 document, built from the handlers' annotations
 //!   and served at `/api/v1/openapi.json`.
 //! - [`limits`]: the open-file limit, raised at start, and the size of request heads.

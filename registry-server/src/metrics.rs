@@ -1,15 +1,13 @@
 //! `/metrics` in Prometheus text format: the core's counts, read at scrape time
-//! from its snapshot, and request latencies by route, method and status.
+//! from its snapshot, and request latencies by route, method and status (timed
+//! in front of the router, by `front`).
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
-use axum::middleware::Next;
-use axum::response::Response;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabel, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
@@ -90,24 +88,21 @@ impl ConnectionMetrics {
 }
 
 /// The labels of one request's latency. Built on every request, so it holds
-/// cheap clones (a `Method`, the matched route's shared string) rather than
-/// newly allocated strings.
+/// cheap clones (a `Method`, the route's shared template) rather than newly
+/// allocated strings, and hashes the template by its address: each route's
+/// template is one `Arc` (see [`ApiRoutes`]).
 #[derive(Clone, Debug)]
 struct RequestLabels {
     method: Method,
-    route: Option<MatchedPath>,
+    route: Arc<str>,
     status: u16,
-}
-
-impl RequestLabels {
-    fn route(&self) -> &str {
-        self.route.as_ref().map_or("unmatched", MatchedPath::as_str)
-    }
 }
 
 impl PartialEq for RequestLabels {
     fn eq(&self, other: &Self) -> bool {
-        self.method == other.method && self.route() == other.route() && self.status == other.status
+        self.method == other.method
+            && Arc::ptr_eq(&self.route, &other.route)
+            && self.status == other.status
     }
 }
 
@@ -116,7 +111,7 @@ impl Eq for RequestLabels {}
 impl Hash for RequestLabels {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.method.hash(state);
-        self.route().hash(state);
+        Arc::as_ptr(&self.route).cast::<u8>().hash(state);
         self.status.hash(state);
     }
 }
@@ -124,7 +119,7 @@ impl Hash for RequestLabels {
 impl EncodeLabelSet for RequestLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> fmt::Result {
         ("method", self.method.as_str()).encode(encoder.encode_label())?;
-        ("route", self.route()).encode(encoder.encode_label())?;
+        ("route", &*self.route).encode(encoder.encode_label())?;
         ("status", self.status).encode(encoder.encode_label())
     }
 }
@@ -173,28 +168,62 @@ impl Metrics {
         Ok(text)
     }
 
-    fn observe(&self, labels: RequestLabels, seconds: f64) {
-        self.requests.get_or_create(&labels).observe(seconds);
+    /// Starts timing a request to `route` (one of [`ApiRoutes`]).
+    pub fn time(self: &Arc<Self>, method: &Method, route: &Arc<str>) -> Timing {
+        Timing {
+            metrics: self.clone(),
+            started: Instant::now(),
+            method: method.clone(),
+            route: route.clone(),
+        }
     }
 }
 
-/// Middleware that times every routed request.
-pub async fn track_requests(
-    State(metrics): State<Arc<Metrics>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(request).await;
-    let labels = RequestLabels {
-        method,
-        route,
-        status: response.status().as_u16(),
-    };
-    metrics.observe(labels, started.elapsed().as_secs_f64());
-    response
+/// A request being timed, from its arrival to its response head.
+pub struct Timing {
+    metrics: Arc<Metrics>,
+    started: Instant,
+    method: Method,
+    route: Arc<str>,
+}
+
+impl Timing {
+    /// Records the request's latency, answered with `status`.
+    pub fn answered(self, status: u16) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let labels = RequestLabels {
+            method: self.method,
+            route: self.route,
+            status,
+        };
+        self.metrics
+            .requests
+            .get_or_create(&labels)
+            .observe(seconds);
+    }
+}
+
+/// The templates of the API's routes (the routes timed), matched against a
+/// request's path to label its latency. Built from the very routes the router
+/// serves (their OpenAPI paths, which `utoipa_axum` registers with axum too),
+/// and matched by the same matcher axum uses.
+pub struct ApiRoutes(matchit::Router<Arc<str>>);
+
+impl ApiRoutes {
+    /// The routes of `templates`.
+    pub fn new<'a>(templates: impl IntoIterator<Item = &'a String>) -> Self {
+        let mut routes = matchit::Router::new();
+        for template in templates {
+            // The router refused any template matchit can't take, at start.
+            let _ = routes.insert(template.as_str(), Arc::from(template.as_str()));
+        }
+        Self(routes)
+    }
+
+    /// The template of the route `path` matches, if any.
+    pub fn matching(&self, path: &str) -> Option<&Arc<str>> {
+        self.0.at(path).ok().map(|matched| matched.value)
+    }
 }
 
 /// Reads the core's snapshot at scrape time, so nothing is counted twice.

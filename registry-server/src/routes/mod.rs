@@ -36,8 +36,8 @@ use utoipa_axum::routes;
 use crate::auth;
 use crate::connections::WrittenPastHyper;
 use crate::error::ApiError;
-use crate::front::{self, Front};
-use crate::metrics::track_requests;
+use crate::front::{Front, FrontLayer};
+use crate::metrics::ApiRoutes;
 use crate::openapi::{self, ApiDoc, Document};
 use crate::state::AppState;
 
@@ -87,7 +87,6 @@ pub fn router(
 + Unpin
 + 'static {
     let max_body_bytes = state.config().server.max_body_bytes;
-    let front = Front::new(&state.config().server);
     let mut enrollment = OpenApiRouter::new().routes(routes!(agents::register));
     let mut agent = OpenApiRouter::new()
         .routes(routes!(agents::heartbeat))
@@ -117,11 +116,10 @@ pub fn router(
     let api = OpenApiRouter::new()
         .merge(enrollment)
         .merge(agent)
-        .merge(operator)
-        .route_layer(middleware::from_fn_with_state(
-            state.metrics().clone(),
-            track_requests,
-        ));
+        .merge(operator);
+    // The API's routes are timed, in front of the router.
+    let timed = ApiRoutes::new(api.get_openapi().paths.paths.keys());
+    let front = Front::new(&state.config().server, state.metrics().clone(), timed);
     // The document route serves what the split below collects, itself included.
     let document = Document::default();
     let document_route: UtoipaMethodRouter<Document> = routes!(openapi::serve);
@@ -148,7 +146,7 @@ pub fn router(
     ServiceBuilder::new()
         .map_request(|request: Request<Incoming>| request.map(Body::new))
         // In front of everything else, tokens included (SPEC 7, 10).
-        .layer(middleware::from_fn_with_state(front, front::check))
+        .layer(FrontLayer::new(front))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .service(routes)
 }
