@@ -112,12 +112,21 @@ impl Journal {
         self.dirty.agent(&agent.id);
         self.stats.agents[from.index()] -= 1;
         self.stats.agents[to.index()] += 1;
+        // With a shared store the fleet's readers are told once the commit
+        // is known: a transition that loses to another replica's never shows.
+        let deferred = self.dirty.defers_announcements();
+        let event = deferred
+            .then(|| self.agent_event_of(agent, Some(from), Some(to), at))
+            .flatten();
         self.announce(marks::Announcement::Agent {
             id: agent.id.clone(),
             from,
             to,
+            event,
         });
-        self.agent_event(agent, Some(from), Some(to), at);
+        if !deferred {
+            self.agent_event(agent, Some(from), Some(to), at);
+        }
     }
 
     /// Sends an `agent` event about `agent`, if anyone reads the fleet's events.
@@ -128,18 +137,32 @@ impl Journal {
         to: Option<AgentStatus>,
         at: Instant,
     ) {
-        if self.events.receiver_count() == 0 {
-            return;
+        if let Some(event) = self.agent_event_of(agent, from, to, at) {
+            self.send_agent_event(event);
         }
-        // A reader gone since is fine: the change is already logged and counted.
-        let _ = self.events.send(FleetEvent::Agent(AgentEvent {
+    }
+
+    /// The `agent` event about `agent`, if anyone reads the fleet's events.
+    fn agent_event_of(
+        &self,
+        agent: &AgentEntry,
+        from: Option<AgentStatus>,
+        to: Option<AgentStatus>,
+        at: Instant,
+    ) -> Option<AgentEvent> {
+        (self.events.receiver_count() > 0).then(|| AgentEvent {
             agent_id: agent.id.clone(),
             group: agent.metadata.group.clone(),
             from,
             to,
             at: self.clock.timestamp(at),
             connected: to.is_some() && agent.connected(),
-        }));
+        })
+    }
+
+    fn send_agent_event(&self, event: AgentEvent) {
+        // A reader gone since is fine: the change is already logged and counted.
+        let _ = self.events.send(FleetEvent::Agent(event));
     }
 
     /// An `agent` event for a change that kept the agent's status: its

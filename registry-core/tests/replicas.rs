@@ -571,6 +571,7 @@ async fn a_deadline_due_on_every_replica_is_written_once_and_announced_once() {
         .await
         .unwrap();
     settle(&nodes).await;
+    let mut changes: Vec<_> = nodes.iter().map(|n| n.registry.status_changes()).collect();
 
     advance_ms(Settings::default().command_expiry.as_millis() as u64).await;
     settle(&nodes).await;
@@ -589,6 +590,43 @@ async fn a_deadline_due_on_every_replica_is_written_once_and_announced_once() {
     assert_eq!(
         transitions(&nodes, AgentStatus::Live, AgentStatus::Stale),
         1
+    );
+    // Every replica's fleet stream carries the transition once: the replicas
+    // whose commit found it unchanged too.
+    for (replica, changes) in changes.iter_mut().enumerate() {
+        let change = changes.try_recv().unwrap();
+        assert_eq!(
+            (change.from, change.to),
+            (AgentStatus::Live, AgentStatus::Stale)
+        );
+        assert!(changes.try_recv().is_err(), "once, on replica {replica}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transition_that_loses_to_another_replicas_write_never_shows_on_its_fleet_stream() {
+    let (_store, nodes) = cluster(2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    register(a, "a-1").await;
+    settle(&nodes).await;
+    let stale_after = Settings::default().stale_after.as_millis() as u64;
+    advance_ms(stale_after - 1_000).await;
+    // b's deadline comes due before it reads a's heartbeat: its STALE loses.
+    b.hold();
+    a.registry
+        .durably(|registry| registry.heartbeat("a-1"))
+        .await
+        .unwrap();
+    let mut changes = b.registry.status_changes();
+    advance_ms(1_000).await;
+    settle(&nodes).await;
+    b.sync();
+    settle(&nodes).await;
+
+    assert_agent_everywhere(&nodes, "a-1", AgentStatus::Live);
+    assert!(
+        changes.try_recv().is_err(),
+        "no flap on b's fleet stream: the agent stayed LIVE"
     );
 }
 

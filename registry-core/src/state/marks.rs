@@ -15,6 +15,7 @@ use tracing::info;
 use super::{HashMap, HashSet, Journal};
 use crate::agent::{AgentId, AgentStatus};
 use crate::command::CommandId;
+use crate::fleet::AgentEvent;
 use crate::replication::Entity;
 use crate::rollout::RolloutId;
 
@@ -54,6 +55,9 @@ pub(crate) enum Announcement {
         id: AgentId,
         from: AgentStatus,
         to: AgentStatus,
+        /// Its fleet event, sent once the commit wrote the transition or
+        /// found it written (none when no one read the fleet's events).
+        event: Option<AgentEvent>,
     },
     CommandExpired {
         id: CommandId,
@@ -88,9 +92,17 @@ impl Journal {
     /// Logs and counts a transition now.
     pub(super) fn announce_now(&mut self, announcement: Announcement) {
         match announcement {
-            Announcement::Agent { id, from, to } => {
+            Announcement::Agent {
+                id,
+                from,
+                to,
+                event,
+            } => {
                 self.stats.transitions[from.index()][to.index()] += 1;
                 info!(agent_id = %id, %from, %to, "agent status changed");
+                if let Some(event) = event {
+                    self.send_agent_event(event);
+                }
             }
             Announcement::CommandExpired { id, agent_id } => {
                 self.stats.commands_expired += 1;
@@ -111,6 +123,12 @@ impl Dirty {
             shared,
             ..Self::default()
         }
+    }
+
+    /// Whether transitions wait for their commit to be announced: with a
+    /// shared engine, for the rules' own changes.
+    pub(super) fn defers_announcements(&self) -> bool {
+        self.shared && self.recording
     }
 
     /// Whether marks are kept (not with the `memory` engine, nor while

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::marks::Dirty;
+use super::marks::{Announcement, Dirty};
 use super::persist::{RestoredCounts, command_due_at};
 use super::streams::deliver;
 use super::{AgentEntry, Due, HashMap, HashSet, State};
@@ -111,6 +111,9 @@ pub(crate) struct Applying {
     /// PENDING commands applied, delivered once the entry is applied.
     deliveries: Vec<CommandId>,
     delivered: usize,
+    /// Agents whose status the fleet's readers last read otherwise than
+    /// held here (a transition lost to another replica's): that status.
+    published: HashMap<AgentId, AgentStatus>,
 }
 
 impl Applying {
@@ -128,6 +131,7 @@ impl Applying {
             tally: RestoredCounts::default(),
             deliveries: Vec::new(),
             delivered: 0,
+            published: HashMap::default(),
         }
     }
 }
@@ -322,7 +326,9 @@ impl State {
                 }
                 match change {
                     Change::Agent(record) => {
-                        self.apply_agent(record, version, applying.forced, marks, now);
+                        let published = applying.published.remove(&record.agent_id);
+                        let forced = applying.forced;
+                        self.apply_agent(record, version, forced, published, marks, now);
                     }
                     Change::AgentRemoved(id) => self.apply_agent_removed(&id, now),
                     Change::Heartbeat(id, at) => self.apply_heartbeat(&id, at, version),
@@ -344,6 +350,7 @@ impl State {
         record: AgentRecord,
         version: Version,
         forced: bool,
+        published: Option<AgentStatus>,
         marks: &Dirty,
         now: Instant,
     ) {
@@ -379,13 +386,15 @@ impl State {
         agent.unfinished = old.unfinished;
         let (from, to) = (old.status, agent.status);
         let at = agent.status_changed_at;
-        if from != to {
-            self.journal.agent_event(agent, Some(from), Some(to), at);
-            if from == AgentStatus::Live && to == AgentStatus::Stale {
-                self.brake_saw_stale(at);
-            }
+        // The fleet's readers are told from the status they last read.
+        let told = published.unwrap_or(from);
+        if told != to {
+            self.journal.agent_event(agent, Some(told), Some(to), at);
         } else if metadata_changed {
             self.journal.agent_changed(agent);
+        }
+        if from == AgentStatus::Live && to == AgentStatus::Stale {
+            self.brake_saw_stale(at);
         }
         self.reconsider_brake(now);
     }
@@ -708,6 +717,7 @@ impl State {
     ) {
         let unchanged: HashMap<usize, Version> = unchanged.iter().copied().collect();
         let mut written: HashSet<Entity> = HashSet::default();
+        let mut found: HashSet<Entity> = HashSet::default();
         for (index, change) in changes.iter().enumerate() {
             match unchanged.get(&index) {
                 // The store held it already: the entry that wrote it is
@@ -716,6 +726,7 @@ impl State {
                 // since may have moved), that heartbeat's entry would be
                 // skipped as known. A removal is noted, to guard it.
                 Some(&stored) => {
+                    found.insert(change.entity());
                     if matches!(change, Change::AgentRemoved(_) | Change::CommandRemoved(_)) {
                         self.written(change, stored);
                     }
@@ -732,8 +743,20 @@ impl State {
         for batch in batches {
             for announcement in batch.announcements() {
                 let entity = announcement.entity();
-                if written.contains(&entity) && !lost.contains(&entity) {
+                if lost.contains(&entity) {
+                    continue;
+                }
+                if written.contains(&entity) {
                     self.journal.announce_now(announcement.clone());
+                } else if found.contains(&entity)
+                    && let Announcement::Agent {
+                        event: Some(event), ..
+                    } = announcement
+                {
+                    // Written by another replica, which logs and counts it;
+                    // applying its entry here changes no status, so the
+                    // fleet's readers here are told now.
+                    self.journal.send_agent_event(event.clone());
                 }
             }
         }
@@ -825,13 +848,30 @@ impl State {
     /// After a conflict: `fetched`, the store's truth of the `lost`
     /// entities, replaces what is held of them, whatever was changed here
     /// (their marks are dropped); `refused` batches are no longer in flight.
+    ///
+    /// An agent whose transition here was lost is told to the fleet's
+    /// readers from the status they last read (the transition's `from`, in
+    /// `batches` or the marks): none when the truth is that status.
     pub(crate) fn apply_fetched(
         &mut self,
         mut fetched: Vec<(Version, Change)>,
         lost: &HashSet<Entity>,
         refused: &[Arc<Dirty>],
+        batches: &[Arc<Dirty>],
         now: Instant,
     ) {
+        let mut applying = Applying::new(None, true);
+        let announced = batches
+            .iter()
+            .flat_map(|batch| batch.announcements())
+            .chain(self.journal.dirty.announcements());
+        for announcement in announced {
+            if let Announcement::Agent { id, from, .. } = announcement
+                && lost.contains(&Entity::Agent(id.clone()))
+            {
+                applying.published.entry(id.clone()).or_insert(*from);
+            }
+        }
         for entity in lost {
             self.journal.dirty.unmark(entity);
         }
@@ -852,7 +892,6 @@ impl State {
                 kept.retain(|(kept, _)| kept > version);
             }
         }
-        let mut applying = Applying::new(None, true);
         self.apply_changes(&mut applying, fetched, now);
         let created = std::mem::take(&mut applying.created);
         self.settle_restored_rollouts(&created, &applying.tally, now);

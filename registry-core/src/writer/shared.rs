@@ -207,6 +207,7 @@ async fn resolve(
                 std::mem::take(&mut fetched),
                 &taken_down,
                 &refused_batches,
+                &batches_of(group),
                 now,
             );
             Ok((refused, taken_down))
