@@ -55,8 +55,12 @@ const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What answers each request: the routes and the layers in front of them.
 pub(crate) trait App:
-    tower::Service<Request<Incoming>, Response = Response, Error = Infallible>
-    + Clone
+    tower::Service<
+        Request<Incoming>,
+        Response = Response,
+        Error = Infallible,
+        Future: Unpin + Send + 'static,
+    > + Clone
     + Send
     + Sync
     + Unpin
@@ -65,8 +69,12 @@ pub(crate) trait App:
 }
 
 impl<S> App for S where
-    S: tower::Service<Request<Incoming>, Response = Response, Error = Infallible>
-        + Clone
+    S: tower::Service<
+            Request<Incoming>,
+            Response = Response,
+            Error = Infallible,
+            Future: Unpin + Send + 'static,
+        > + Clone
         + Send
         + Sync
         + Unpin
@@ -96,7 +104,6 @@ pub(crate) async fn serve_connections<S>(
     metrics: ConnectionMetrics,
 ) where
     S: App,
-    S::Future: Send + 'static,
 {
     let mut http = http1::Builder::new();
     // Heads are timed here, from their first byte: hyper's own timer would
@@ -207,11 +214,16 @@ async fn serve_one<S>(
 ) -> Ended
 where
     S: App,
-    S::Future: Send + 'static,
 {
     let timeouts = connection.timeouts();
     let timer = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(timer);
+    // Made once, not on every turn of the loop: each would register with its
+    // token or its `Notify` when first polled and unregister when dropped, a
+    // few times a request.
+    let evicted = connection.evict.cancelled();
+    let stopped = stopping.cancelled();
+    let changed = connection.changed.notified();
+    tokio::pin!(timer, evicted, stopped, changed);
     let mut shutting_down = false;
     let mut set_to = None;
     loop {
@@ -232,12 +244,12 @@ where
                 }
                 return Ended::Closed(None);
             }
-            () = connection.evict.cancelled() => {
+            () = &mut evicted => {
                 debug!("closed, idle longest, to admit a new connection");
                 // Counted when the new connection was admitted.
                 return Ended::Closed(None);
             }
-            () = stopping.cancelled(), if !shutting_down => {
+            () = &mut stopped, if !shutting_down => {
                 shutting_down = true;
                 if let Phase::Idle { .. } = connection.phase() {
                     return Ended::Closed(None);
@@ -246,7 +258,8 @@ where
                 // head timeout), then close.
                 std::pin::Pin::new(&mut served).graceful_shutdown();
             }
-            () = connection.changed.notified() => {
+            () = &mut changed => {
+                changed.set(connection.changed.notified());
                 if let Some(stream) = connection.handoff.take_ready() {
                     // hyper wrote the head and flushed it: nothing of it is
                     // left in hyper's buffer, and what it read past the head

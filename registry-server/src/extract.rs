@@ -2,9 +2,9 @@
 //! problem+json shape as every other error, with the field at fault named.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
-use axum::http::{StatusCode, header, request::Parts};
+use axum::http::{header, request::Parts};
+use http_body_util::{BodyExt, Collected, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -95,24 +95,26 @@ fn is_json(request: &Request) -> bool {
 }
 
 /// Reads the whole body, within `server.max_body_bytes` and `server.request_timeout`.
+/// The limit is applied here, where bodies are read, rather than by a layer that
+/// would put it in every request's extensions, heartbeats' included.
 async fn body_bytes(request: Request, state: &AppState) -> Result<Bytes, ApiError> {
-    let timeout = state.config().server.request_timeout;
-    tokio::time::timeout(timeout, Bytes::from_request(request, state))
+    let server = &state.config().server;
+    let limited = Limited::new(request.into_body(), server.max_body_bytes);
+    tokio::time::timeout(server.request_timeout, limited.collect())
         .await
-        .map_err(|_| ApiError::RequestTimeout(timeout))?
-        .map_err(|rejection| match rejection {
-            BytesRejection::FailedToBufferBody(failed)
-                if failed.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
+        .map_err(|_| ApiError::RequestTimeout(server.request_timeout))?
+        .map(Collected::to_bytes)
+        .map_err(|err| {
+            if err.is::<LengthLimitError>() {
                 ApiError::PayloadTooLarge {
-                    limit: state.config().server.max_body_bytes,
+                    limit: server.max_body_bytes,
                 }
+            } else {
+                ApiError::BadRequest(format!("Failed to buffer the request body: {err}"))
             }
-            other => ApiError::BadRequest(other.body_text()),
         })
 }
 
-/// Parses a JSON object, naming the field at fault when the shape is wrong.
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     // Every body of the API is an object; serde would also read an array by position.
     let first = body.iter().find(|byte| !byte.is_ascii_whitespace());

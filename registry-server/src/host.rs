@@ -53,9 +53,10 @@ fn valid_host(value: &HeaderValue) -> Option<Authority> {
     let authority = Authority::try_from(value.as_bytes()).ok()?;
     // `host()` leaves the port out: anything past it is `:port`, which must be
     // a number under 65536 (`port_u16` is none for anything else).
-    let has_port = authority.as_str().len() > authority.host().len();
-    let valid = !authority.as_str().contains('@')
-        && !authority.host().is_empty()
+    let host = authority.host();
+    let has_port = authority.as_str().len() > host.len();
+    let valid = !host.is_empty()
+        && !authority.as_str().contains('@')
         && (!has_port || authority.port_u16().is_some());
     valid.then_some(authority)
 }

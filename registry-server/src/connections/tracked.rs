@@ -9,13 +9,12 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, Request, Response, Version, header};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -93,56 +92,82 @@ impl AsyncWrite for WatchedSocket {
 /// The application, marking each request in progress on its connection.
 #[derive(Clone)]
 pub(super) struct TrackedService<S> {
-    app: TowerToHyperService<S>,
+    app: S,
     connection: Arc<Connection>,
 }
 
 impl<S> TrackedService<S> {
     pub(super) fn new(app: S, connection: Arc<Connection>) -> Self {
-        Self {
-            app: TowerToHyperService::new(app),
-            connection,
-        }
+        Self { app, connection }
     }
 }
 
 impl<S> hyper::service::Service<Request<Incoming>> for TrackedService<S>
 where
     S: App,
-    S::Future: Send + 'static,
 {
     type Response = Response<TrackedBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = Tracked<S::Future>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let in_flight = InFlight::start(self.connection.clone());
         // hyper announces a body of unknown length in chunks, but to HTTP/1.0.
         let chunked = request.version() != Version::HTTP_10;
-        let response = self.app.call(request);
-        let connection = self.connection.clone();
-        Box::pin(async move {
-            let response = response.await?;
-            if response.extensions().get::<WrittenPastHyper>().is_none() {
-                return Ok(response.map(|body| TrackedBody::Served {
-                    body,
-                    _in_flight: in_flight,
-                }));
-            }
-            let (mut head, body) = response.into_parts();
-            // The connection ends with the stream: no client should wait to reuse it.
-            head.headers
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            connection.handoff.arm(PendingStream {
+        // `S` is always ready (the router is): called at once, not cloned
+        // into a `oneshot` as `TowerToHyperService` does.
+        let answer = self.app.clone().call(request);
+        Tracked {
+            answer,
+            in_flight: Some(in_flight),
+            chunked,
+            connection: self.connection.clone(),
+        }
+    }
+}
+
+/// A request's answer, then its body made to keep the request in progress,
+/// or kept aside to be written past hyper. A plain value, not a boxed future.
+pub(super) struct Tracked<F> {
+    answer: F,
+    in_flight: Option<InFlight>,
+    chunked: bool,
+    connection: Arc<Connection>,
+}
+
+impl<F> Future for Tracked<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>> + Unpin,
+{
+    type Output = Result<Response<TrackedBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Ok(response) = ready!(Pin::new(&mut this.answer).poll(cx));
+        let Some(in_flight) = this.in_flight.take() else {
+            // Polled again after it answered: hyper never does.
+            return Poll::Pending;
+        };
+        if response.extensions().get::<WrittenPastHyper>().is_none() {
+            return Poll::Ready(Ok(response.map(|body| TrackedBody::Served {
                 body,
-                chunked,
                 _in_flight: in_flight,
-            });
-            Ok(Response::from_parts(
-                head,
-                TrackedBody::HandedOff { connection },
-            ))
-        })
+            })));
+        }
+        let (mut head, body) = response.into_parts();
+        // The connection ends with the stream: no client should wait to reuse it.
+        head.headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let connection = this.connection.clone();
+        connection.handoff.arm(PendingStream {
+            body,
+            chunked: this.chunked,
+            _in_flight: in_flight,
+        });
+        Poll::Ready(Ok(Response::from_parts(
+            head,
+            TrackedBody::HandedOff { connection },
+        )))
     }
 }
 

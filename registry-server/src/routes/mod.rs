@@ -17,7 +17,6 @@ use std::convert::Infallible;
 
 use axum::Extension;
 use axum::body::Body;
-use axum::extract::DefaultBodyLimit;
 use axum::http::Request;
 use axum::http::{HeaderName, HeaderValue};
 use axum::http::{Method, Uri};
@@ -80,13 +79,12 @@ pub fn router(
     Request<Incoming>,
     Response = Response,
     Error = Infallible,
-    Future: Send + 'static,
+    Future: Send + Unpin + 'static,
 > + Clone
 + Send
 + Sync
 + Unpin
 + 'static {
-    let max_body_bytes = state.config().server.max_body_bytes;
     let mut enrollment = OpenApiRouter::new().routes(routes!(agents::register));
     let mut agent = OpenApiRouter::new()
         .routes(routes!(agents::heartbeat))
@@ -147,7 +145,6 @@ pub fn router(
         .map_request(|request: Request<Incoming>| request.map(Body::new))
         // In front of everything else, tokens included (SPEC 7, 10).
         .layer(FrontLayer::new(front))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
         .service(routes)
 }
 
