@@ -39,7 +39,7 @@ use crate::fleet::{FleetEvent, FleetSubscription, StatusChanges};
 use crate::replication::{Entity, Log, LogEntry, ReplicaId, Version};
 use crate::rollout::{NewRollout, RolloutView};
 use crate::settings::Settings;
-use crate::state::{Applying, Dirty, HashSet, State, Targets, applying_rank};
+use crate::state::{Applying, Dirty, HashSet, Launching, State, Targets, applying_rank};
 use crate::stats::Stats;
 use crate::storage::{Change, Snapshot, Storage, StorageError, WRITE_BEHIND};
 use crate::subscription::Subscription;
@@ -539,6 +539,18 @@ impl Registry {
         }
     }
 
+    /// A place in the writer's order for a batch handed over later (see
+    /// `writer`), whose receipt a [`durably`](Self::durably) around the
+    /// caller waits for; `None` with the `memory` engine.
+    fn promise(&self) -> Option<writer::Promise> {
+        let outbox = self.shared.outbox.as_ref()?;
+        let (submission, receipt, promise) = Submission::promised();
+        // A writer that has stopped drops the submission, and the receipt says so.
+        let _ = outbox.send(submission);
+        writer::keep_receipt(receipt);
+        Some(promise)
+    }
+
     /// Hands what changed to the writer without waiting: the write-behind task calls it.
     fn write_behind(&self) {
         self.write_behind_now(&mut self.lock());
@@ -709,10 +721,17 @@ impl Registry {
     /// A rollout to the LIVE agents of `group`, or of the fleet, launched a
     /// page at a time so that no hold of the lock is long: the targets are
     /// read `LIST_PAGE` agents per hold, the caps are checked and the
-    /// rollout created in one, its commands are created `LAUNCH_PAGE` per
-    /// hold, the whole of it handed to the writer as one batch (a
-    /// [`durably`](Self::durably) around it waits for it), then its commands
-    /// are delivered `LAUNCH_PAGE` per hold. See `state::launch`.
+    /// rollout created in one, then its commands are created `LAUNCH_PAGE`
+    /// per hold, each page delivered as soon as it is made. The whole of it
+    /// is one batch for the writer (a [`durably`](Self::durably) around it
+    /// waits for it), which takes its place in the writer's order before
+    /// the first command is made (a promise), so that no ack of one of its
+    /// commands is kept before it. See `state::launch`.
+    ///
+    /// With a store shared by replicas, whose writer takes what queues
+    /// behind a conflict as it comes, the batch is handed over whole: the
+    /// commands are all made, the batch handed to the writer, then they are
+    /// delivered.
     fn launch(
         &self,
         group: Option<&str>,
@@ -728,16 +747,33 @@ impl Registry {
         }
         let mut launching =
             self.with_state(|state, now| state.open_launch(targets, kind, payload, now))?;
-        while self
-            .with_state_slice(|state, now| state.launch_page(&mut launching, LAUNCH_PAGE, now))
-        {
-        }
-        // The whole rollout in one batch, on its way to storage before any
-        // of its commands reaches an agent, who could acknowledge it.
-        self.submit(launching.take_marks());
-        while self
-            .with_state_slice(|state, now| state.deliver_page(&mut launching, LAUNCH_PAGE, now))
-        {
+        let create = |launching: &mut Launching| {
+            self.with_state_slice(|state, now| state.launch_page(launching, LAUNCH_PAGE, now))
+        };
+        let deliver = |launching: &mut Launching| {
+            self.with_state_slice(|state, now| state.deliver_page(launching, LAUNCH_PAGE, now))
+        };
+        if self.is_shared() {
+            while create(&mut launching) {}
+            self.submit(launching.take_marks());
+            while deliver(&mut launching) {}
+        } else {
+            let promise = self.promise();
+            loop {
+                let more = create(&mut launching);
+                while deliver(&mut launching) {}
+                if !more {
+                    break;
+                }
+            }
+            if let Some(promise) = promise {
+                let mut state = self.lock();
+                // The deliveries' marks join the batch, queued behind the
+                // promise, so the commands are written once, as delivered.
+                self.write_behind_now(&mut state);
+                let marks = state.hand_over(launching.take_marks());
+                promise.keep(marks);
+            }
         }
         Ok(launching.into_rollout(&self.shared.clock))
     }

@@ -21,7 +21,7 @@ mod replicate;
 mod rollouts;
 mod streams;
 
-pub(crate) use launch::Targets;
+pub(crate) use launch::{Launching, Targets};
 pub(crate) use marks::Dirty;
 pub(crate) use replicate::{Applying, applying_rank};
 pub(crate) use streams::OpenedStream;

@@ -5,6 +5,13 @@
 //! pool, a page per hold of the registry's lock (see `state::persist`). With
 //! a store shared by replicas, a commit is checked against versions and may
 //! conflict (`shared`).
+//!
+//! A batch may be promised before its marks exist ([`Submission::promised`]):
+//! a rollout takes its place in the order before its first command is made,
+//! and the writer waits for its marks, then takes what queued meanwhile
+//! into the same transaction. So no batch behind it (an agent's ack of one
+//! of its commands) is kept before it, and its commands are written once,
+//! as delivered, rather than once created and again delivered.
 
 mod shared;
 
@@ -58,6 +65,22 @@ pub(crate) struct Submission {
     /// operation may run again); otherwise what was written behind, which a
     /// conflict only trims of what the store's truth replaced.
     pub(crate) operation: bool,
+    /// Where `changes` will come from, for a batch promised before its
+    /// marks exist: the writer waits for them before it commits anything.
+    promise: Option<oneshot::Receiver<Arc<Dirty>>>,
+}
+
+/// The writer's side of a promised batch ([`Submission::promised`]): keeping
+/// it hands the marks over. Dropped unkept (a panic meanwhile), the batch is
+/// committed empty, as the marks of an operation that panicked are lost.
+pub(crate) struct Promise(oneshot::Sender<Arc<Dirty>>);
+
+impl Promise {
+    /// Hands the promised marks to the writer.
+    pub(crate) fn keep(self, changes: Arc<Dirty>) {
+        // A writer that has stopped refuses the receipt, which says so.
+        let _ = self.0.send(changes);
+    }
 }
 
 impl Submission {
@@ -70,9 +93,19 @@ impl Submission {
                 done: Some(done),
                 probe: false,
                 operation: true,
+                promise: None,
             },
             receipt,
         )
+    }
+
+    /// An operation's batch whose marks it hands over later, through the
+    /// [`Promise`]; meanwhile the writer commits nothing queued behind it.
+    pub(crate) fn promised() -> (Self, Receipt, Promise) {
+        let (promise, promised) = oneshot::channel();
+        let (mut submission, receipt) = Self::awaited(Arc::default());
+        submission.promise = Some(promised);
+        (submission, receipt, Promise(promise))
     }
 
     /// Changes written behind, and a receipt for whoever waits until they are kept.
@@ -155,6 +188,17 @@ pub(crate) async fn run_writer(
         let mut group = vec![first];
         while let Ok(submission) = inbox.try_recv() {
             group.push(submission);
+        }
+        // A promised batch is kept with what queued behind it meanwhile.
+        while let Some(waiting) = group.iter().position(|s| s.promise.is_some()) {
+            if let Some(promised) = group[waiting].promise.take()
+                && let Ok(changes) = promised.await
+            {
+                group[waiting].changes = changes;
+            }
+            while let Ok(submission) = inbox.try_recv() {
+                group.push(submission);
+            }
         }
         if !commit_group(&registry, &mut storage, group, &mut inbox, &stop).await {
             break;

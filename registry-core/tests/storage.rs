@@ -331,6 +331,40 @@ async fn a_fleet_command_is_one_write() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_fleet_command_to_open_streams_is_written_once_its_commands_delivered() {
+    // Two pages of commands, each delivered as soon as it is made: the
+    // deliveries join the rollout's batch rather than follow it.
+    const AGENTS: usize = 300;
+    let storage = MapStorage::default();
+    let (_guard, registry) = start_on(&storage);
+    let mut streams = Vec::new();
+    for n in 0..AGENTS {
+        let agent_id = format!("a-{n}");
+        register(&registry, &agent_id).await;
+        streams.push(registry.open_stream(&agent_id).unwrap());
+    }
+    registry.flush().await.unwrap();
+    let before = storage.with(|stored| stored.commits);
+    registry
+        .durably(|registry| registry.send_to_fleet(request("config-update")))
+        .await
+        .unwrap();
+    assert_eq!(storage.with(|stored| stored.commits), before + 1);
+    let delivered = |stored: &mut Stored| {
+        stored
+            .commands
+            .values()
+            .filter(|record| record.status == CommandStatus::Delivered)
+            .count()
+    };
+    assert_eq!(storage.with(delivered), AGENTS);
+    // Nothing of it is left to write behind.
+    advance_ms(2 * WRITE_BEHIND.as_millis() as u64).await;
+    assert_eq!(storage.with(|stored| stored.commits), before + 1);
+    drop(streams);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_rollouts_payload_is_stored_once_and_its_commands_hold_none() {
     let storage = MapStorage::default();
     let (_guard, registry) = start_on(&storage);

@@ -6,17 +6,25 @@
 //!    order, each agent settled; the LIVE ones are targets, those at
 //!    `commands.max_unfinished_per_agent` are skipped;
 //! 2. [`State::open_launch`]: the caps checked for the whole rollout and
-//!    reserved, the rollout created with every target PENDING;
+//!    reserved, the rollout created with every target PENDING; its batch
+//!    takes its place in the writer's order now, its marks promised
+//!    (`writer`), so no ack of one of its commands is kept before it;
 //! 3. [`State::launch_page`]: a page of the commands created. A target deleted
 //!    since step 1, or that reached its cap meanwhile (then counted skipped),
 //!    gets none and is withdrawn from the rollout;
-//! 4. [`Launching::take_marks`]: what steps 2 and 3 changed, handed to the
-//!    writer as one batch: the rollout is written whole, in one transaction
-//!    (with a store shared by replicas, in commits of at most a few thousand
-//!    changes, its record and payload first: `writer::shared`);
-//! 5. [`State::deliver_page`]: a page of the commands handed to the open
-//!    streams of their agents. Only now: none can be acknowledged before the
-//!    batch that holds its rollout is on its way to storage.
+//! 4. [`State::deliver_page`]: the page's commands handed to the open
+//!    streams of their agents, at once: the first agents have theirs while
+//!    the last commands are being made. Steps 3 and 4 repeat to the end;
+//! 5. [`Launching::take_marks`]: what steps 2 and 3 changed, handed to the
+//!    writer as the promised batch, with the deliveries: the rollout is
+//!    written whole, in one transaction, each command once, as delivered.
+//!
+//! With a store shared by replicas, whose writer takes what queues behind a
+//! conflict as it comes, a batch is never promised: step 3 runs to the end,
+//! step 5 hands the batch over (in commits of at most a few thousand
+//! changes, its record and payload first: `writer::shared`), then step 4
+//! runs to the end. In both orders no command reaches an agent before the
+//! batch that holds it is in the writer's queue.
 //!
 //! Every command carries the rollout's `createdAt` and `expiresAt`. The rules
 //! of a command, once created, are `commands`'.
@@ -61,7 +69,8 @@ pub(crate) struct Launching {
     commands: Vec<CommandRef>,
     /// The commands before this one are handed to their streams.
     delivered: usize,
-    /// What steps 2 and 3 changed, kept apart to be written as one batch.
+    /// What steps 2 and 3 changed, kept apart to be written as one batch
+    /// (the deliveries of step 4 are the state's, and join it in the writer).
     marks: Dirty,
 }
 
@@ -238,8 +247,8 @@ impl State {
         end < launching.targets.len()
     }
 
-    /// Step 5, one page: hands the next `limit` commands to the open streams
-    /// of their agents. Returns whether commands remain.
+    /// Step 4, one page: hands the next `limit` commands created to the open
+    /// streams of their agents. Returns whether commands remain.
     pub(crate) fn deliver_page(
         &mut self,
         launching: &mut Launching,
