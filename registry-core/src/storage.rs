@@ -284,11 +284,17 @@ pub struct CommandRecord {
     pub created_at: Timestamp,
     /// When it expires unless acknowledged (and, once EXPIRED, when it did).
     pub expires_at: Timestamp,
-    /// When it was written to the agent's stream.
+    /// When it was written to the agent's stream. This field and the two
+    /// below are left out while unset (a record written before read them as
+    /// `null`, which reads the same): a fleet command's records are
+    /// written, logged and read by every replica 100,000 at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered_at: Option<Timestamp>,
     /// When the agent acknowledged it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged_at: Option<Timestamp>,
     /// The agent's acknowledgement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack: Option<Ack>,
 }
 

@@ -544,3 +544,16 @@ async fn a_fleet_stream_ends_when_the_state_is_read_again_after_a_failed_write()
     register(&registry, "a-2").await;
     assert!(fleet.next().await.is_some());
 }
+
+#[test]
+fn a_commands_record_leaves_out_what_is_unset_and_reads_a_record_that_wrote_it_null() {
+    let written_before = r#"{"commandId":"0190f0c2-5c1e-7d4a-9a53-2f0e8f6c1b7d","seq":1,"agentId":"a-1","type":"replay","rolloutId":"0190f0c2-5c1e-7d4a-9a53-2f0e8f6c1b7e","status":"PENDING","createdAt":"2026-03-11T18:10:15.000Z","expiresAt":"2026-03-11T18:11:15.000Z","deliveredAt":null,"acknowledgedAt":null,"ack":null}"#;
+    let record: registry_core::storage::CommandRecord =
+        serde_json::from_str(written_before).expect("a record with nulls reads");
+    let written = serde_json::to_string(&record).expect("a record writes");
+    assert!(!written.contains("null"), "{written}");
+    assert_eq!(
+        serde_json::from_str::<registry_core::storage::CommandRecord>(&written).unwrap(),
+        record
+    );
+}
