@@ -7,7 +7,7 @@
 //! signs.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use registry_core::storage::SIGNING_KEY;
 use registry_core::{CommandEvent, Registry, Storage};
@@ -104,14 +104,21 @@ pub fn event_data(
 /// Nonces kept in stock beyond one per open stream, for the commands of the
 /// streams that open meanwhile.
 const SPARE_NONCES: usize = 256;
-/// How often the stock is checked; and how long no signature must have been
-/// made before it is filled again, so that making nonces never competes
-/// with a fleet command's streams signing.
-const RESTOCK_PAUSE: Duration = Duration::from_millis(20);
+/// How often the stock is checked.
+const RESTOCK_CHECK: Duration = Duration::from_millis(20);
+/// How long no signature must have been made here before the stock is
+/// filled again. Longer than the gaps between the slices of a fleet
+/// command, each of which brings this replica's streams their share, so
+/// that making nonces (about 15 µs of CPU each, one per stream) waits until
+/// the command is delivered everywhere instead of taking the cores from
+/// the delivery here and on the replicas sharing the machine: at 100,000
+/// agents over 7 replicas on 2 cores, nonces made between slices took
+/// about 1 CPU-second of each fleet command (`bench/cluster.sh` under perf).
+const RESTOCK_QUIET: Duration = Duration::from_secs(1);
 
 /// Starts the thread that keeps `signer`'s stock at one nonce per open
 /// stream and [`SPARE_NONCES`] more, until `stop` is cancelled. It makes
-/// them a batch at a time, and only after [`RESTOCK_PAUSE`] without a
+/// them a batch at a time, and only after [`RESTOCK_QUIET`] without a
 /// signature: a fleet command's signatures take the stock down, and it is
 /// filled again once they are made.
 pub(crate) fn keep_stocked(
@@ -123,10 +130,15 @@ pub(crate) fn keep_stocked(
         .name("signing-nonces".into())
         .spawn(move || {
             let mut signed = signer.signatures_made();
+            let mut quiet_since = Instant::now();
             while !stop.is_cancelled() {
-                std::thread::sleep(RESTOCK_PAUSE);
+                std::thread::sleep(RESTOCK_CHECK);
                 let before = std::mem::replace(&mut signed, signer.signatures_made());
                 if signed != before {
+                    quiet_since = Instant::now();
+                    continue;
+                }
+                if quiet_since.elapsed() < RESTOCK_QUIET {
                     continue;
                 }
                 let wanted = registry.stats().open_streams + SPARE_NONCES;
