@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use registry_core::replication::{Commit, Entity, Log, LogEntry, ReplicaId, Version};
 use registry_core::storage::{AgentRecord, Change, CommandRecord, RolloutRecord, Snapshot};
 use registry_core::{
@@ -147,6 +147,22 @@ impl Store {
                 .filter(|change| {
                     matches!(change, Change::Agent(record)
                         if record.agent_id.as_str() == agent_id && record.status == status)
+                })
+                .count()
+        })
+    }
+}
+
+impl Store {
+    /// The log entries that wrote command `command_id`'s record with `status`.
+    fn writes_of_command(&self, command_id: &str, status: CommandStatus) -> usize {
+        self.with(|held| {
+            held.log
+                .iter()
+                .flat_map(|entry| &entry.changes)
+                .filter(|change| {
+                    matches!(change, Change::Command(record)
+                        if record.command_id.to_string() == command_id && record.status == status)
                 })
                 .count()
         })
@@ -804,6 +820,65 @@ async fn a_stream_whose_opening_was_answered_reads_connected_on_every_replica_th
         node.registry.catch_up().await.unwrap();
         assert!(node.registry.agent("a-1").unwrap().connected, "{}", node.id);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_command_pushed_while_a_stream_opens_on_another_replica_is_delivered_by_one_stream() {
+    let (store, nodes) = cluster(3);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    register(a, "a-1").await;
+    settle(&nodes).await;
+    let mut first = a.registry.open_stream("a-1").unwrap();
+    settle(&nodes).await;
+    let sent = c
+        .registry
+        .durably(|registry| registry.send_to_agent("a-1", request("replay")))
+        .await
+        .unwrap();
+    settle(&nodes).await;
+    assert_eq!(first.next().await.unwrap().command_id, sent.command_id);
+    // A command pushed through c is written just before b's opening of the
+    // agent's new stream: in the log, a's stream was still open then.
+    let pushed = "01900000-0000-7000-8000-000000000001";
+    let racer = store.clone();
+    let model = sent.command_id.as_u128();
+    let mut once = Some(());
+    *b.race.lock().unwrap() = Some(Box::new(move || {
+        if once.take().is_none() {
+            return;
+        }
+        let text = racer.with(|held| held.commands[&model].clone());
+        let mut record: CommandRecord = serde_json::from_str(&text).unwrap();
+        record.command_id = pushed.parse().unwrap();
+        record.seq += 1;
+        record.status = CommandStatus::Pending;
+        record.delivered_at = None;
+        commit_elsewhere(&racer, Change::Command(record));
+    }));
+    let mut second = b.registry.open_stream("a-1").unwrap();
+    settle(&nodes).await;
+
+    // a delivered it before it read b's opening (then its stream ended);
+    // b leaves it to a.
+    assert_command_everywhere(&nodes, "a-1", pushed, CommandStatus::Delivered);
+    assert_eq!(
+        store.writes_of_command(pushed, CommandStatus::Delivered),
+        1,
+        "delivered once"
+    );
+    assert!(first.next().await.is_none(), "a's stream ended");
+    assert!(
+        second.next().now_or_never().is_none(),
+        "b's stream sent nothing: the agent gets the command once"
+    );
+    // A command pushed after the opening goes to b's stream alone.
+    let later = c
+        .registry
+        .durably(|registry| registry.send_to_agent("a-1", request("replay")))
+        .await
+        .unwrap();
+    settle(&nodes).await;
+    assert_eq!(second.next().await.unwrap().command_id, later.command_id);
 }
 
 #[tokio::test(start_paused = true)]

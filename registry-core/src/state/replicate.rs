@@ -109,7 +109,8 @@ pub(crate) struct Applying {
     created: Vec<RolloutId>,
     tally: RestoredCounts,
     /// PENDING commands applied, delivered once the entry is applied.
-    deliveries: Vec<CommandId>,
+    /// With the versions of the entries (or fetches) that brought them.
+    deliveries: Vec<(CommandId, Version)>,
     delivered: usize,
     /// Agents whose status the fleet's readers last read otherwise than
     /// held here (a transition lost to another replica's): that status.
@@ -449,7 +450,7 @@ impl State {
                 self.arrived_late(rollout, to);
             }
             if to == CommandStatus::Pending {
-                applying.deliveries.push(id);
+                applying.deliveries.push((id, version));
             }
             return;
         }
@@ -489,7 +490,7 @@ impl State {
         self.deadlines.schedule.remove(command.deadline);
         command.deadline = self.deadlines.insert(due_at, Due::Command(id));
         if to == CommandStatus::Pending {
-            applying.deliveries.push(id);
+            applying.deliveries.push((id, version));
         }
     }
 
@@ -663,7 +664,7 @@ impl State {
         now: Instant,
     ) -> bool {
         let end = applying.deliveries.len().min(applying.delivered + limit);
-        for id in &applying.deliveries[applying.delivered..end] {
+        for (id, version) in &applying.deliveries[applying.delivered..end] {
             if self.closing {
                 break;
             }
@@ -672,6 +673,7 @@ impl State {
             };
             if let Some(agent) = self.agents.get_mut(&command.agent_id)
                 && command.status == CommandStatus::Pending
+                && agent.delivers_applied(*id, *version)
             {
                 deliver(agent, command, now, &mut self.journal);
             }
@@ -737,6 +739,9 @@ impl State {
                         written.insert(change.entity());
                     }
                     self.written(change, version);
+                    if let Change::Stream(id, true) = change {
+                        self.opening_written(id, version, now);
+                    }
                 }
             }
         }
@@ -762,6 +767,22 @@ impl State {
         }
         if last {
             self.done_with(batches, now);
+        }
+    }
+
+    /// The opening of the agent's stream here was written as `version`: the
+    /// PENDING commands the log brought meanwhile, and after it, are this
+    /// stream's to deliver.
+    fn opening_written(&mut self, id: &AgentId, version: Version, now: Instant) {
+        let Some(agent) = self.agents.get_mut(id) else {
+            return;
+        };
+        for command_id in agent.opening_written(version) {
+            if let Some(command) = self.commands.get_mut(&command_id)
+                && command.status == CommandStatus::Pending
+            {
+                deliver(agent, command, now, &mut self.journal);
+            }
         }
     }
 

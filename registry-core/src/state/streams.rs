@@ -19,6 +19,7 @@ use super::{AgentEntry, CommandEntry, Journal, State, unknown_agent};
 use crate::agent::AgentId;
 use crate::command::{CommandEvent, CommandId, CommandStatus};
 use crate::error::RegistryError;
+use crate::replication::Version;
 use crate::settings::Replay;
 use crate::subscription::{DetachCell, DetachReason, Replayed};
 
@@ -36,6 +37,25 @@ pub(super) struct StreamSlot {
     sender: mpsc::Sender<Box<CommandEvent>>,
     closer: CancellationToken,
     detached: DetachCell,
+    opening: Opening,
+}
+
+/// With a store shared by replicas, where a stream's opening stands in the
+/// log, for the PENDING commands the log brings: in log order, one that
+/// came before the opening was the older stream's to deliver, on the
+/// replica that held it (which applies it before it applies the opening and
+/// ends its stream), as one server delivers a command to the stream open
+/// when it is created.
+#[derive(Default)]
+struct Opening {
+    /// It replaced a stream open on another replica, without replay (a
+    /// replay sends the agent's commands again, whichever stream had them).
+    took_over: bool,
+    /// The version of the commit that wrote the opening, once known.
+    written: Option<Version>,
+    /// The PENDING commands the log brought before that was known, with
+    /// the versions of their entries.
+    held: Vec<(CommandId, Version)>,
 }
 
 /// What the registry needs to hand a new stream to its reader.
@@ -125,6 +145,44 @@ impl AgentEntry {
     /// whether there was one. The fleet's readers are told the agent is no
     /// longer connected, unless a newer stream takes its place or the agent
     /// is being deleted (its own event says so).
+    /// Whether the stream open here delivers a PENDING command that a log
+    /// entry of `version` brought (see [`Opening`]): it is held until the
+    /// stream's opening is known to be written.
+    pub(super) fn delivers_applied(&mut self, id: CommandId, version: Version) -> bool {
+        let Some(stream) = &mut self.stream else {
+            return false;
+        };
+        let opening = &mut stream.opening;
+        if !opening.took_over {
+            return true;
+        }
+        match opening.written {
+            Some(written) => version > written,
+            None => {
+                opening.held.push((id, version));
+                false
+            }
+        }
+    }
+
+    /// The opening of the stream open here was written as `version`: the
+    /// commands held meanwhile that come after it in the log, to deliver.
+    pub(super) fn opening_written(&mut self, version: Version) -> Vec<CommandId> {
+        let Some(stream) = &mut self.stream else {
+            return Vec::new();
+        };
+        let opening = &mut stream.opening;
+        if opening.written.is_some() {
+            return Vec::new();
+        }
+        opening.written = Some(version);
+        let held = std::mem::take(&mut opening.held);
+        held.into_iter()
+            .filter(|(_, entry)| *entry > version)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
     pub(super) fn detach_stream(&mut self, reason: DetachReason, journal: &mut Journal) -> bool {
         let Some(slot) = self.stream.take() else {
             return false;
@@ -174,6 +232,7 @@ impl State {
         if agent.stream.is_none() && limit > 0 && open >= limit {
             return Err(RegistryError::TooManyStreams { limit });
         }
+        let took_over = agent.remote_stream.is_some() && self.settings.replay == Replay::None;
         let agent_id = agent.id.clone();
         let replayed = match self.settings.replay {
             Replay::None => VecDeque::new(),
@@ -191,6 +250,10 @@ impl State {
             sender,
             closer: closer.clone(),
             detached: Arc::clone(&detached),
+            opening: Opening {
+                took_over,
+                ..Opening::default()
+            },
         };
         let stale_after = self.settings.stale_after;
         if let Some(agent) = self.agents.get_mut(&agent_id) {
