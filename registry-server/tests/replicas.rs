@@ -282,9 +282,11 @@ fn a_command_reaches_the_stream_wherever_it_is_and_one_stream_per_agent() {
     assert_eq!(register_in(a, None, "a-1", "g").0, 201);
 
     let mut on_a = stream_as(a, "a-1", None);
-    eventually(PROMPTLY, "connected on C", || {
-        op(c, "GET", "/api/v1/agents/a-1", None).1["connected"] == true
-    });
+    // The stream answered, every replica reads the agent connected at once.
+    for replica in [a, b, c] {
+        let (_, agent) = op(replica, "GET", "/api/v1/agents/a-1", None);
+        assert_eq!(agent["connected"], true, "{agent}");
+    }
     for from in [a, b, c] {
         let id = push(from, None, "a-1", "replay");
         read_until(&mut on_a, &id).expect("the command on A's stream");
