@@ -32,11 +32,11 @@ use crate::storage::{Change, Storage, StorageError};
 /// command to 100,000 agents is 100,000 command records) is committed as
 /// successive commits of at most this many, each atomic on its own, so that
 /// Redis, which runs one script at a time and nothing else meanwhile, is
-/// never held long: the script takes about 70 µs a change with `appendfsync
-/// always` (1.3 s for a fleet command to 19,000 agents, 3.5 to 6 s for
-/// 100,000, past Redis's 5 s busy limit and the replicas' 2 s timeout), so
-/// a slice holds it about 150 ms, and the others' commits and heartbeats
-/// come between two.
+/// never held long: the script takes 5 to 7 µs a change on an idle machine
+/// and 20 to 90 µs on a loaded one, `appendfsync always` (1.3 s for a fleet
+/// command to 19,000 agents, 3.5 to 6 s for 100,000, past Redis's 5 s busy
+/// limit and the replicas' 2 s timeout), so a slice holds it 10 to 200 ms,
+/// and the others' commits and heartbeats come between two.
 const SLICE: usize = 2048;
 
 /// Commits one group, again and again after conflicts until what remains
