@@ -15,9 +15,11 @@ mod handoff;
 mod slots;
 mod tracked;
 
-use std::time::Duration;
-
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
 
 use axum::http::Request;
 use axum::response::Response;
@@ -227,39 +229,59 @@ where
     let mut shutting_down = false;
     let mut set_to = None;
     loop {
-        let deadline = connection.arm();
-        if let Some(at) = deadline
-            && (deadline != set_to || timer.is_elapsed())
-        {
-            timer.as_mut().reset(at);
-        }
-        set_to = deadline;
-        tokio::select! {
+        let event = std::future::poll_fn(|cx| {
             // The connection first, so what it has to write is flushed before
             // it is closed for any of the reasons below.
-            biased;
-            ended = &mut served => {
+            if let Poll::Ready(ended) = Pin::new(&mut served).poll(cx) {
+                return Poll::Ready(Event::Ended(ended));
+            }
+            // Its phase changes only while hyper runs it, just above: the
+            // timer follows it here, with no wake-up of its own.
+            let deadline = connection.deadline();
+            if let Some(at) = deadline
+                && (deadline != set_to || timer.is_elapsed())
+            {
+                timer.as_mut().reset(at);
+            }
+            set_to = deadline;
+            if evicted.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Evicted);
+            }
+            if !shutting_down && stopped.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Stopping);
+            }
+            if changed.as_mut().poll(cx).is_ready() {
+                changed.set(connection.changed.notified());
+                return Poll::Ready(Event::Changed);
+            }
+            if deadline.is_some() && timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Deadline);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Ended(ended) => {
                 if let Err(err) = ended {
                     debug!(%err, "connection ended with an error");
                 }
                 return Ended::Closed(None);
             }
-            () = &mut evicted => {
+            Event::Evicted => {
                 debug!("closed, idle longest, to admit a new connection");
                 // Counted when the new connection was admitted.
                 return Ended::Closed(None);
             }
-            () = &mut stopped, if !shutting_down => {
+            Event::Stopping => {
                 shutting_down = true;
                 if let Phase::Idle { .. } = connection.phase() {
                     return Ended::Closed(None);
                 }
                 // Finish the request in progress, or begun (bounded by the
                 // head timeout), then close.
-                std::pin::Pin::new(&mut served).graceful_shutdown();
+                Pin::new(&mut served).graceful_shutdown();
             }
-            () = &mut changed => {
-                changed.set(connection.changed.notified());
+            Event::Changed => {
                 if let Some(stream) = connection.handoff.take_ready() {
                     // hyper wrote the head and flushed it: nothing of it is
                     // left in hyper's buffer, and what it read past the head
@@ -268,21 +290,33 @@ where
                     return Ended::HandedOff(tcp, stream);
                 }
             }
-            () = &mut timer, if deadline.is_some() => {
-                match connection.phase() {
-                    Phase::Idle { since } if Instant::now() >= since + timeouts.idle => {
-                        debug!("closed after server.idle_timeout idle");
-                        return Ended::Closed(Some(CloseReason::IdleTimeout));
-                    }
-                    Phase::Head { since } if Instant::now() >= since + timeouts.head => {
-                        debug!("closed: the request head did not arrive within server.head_timeout");
-                        return Ended::Closed(Some(CloseReason::HeadTimeout));
-                    }
-                    _ => {}
+            Event::Deadline => match connection.phase() {
+                Phase::Idle { since } if Instant::now() >= since + timeouts.idle => {
+                    debug!("closed after server.idle_timeout idle");
+                    return Ended::Closed(Some(CloseReason::IdleTimeout));
                 }
-            }
+                Phase::Head { since } if Instant::now() >= since + timeouts.head => {
+                    debug!("closed: the request head did not arrive within server.head_timeout");
+                    return Ended::Closed(Some(CloseReason::HeadTimeout));
+                }
+                _ => {}
+            },
         }
     }
+}
+
+/// What woke a connection's task and needs more than hyper's turn.
+enum Event {
+    /// hyper is done with the connection.
+    Ended(hyper::Result<()>),
+    /// Closed to admit a new connection.
+    Evicted,
+    /// The server is shutting down.
+    Stopping,
+    /// A stream is ready to leave hyper, perhaps.
+    Changed,
+    /// The timer fired: a deadline may have passed.
+    Deadline,
 }
 
 /// Sets the options every accepted socket gets.

@@ -4,12 +4,9 @@
 //! looking at any other. Each connection's own state (idle, receiving a head,
 //! busy) and the deadline that follows from it live here too.
 //!
-//! A connection's task is woken only when its deadline comes earlier than
-//! the one its timer is set to (a head starting on a connection idle for a
-//! while); a later one (a head, then a busy request, then idle again, as
-//! every kept-alive heartbeat goes) waits for the timer, which then finds
-//! the deadline moved and sets itself again. A request costs no wake-up of
-//! its connection's task and no timer reset.
+//! A connection's phase changes only while its task runs hyper (bytes read,
+//! a head parsed, a response done): the task sets its timer to the deadline
+//! after each turn of hyper, and a change of phase never wakes it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -98,7 +95,6 @@ impl Slots {
                 in_flight: 0,
                 idle_key: Some(key),
                 holds_slot: true,
-                armed: None,
             }),
             changed: Notify::new(),
             handoff: HandOff::default(),
@@ -128,8 +124,7 @@ pub(super) struct Connection {
     /// Cancelled when the connection is closed to make room for a new one.
     pub(super) evict: CancellationToken,
     state: Mutex<State>,
-    /// Woken on every change of phase, so the connection's task can move its
-    /// deadline, and when a stream is ready to leave hyper.
+    /// Woken when a stream is ready to leave hyper.
     pub(super) changed: Notify,
     /// A response body to be written past hyper, once hyper wrote its head.
     pub(super) handoff: HandOff,
@@ -143,21 +138,6 @@ struct State {
     idle_key: Option<u64>,
     /// False once its slot was given up (evicted, or closed).
     holds_slot: bool,
-    /// The deadline its task's timer is set to, if any.
-    armed: Option<Instant>,
-}
-
-impl State {
-    /// Moves to `phase`; returns whether the task must be woken to set its
-    /// timer earlier.
-    fn enter(&mut self, phase: Phase, timeouts: Timeouts) -> bool {
-        self.phase = phase;
-        match (phase.deadline(timeouts), self.armed) {
-            (Some(deadline), Some(armed)) => deadline < armed,
-            (Some(_), None) => true,
-            (None, _) => false,
-        }
-    }
 }
 
 /// What a connection is doing, for its deadline.
@@ -198,17 +178,10 @@ impl Connection {
         self.lock().phase
     }
 
-    /// When it is to be closed unless its phase changes first; none while busy.
-    #[cfg(test)]
-    fn deadline(&self) -> Option<Instant> {
+    /// When it is to be closed unless its phase changes first; none while
+    /// busy. Its task sets its timer to it.
+    pub(super) fn deadline(&self) -> Option<Instant> {
         self.phase().deadline(self.slots.timeouts)
-    }
-
-    /// The deadline now, which its task sets its timer to.
-    pub(super) fn arm(&self) -> Option<Instant> {
-        let mut state = self.lock();
-        state.armed = state.phase.deadline(self.slots.timeouts);
-        state.armed
     }
 
     /// The timeouts it is held to.
@@ -220,14 +193,9 @@ impl Connection {
     pub(super) fn bytes_arrived(&self) {
         let mut state = self.lock();
         if let Phase::Idle { .. } = state.phase {
-            let head = Phase::Head {
+            state.phase = Phase::Head {
                 since: Instant::now(),
             };
-            let wake = state.enter(head, self.slots.timeouts);
-            drop(state);
-            if wake {
-                self.changed.notify_one();
-            }
         }
     }
 
@@ -236,8 +204,7 @@ impl Connection {
         let mut state = self.lock();
         state.in_flight += 1;
         if state.in_flight == 1 {
-            // No deadline while busy: never a reason to wake the task.
-            state.enter(Phase::Busy, self.slots.timeouts);
+            state.phase = Phase::Busy;
             if let Some(key) = state.idle_key.take() {
                 let mut table = self.slots.lock();
                 if table.idle.remove(&key).is_none() {
@@ -252,19 +219,13 @@ impl Connection {
     pub(super) fn request_finished(&self) {
         let mut state = self.lock();
         state.in_flight = state.in_flight.saturating_sub(1);
-        let mut wake = false;
         if state.in_flight == 0 {
-            let idle = Phase::Idle {
+            state.phase = Phase::Idle {
                 since: Instant::now(),
             };
-            wake = state.enter(idle, self.slots.timeouts);
             if state.holds_slot {
                 state.idle_key = Some(self.slots.lock().insert_idle(self.evict.clone()));
             }
-        }
-        drop(state);
-        if wake {
-            self.changed.notify_one();
         }
     }
 
@@ -384,25 +345,13 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_task_is_woken_only_for_an_earlier_deadline() {
+    async fn a_change_of_phase_never_wakes_the_task() {
         let slots = Slots::new(1, TIMEOUTS);
         let connection = admitted(slots.admit());
-        // The task sets its timer to the idle deadline.
-        assert_eq!(connection.arm(), Some(Instant::now() + TIMEOUTS.idle));
         tokio::time::advance(Duration::from_secs(1)).await;
         connection.bytes_arrived();
-        assert!(woken(&connection).await, "a head's deadline is earlier");
-        assert_eq!(connection.arm(), Some(Instant::now() + TIMEOUTS.head));
-        // A request, and idle again: later deadlines, which the timer finds when it fires.
         connection.request_started();
         connection.request_finished();
-        tokio::time::advance(Duration::from_secs(1)).await;
-        connection.bytes_arrived();
         assert!(!woken(&connection).await);
-        connection.request_started();
-        // Busy with nothing armed, then idle: the idle deadline must be set.
-        assert_eq!(connection.arm(), None);
-        connection.request_finished();
-        assert!(woken(&connection).await);
     }
 }
