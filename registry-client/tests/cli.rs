@@ -10,6 +10,7 @@ use registry_tests::{PROMPTLY, TestServer, eventually};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpSocket;
 use tokio::process::Command;
 
 mod common;
@@ -455,9 +456,12 @@ async fn the_token_comes_from_the_flag_or_the_environment() {
 
 #[tokio::test]
 async fn an_unreachable_registry_is_one_line_and_exit_1() {
-    let server = TestServer::start().await;
-    let url = server.base.clone();
-    server.shutdown().await.unwrap();
+    // A port bound but not listening refuses every connection, and no other
+    // test's server can take it meanwhile (a port freed by a server that
+    // stopped could be, and then answer or reset).
+    let unreachable = TcpSocket::new_v4().unwrap();
+    unreachable.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let url = format!("http://{}", unreachable.local_addr().unwrap());
     let output = Command::new(env!("CARGO_BIN_EXE_registryctl"))
         .args(["agents", "--url", &url])
         .output()
