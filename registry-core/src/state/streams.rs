@@ -141,10 +141,6 @@ impl AgentEntry {
         }
     }
 
-    /// Detaches the open stream, if any, telling it why and ending it; returns
-    /// whether there was one. The fleet's readers are told the agent is no
-    /// longer connected, unless a newer stream takes its place or the agent
-    /// is being deleted (its own event says so).
     /// Whether the stream open here delivers a PENDING command that a log
     /// entry of `version` brought (see [`Opening`]): it is held until the
     /// stream's opening is known to be written.
@@ -183,6 +179,10 @@ impl AgentEntry {
             .collect()
     }
 
+    /// Detaches the open stream, if any, telling it why and ending it; returns
+    /// whether there was one. The fleet's readers are told the agent is no
+    /// longer connected, unless a newer stream takes its place or the agent
+    /// is being deleted (its own event says so).
     pub(super) fn detach_stream(&mut self, reason: DetachReason, journal: &mut Journal) -> bool {
         let Some(slot) = self.stream.take() else {
             return false;
