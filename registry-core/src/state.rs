@@ -165,6 +165,23 @@ impl Journal {
         let _ = self.events.send(FleetEvent::Agent(event));
     }
 
+    /// The `agent` event of an agent deleted here. With a shared store it
+    /// waits for the deletion's commit, as a transition does: behind the
+    /// transitions not yet written before it, and never sent for a deletion
+    /// refused (which runs again, and the agent fetched back is no news).
+    fn agent_deleted(&mut self, agent: &AgentEntry, at: Instant) {
+        if !self.dirty.defers_announcements() {
+            self.agent_event(agent, Some(agent.status), None, at);
+            return;
+        }
+        let event = self.agent_event_of(agent, Some(agent.status), None, at);
+        self.announce(marks::Announcement::Deleted {
+            id: agent.id.clone(),
+            from: agent.status,
+            event,
+        });
+    }
+
     /// An `agent` event for a change that kept the agent's status: its
     /// connection or its metadata.
     fn agent_changed(&self, agent: &AgentEntry) {
@@ -788,8 +805,7 @@ impl State {
     /// Takes an agent out of the state and every index, ending its stream
     /// and dropping its commands: a deletion here or on another replica.
     fn drop_agent(&mut self, mut agent: AgentEntry, now: Instant) {
-        self.journal
-            .agent_event(&agent, Some(agent.status), None, now);
+        self.journal.agent_deleted(&agent, now);
         self.unlink_agent(&agent);
         agent.detach_stream(DetachReason::AgentDeleted, &mut self.journal);
         self.forget_remote_stream(&mut agent);

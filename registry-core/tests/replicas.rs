@@ -1548,3 +1548,74 @@ async fn a_fleet_command_whose_store_fails_between_slices_is_refused_and_kept_in
         );
     }
 }
+
+/// The `agent` events a fleet subscription holds now, for `agent_id`, as
+/// `(from, to)`.
+fn agent_events_of(
+    events: &mut registry_core::FleetSubscription,
+    agent_id: &str,
+) -> Vec<(Option<AgentStatus>, Option<AgentStatus>)> {
+    let mut read = Vec::new();
+    while let Some(Some(event)) = events.next().now_or_never() {
+        if let registry_core::FleetEvent::Agent(event) = event
+            && event.agent_id.as_str() == agent_id
+        {
+            read.push((event.from, event.to));
+        }
+    }
+    read
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_deletion_shows_once_on_its_fleet_stream() {
+    let (_store, nodes) = cluster(2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    register(a, "a-1").await;
+    settle(&nodes).await;
+    // b takes a heartbeat a has not read when it deletes the agent: the
+    // deletion conflicts, the agent is fetched back, and it runs again.
+    a.hold();
+    b.registry
+        .durably(|registry| registry.heartbeat("a-1"))
+        .await
+        .unwrap();
+    a.resume();
+    let mut events = a.registry.fleet_events().unwrap();
+    a.registry
+        .durably(|registry| registry.delete_agent("a-1"))
+        .await
+        .unwrap();
+    settle(&nodes).await;
+
+    assert_eq!(
+        agent_events_of(&mut events, "a-1"),
+        vec![(Some(AgentStatus::Live), None)],
+        "deleted once, never deleted and back"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deletion_just_after_a_transition_shows_after_it_on_the_fleet_stream() {
+    let (_store, nodes) = cluster(2);
+    let a = &nodes[0];
+    register(a, "a-1").await;
+    settle(&nodes).await;
+    let mut events = a.registry.fleet_events().unwrap();
+    // The deadline comes due: its STALE is written behind, and the agent is
+    // deleted before that write.
+    advance_ms(Settings::default().stale_after.as_millis() as u64).await;
+    a.registry
+        .durably(|registry| registry.delete_agent("a-1"))
+        .await
+        .unwrap();
+    settle(&nodes).await;
+
+    assert_eq!(
+        agent_events_of(&mut events, "a-1"),
+        vec![
+            (Some(AgentStatus::Live), Some(AgentStatus::Stale)),
+            (Some(AgentStatus::Stale), None)
+        ],
+        "the deletion comes after the transition it follows"
+    );
+}

@@ -63,14 +63,31 @@ pub(crate) enum Announcement {
         id: CommandId,
         agent_id: AgentId,
     },
+    /// An agent deleted here: not a transition (neither logged again nor
+    /// counted), only its fleet event, which must not overtake the agent's
+    /// transitions still waiting for their commit, nor show if it loses.
+    Deleted {
+        id: AgentId,
+        /// Its status when deleted: what the fleet's readers last read.
+        from: AgentStatus,
+        event: Option<AgentEvent>,
+    },
 }
 
 impl Announcement {
     /// The entity whose record carries the transition.
     pub(crate) fn entity(&self) -> Entity {
         match self {
-            Self::Agent { id, .. } => Entity::Agent(id.clone()),
+            Self::Agent { id, .. } | Self::Deleted { id, .. } => Entity::Agent(id.clone()),
             Self::CommandExpired { id, .. } => Entity::Command(*id),
+        }
+    }
+
+    /// The agent's fleet event it carries, if any.
+    pub(crate) fn agent_event(&self) -> Option<&AgentEvent> {
+        match self {
+            Self::Agent { event, .. } | Self::Deleted { event, .. } => event.as_ref(),
+            Self::CommandExpired { .. } => None,
         }
     }
 }
@@ -110,6 +127,11 @@ impl Journal {
                     info!(command_id = %id, %agent_id, "command expired");
                 } else {
                     tracing::debug!(command_id = %id, %agent_id, "command expired");
+                }
+            }
+            Announcement::Deleted { event, .. } => {
+                if let Some(event) = event {
+                    self.send_agent_event(event);
                 }
             }
         }

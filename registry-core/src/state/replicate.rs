@@ -358,10 +358,14 @@ impl State {
         let id = record.agent_id.clone();
         let Some(old) = self.agents.remove(&id) else {
             self.link_agent(record, None, version, None);
-            if let Some(agent) = self.agents.get(&id) {
+            // An agent whose deletion here lost was never gone for the
+            // fleet's readers: told from the status they last read.
+            if let Some(agent) = self.agents.get(&id)
+                && published != Some(agent.status)
+            {
                 let at = agent.status_changed_at;
                 self.journal
-                    .agent_event(agent, None, Some(agent.status), at);
+                    .agent_event(agent, published, Some(agent.status), at);
             }
             self.reconsider_brake(now);
             return;
@@ -754,9 +758,7 @@ impl State {
                 if written.contains(&entity) {
                     self.journal.announce_now(announcement.clone());
                 } else if found.contains(&entity)
-                    && let Announcement::Agent {
-                        event: Some(event), ..
-                    } = announcement
+                    && let Some(event) = announcement.agent_event()
                 {
                     // Written by another replica, which logs and counts it;
                     // applying its entry here changes no status, so the
@@ -887,7 +889,8 @@ impl State {
             .flat_map(|batch| batch.announcements())
             .chain(self.journal.dirty.announcements());
         for announcement in announced {
-            if let Announcement::Agent { id, from, .. } = announcement
+            if let Announcement::Agent { id, from, .. } | Announcement::Deleted { id, from, .. } =
+                announcement
                 && lost.contains(&Entity::Agent(id.clone()))
             {
                 applying.published.entry(id.clone()).or_insert(*from);
