@@ -59,7 +59,12 @@ test('the page shows the fleet live, pushes a group command and shows its rollou
     }
     for (const agent of agents) await page.waitForSelector(row(agent.agentId), WITHIN);
     await page.waitForSelector(`${row('checkout-1')} td.yes`, WITHIN);
-    assert.equal(await page.textContent(`${row('checkout-3')} td:nth-child(4)`), '2.3.1');
+    // A new agent's event names no version: the page reads it a moment later.
+    await page.waitForFunction(
+      (cell) => document.querySelector(cell)?.textContent === '2.3.1',
+      `${row('checkout-3')} td:nth-child(4)`,
+      WITHIN,
+    );
 
     // One turns STALE without a reload, and the counts follow.
     await page.waitForSelector(`${row('batch-1')}[data-status="STALE"]`, WITHIN);
