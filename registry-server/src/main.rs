@@ -70,25 +70,38 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Completes on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, before the server logs that it listens: a signal sent right after
+/// that line must start the shutdown, not end the process by the default
+/// action (an `async fn` would install them only when first polled, by a task
+/// the runtime may not have run yet).
+fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(err) => {
-                    error!(%err, "SIGTERM can't be handled; only SIGINT will stop the server");
-                    let _ = interrupt.await;
-                    return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
                 }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+                (Ok(mut only), Err(err)) | (Err(err), Ok(mut only)) => {
+                    error!(%err, "SIGTERM or SIGINT can't be handled; only the other will stop the server");
+                    only.recv().await;
+                }
+                (Err(err), Err(_)) => {
+                    error!(%err, "neither SIGTERM nor SIGINT can be handled; only SIGKILL will stop the server");
+                    std::future::pending::<()>().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = interrupt.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
