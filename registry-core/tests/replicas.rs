@@ -619,20 +619,29 @@ async fn a_deadline_due_on_every_replica_is_written_once_and_announced_once() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_transition_that_loses_to_another_replicas_write_never_shows_on_its_fleet_stream() {
-    let (_store, nodes) = cluster(2);
+/// Registers `a-1` through a, then 1 s before its STALE deadline takes its
+/// heartbeat on a while b's tail is held, so that b's own deadline comes
+/// due before b reads the heartbeat. Answers `stale_after` in milliseconds.
+async fn heartbeat_on_a_just_before_b_marks_stale(nodes: &[Node]) -> u64 {
     let (a, b) = (&nodes[0], &nodes[1]);
     register(a, "a-1").await;
-    settle(&nodes).await;
+    settle(nodes).await;
     let stale_after = Settings::default().stale_after.as_millis() as u64;
     advance_ms(stale_after - 1_000).await;
-    // b's deadline comes due before it reads a's heartbeat: its STALE loses.
     b.hold();
     a.registry
         .durably(|registry| registry.heartbeat("a-1"))
         .await
         .unwrap();
+    stale_after
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transition_that_loses_to_another_replicas_write_never_shows_on_its_fleet_stream() {
+    let (_store, nodes) = cluster(2);
+    let b = &nodes[1];
+    // b's STALE loses to a's heartbeat.
+    heartbeat_on_a_just_before_b_marks_stale(&nodes).await;
     let mut changes = b.registry.status_changes();
     advance_ms(1_000).await;
     settle(&nodes).await;
@@ -649,17 +658,8 @@ async fn a_transition_that_loses_to_another_replicas_write_never_shows_on_its_fl
 #[tokio::test(start_paused = true)]
 async fn a_heartbeat_on_one_replica_keeps_another_from_marking_the_agent_stale() {
     let (store, nodes) = cluster(2);
-    let (a, b) = (&nodes[0], &nodes[1]);
-    register(a, "a-1").await;
-    settle(&nodes).await;
-    let stale_after = Settings::default().stale_after.as_millis() as u64;
-    advance_ms(stale_after - 1_000).await;
-    // b does not read the heartbeat before its own deadline comes due.
-    b.hold();
-    a.registry
-        .durably(|registry| registry.heartbeat("a-1"))
-        .await
-        .unwrap();
+    let b = &nodes[1];
+    let stale_after = heartbeat_on_a_just_before_b_marks_stale(&nodes).await;
     advance_ms(1_000).await;
     settle(&nodes).await;
 
