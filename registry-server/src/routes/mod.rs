@@ -33,7 +33,7 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterE
 use utoipa_axum::routes;
 
 use crate::auth;
-use crate::connections::WrittenPastHyper;
+use crate::connections::{App, WrittenPastHyper};
 use crate::error::ApiError;
 use crate::front::{Front, FrontLayer};
 use crate::metrics::ApiRoutes;
@@ -70,21 +70,10 @@ struct GroupPath {
     group: String,
 }
 
-/// The whole HTTP API over `state`, with the checks in front of it. Each role's routes sit behind the check of
-/// that role's token when tokens are configured; the probes, the OpenAPI
-/// document and the web page are open.
-pub fn router(
-    state: AppState,
-) -> impl tower::Service<
-    Request<Incoming>,
-    Response = Response,
-    Error = Infallible,
-    Future: Send + Unpin + 'static,
-> + Clone
-+ Send
-+ Sync
-+ Unpin
-+ 'static {
+/// The whole HTTP API over `state`, with the checks in front of it. Each
+/// role's routes sit behind the check of that role's token when tokens are
+/// configured; the probes, the OpenAPI document and the web page are open.
+pub(crate) fn router(state: AppState) -> impl App {
     let mut enrollment = OpenApiRouter::new().routes(routes!(agents::register));
     let mut agent = OpenApiRouter::new()
         .routes(routes!(agents::heartbeat))
