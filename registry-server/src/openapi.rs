@@ -6,14 +6,20 @@
 //! them: a route can't be served undocumented, nor documented and not served.
 //! This module holds what the handlers share: the document's header, the
 //! [`Problem`] schema of every error, the reusable error responses, the bearer
-//! scheme of each role, and the last touches that depend on how the server is
-//! configured, applied once when the router is built:
+//! scheme of each role, and the responses that follow from the checks every
+//! request of a kind passes rather than from its handler. A handler's
+//! annotation lists only what its own code answers (its success, its 404 or
+//! 409, a cap's 429, 503); the rest is added here, each by its rule, once
+//! the router is built:
 //!
-//! - every operation lists 414 and 431, which the head-size check
-//!   (`limits::check_head_size`) answers on every route;
-//! - with authentication on, each operation needs its role's bearer token and
-//!   lists 401 and 403; an open server (no token configured) asks for none,
-//!   and its document drops both, so that it describes the server it came from;
+//! - every operation lists 400, 413, 414 and 431, which the checks in front
+//!   of the router (`front`: the Host, a declared body too large, the head's
+//!   size) answer on every route;
+//! - every operation that reads a body lists 408, 413 and 415 (`extract`);
+//! - the operations of a role whose token is checked need that role's bearer
+//!   token and list 401 and 403, said where the check is attached
+//!   ([`require_token`]); an open server (no token configured) attaches no
+//!   check, so its document asks for no token, as the server does;
 //! - every operation the cross-site rule guards lists 403, tokens or not;
 //! - the `type` of a command request is one of `commands.types`.
 
@@ -26,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use utoipa::openapi::request_body::RequestBody;
 use utoipa::openapi::schema::{SchemaType, Type};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{OpenApi, PathItem, RefOr, Required, Schema};
 use utoipa::{Modify, ToResponse, ToSchema};
 
@@ -234,9 +240,9 @@ pub(crate) struct Document(Arc<OnceLock<Bytes>>);
 
 impl Document {
     /// Finishes `openapi`, as collected from the handlers, for a server with
-    /// authentication on or off and these command types, and keeps it to serve.
-    pub(crate) fn set(&self, openapi: OpenApi, auth_enabled: bool, command_types: &[String]) {
-        let openapi = finish(openapi, auth_enabled, command_types);
+    /// these command types, and keeps it to serve.
+    pub(crate) fn set(&self, openapi: OpenApi, command_types: &[String]) {
+        let openapi = finish(openapi, command_types);
         // Serializing plain data can't fail; the fallback keeps the route total.
         let mut json = serde_json::to_value(&openapi).unwrap_or_default();
         camel_case_links(&mut json);
@@ -272,24 +278,57 @@ pub(crate) async fn serve(State(document): State<Document>) -> Response {
     }
 }
 
-/// Applies what depends on the configuration and on middleware (see the module's doc).
-fn finish(mut openapi: OpenApi, auth_enabled: bool, command_types: &[String]) -> OpenApi {
+/// Says in `openapi` that each of its operations needs the bearer token of
+/// `scheme` and may answer 401 (no token, or one the server does not know) and
+/// 403 (another role's token, or another agent's). Called where the check of
+/// that role is attached to the routes, and only then.
+pub(crate) fn require_token(openapi: &mut OpenApi, scheme: &str) {
+    for item in openapi.paths.paths.values_mut() {
+        for operation in operations(item) {
+            operation.security = Some(vec![SecurityRequirement::new::<_, _, String>(scheme, [])]);
+            let responses = &mut operation.responses.responses;
+            responses.insert("401".into(), response_ref("Unauthorized"));
+            responses.insert("403".into(), response_ref("Forbidden"));
+        }
+    }
+}
+
+/// What every request passes in front of the router (`front`), whatever its route.
+const FRONT_RESPONSES: [(&str, &str); 4] = [
+    ("400", "BadRequest"),
+    ("413", "PayloadTooLarge"),
+    ("414", "UriTooLong"),
+    ("431", "HeadersTooLarge"),
+];
+
+/// What reading a request's body may answer besides (`extract`).
+const BODY_RESPONSES: [(&str, &str); 3] = [
+    ("408", "RequestTimeout"),
+    ("413", "PayloadTooLarge"),
+    ("415", "UnsupportedMediaType"),
+];
+
+/// Applies what follows from the checks in front of the handlers and from
+/// the configuration (see the module's doc).
+fn finish(mut openapi: OpenApi, command_types: &[String]) -> OpenApi {
     for (path, item) in openapi.paths.paths.iter_mut() {
         let cross_site_guarded = crate::cross_site::guards(path);
         for operation in operations(item) {
+            let reads_body = operation.request_body.is_some();
             let responses = &mut operation.responses.responses;
-            responses.insert("414".into(), response_ref("UriTooLong"));
-            responses.insert("431".into(), response_ref("HeadersTooLarge"));
-            if let Some(body) = operation.request_body.as_mut() {
-                optional_body_is_not_null(body);
-            }
-            if !auth_enabled {
-                operation.security = None;
-                responses.remove("401");
-                responses.remove("403");
+            let checks = FRONT_RESPONSES
+                .iter()
+                .chain(BODY_RESPONSES.iter().filter(|_| reads_body));
+            for (status, name) in checks {
+                responses
+                    .entry((*status).into())
+                    .or_insert_with(|| response_ref(name));
             }
             if cross_site_guarded {
                 responses.insert("403".into(), response_ref("Forbidden"));
+            }
+            if let Some(body) = operation.request_body.as_mut() {
+                optional_body_is_not_null(body);
             }
         }
     }

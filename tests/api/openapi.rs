@@ -222,6 +222,14 @@ async fn errors_are_problem_json_and_the_stream_is_an_event_stream() {
 
     for (path, method, operation) in operations(&document) {
         let responses = operation["responses"].as_object().expect("responses");
+        // The checks in front of every route: the Host, a declared body too
+        // large, the head's size.
+        for status in ["400", "413", "414", "431"] {
+            assert!(
+                responses.contains_key(status),
+                "{method} {path} lists {status}"
+            );
+        }
         for status in responses.keys().filter(|status| status.as_str() >= "400") {
             let response = resolve(&document, &responses[status]);
             let content = response["content"].as_object().expect("a body");
@@ -274,7 +282,7 @@ async fn errors_are_problem_json_and_the_stream_is_an_event_stream() {
         ),
     ] {
         let operation = &document["paths"][path][method];
-        for status in ["400", "413", "415"] {
+        for status in ["400", "408", "413", "415"] {
             assert!(
                 response(&document, operation, status).is_some(),
                 "{method} {path} reads a JSON body: it lists {status}"

@@ -12,10 +12,7 @@ use super::{AgentPath, CommandPath};
 use crate::auth;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, OptionalJson};
-use crate::openapi::{
-    BadRequest, Forbidden, PayloadTooLarge, Problem, RequestTimeout, ServiceUnavailable,
-    TooManyRequests, Unauthorized, UnsupportedMediaType,
-};
+use crate::openapi::{Problem, ServiceUnavailable, TooManyRequests};
 use crate::state::AppState;
 
 /// The answer to a registration.
@@ -79,16 +76,9 @@ pub(super) struct Registered {
             ("sendCommandToGroup" = (operation_id = "sendCommandToGroup", parameters(("group" = "$request.body#/group")))),
             ("deleteAgent" = (operation_id = "deleteAgent", parameters(("agent_id" = "$response.body#/agentId")))),
         )),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 408, response = RequestTimeout),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 429, response = TooManyRequests),
         (status = 503, response = ServiceUnavailable),
     ),
-    security(("enrollmentToken" = [])),
 )]
 #[instrument(level = "debug", skip_all, fields(agent_id = %request.agent_id))]
 pub(super) async fn register(
@@ -145,13 +135,9 @@ pub(super) async fn register(
     params(AgentPath),
     responses(
         (status = 204, description = "Heartbeat taken"),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, description = "No agent has this id: register again", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
     ),
-    security(("agentToken" = [])),
 )]
 #[instrument(level = "debug", skip_all, fields(agent_id = %agent_id))]
 pub(super) async fn heartbeat(
@@ -183,17 +169,10 @@ pub(super) async fn heartbeat(
     ),
     responses(
         (status = 200, description = "The command, ACKNOWLEDGED", body = CommandView),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, description = "No such command for this agent", body = Problem, content_type = "application/problem+json"),
-        (status = 408, response = RequestTimeout),
         (status = 409, description = "The command EXPIRED before it was acknowledged", body = Problem, content_type = "application/problem+json"),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 503, response = ServiceUnavailable),
     ),
-    security(("agentToken" = [])),
 )]
 #[instrument(level = "debug", skip_all, fields(agent_id = %agent_id, command_id = %command_id))]
 pub(super) async fn ack(

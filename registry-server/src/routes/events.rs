@@ -22,7 +22,7 @@ use tracing::{error, instrument};
 use super::AgentPath;
 use crate::error::ApiError;
 use crate::extract::ApiPath;
-use crate::openapi::{BadRequest, Forbidden, Problem, ServiceUnavailable, Unauthorized};
+use crate::openapi::{Problem, ServiceUnavailable};
 use crate::signing;
 use crate::state::AppState;
 
@@ -68,13 +68,9 @@ const STREAM_DESCRIPTION: &str = "A Server-Sent Events stream that stays open. I
                 ("X-Accel-Buffering" = String, description = "`no`: proxies must not buffer the stream"),
             ),
         ),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, description = "No agent has this id: a problem, not a stream", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
     ),
-    security(("agentToken" = [])),
 )]
 #[instrument(level = "debug", skip_all, fields(agent_id = %agent_id))]
 pub(super) async fn stream(
@@ -134,13 +130,9 @@ pub(super) async fn stream(
                 ("X-Accel-Buffering" = String, description = "`no`: proxies must not buffer the stream"),
             ),
         ),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, description = "No agent has this id", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
     ),
-    security(("agentToken" = [])),
 )]
 #[instrument(level = "debug", skip_all, fields(agent_id = %agent_id))]
 pub(super) async fn probe(

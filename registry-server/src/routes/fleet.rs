@@ -14,7 +14,7 @@ use registry_core::FleetEvent;
 use tracing::{error, instrument};
 
 use crate::error::ApiError;
-use crate::openapi::{Forbidden, ServiceUnavailable, Unauthorized};
+use crate::openapi::ServiceUnavailable;
 use crate::state::AppState;
 
 /// `GET /api/v1/events`.
@@ -43,11 +43,8 @@ use crate::state::AppState;
                 ("X-Accel-Buffering" = String, description = "`no`: proxies must not buffer the stream"),
             ),
         ),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 503, response = ServiceUnavailable),
     ),
-    security(("operatorToken" = [])),
 )]
 #[instrument(level = "debug", skip_all)]
 pub(super) async fn stream(State(app): State<AppState>) -> Result<Response, ApiError> {

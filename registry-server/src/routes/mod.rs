@@ -90,14 +90,19 @@ pub(crate) fn router(state: AppState) -> impl App {
         .routes(routes!(rollouts::rollout))
         .routes(routes!(fleet::stream))
         .routes(routes!(probes::metrics));
-    // With no token configured every check would pass: leave them out of the way.
+    // With no token configured every check would pass: leave them out of the
+    // way, and out of the document. Each role's check and its entry in the
+    // document are attached together.
     if state.auth().enabled() {
         let gate = state.gate();
+        openapi::require_token(enrollment.get_openapi_mut(), openapi::ENROLLMENT_TOKEN);
         enrollment = enrollment.route_layer(middleware::from_fn_with_state(
             gate.clone(),
             auth::enrollment,
         ));
+        openapi::require_token(agent.get_openapi_mut(), openapi::AGENT_TOKEN);
         agent = agent.route_layer(middleware::from_fn_with_state(gate.clone(), auth::agent));
+        openapi::require_token(operator.get_openapi_mut(), openapi::OPERATOR_TOKEN);
         operator = operator.route_layer(middleware::from_fn_with_state(gate, auth::operator));
     }
     let api = OpenApiRouter::new()
@@ -119,11 +124,7 @@ pub(crate) fn router(state: AppState) -> impl App {
         .routes(document_route.with_state(document.clone()))
         .merge(api)
         .split_for_parts();
-    document.set(
-        api_doc,
-        state.auth().enabled(),
-        &state.config().commands.types,
-    );
+    document.set(api_doc, &state.config().commands.types);
     let routes = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -13,10 +13,7 @@ use super::{AgentPath, CommandPath, GroupPath};
 use crate::bulk::{JsonBody, off_workers};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::openapi::{
-    BadRequest, Forbidden, PayloadTooLarge, Problem, RequestTimeout, ServiceUnavailable,
-    TooManyRequests, Unauthorized, UnsupportedMediaType,
-};
+use crate::openapi::{Problem, ServiceUnavailable, TooManyRequests};
 use crate::state::AppState;
 
 /// `?status=` and `?group=` of the agent list; other parameters are ignored.
@@ -72,12 +69,8 @@ fn parse_status(status: &str) -> Result<AgentStatus, ApiError> {
     params(ListQuery),
     responses(
         (status = 200, description = "The agents", body = Vec<AgentView>),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 503, response = ServiceUnavailable),
     ),
-    security(("operatorToken" = [])),
 )]
 #[instrument(level = "debug", skip_all)]
 pub(super) async fn list(
@@ -102,13 +95,9 @@ pub(super) async fn list(
     params(AgentPath),
     responses(
         (status = 200, description = "The agent", body = AgentView),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, description = "No agent has this id", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
     ),
-    security(("operatorToken" = [])),
 )]
 #[instrument(level = "debug", skip_all, fields(agent_id = %agent_id))]
 pub(super) async fn agent(
@@ -129,13 +118,9 @@ pub(super) async fn agent(
     params(AgentPath),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, description = "No agent has this id", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
     ),
-    security(("operatorToken" = [])),
 )]
 #[instrument(level = "debug", skip_all, fields(agent_id = %agent_id))]
 pub(super) async fn delete(
@@ -161,12 +146,8 @@ pub(super) async fn delete(
     params(BulkDeleteQuery),
     responses(
         (status = 200, description = "How many were deleted", body = Deleted),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 503, response = ServiceUnavailable),
     ),
-    security(("operatorToken" = [])),
 )]
 #[instrument(level = "debug", skip_all)]
 pub(super) async fn delete_dead(
@@ -213,17 +194,10 @@ pub(super) async fn delete_dead(
                 parameters(("agent_id" = "$response.body#/agentId"), ("command_id" = "$response.body#/commandId")),
             )),
         )),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, description = "No agent has this id", body = Problem, content_type = "application/problem+json"),
-        (status = 408, response = RequestTimeout),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 429, response = TooManyRequests),
         (status = 503, response = ServiceUnavailable),
     ),
-    security(("operatorToken" = [])),
 )]
 #[instrument(level = "debug", skip_all, fields(agent_id = %agent_id))]
 pub(super) async fn send_to_agent(
@@ -250,17 +224,10 @@ pub(super) async fn send_to_agent(
     request_body(content = CommandRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "A rollout: one command per LIVE agent of the group, the payload named once", body = NewRollout),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, description = "No agent, in any status, has this group", body = Problem, content_type = "application/problem+json"),
-        (status = 408, response = RequestTimeout),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 429, response = TooManyRequests),
         (status = 503, response = ServiceUnavailable),
     ),
-    security(("operatorToken" = [])),
 )]
 #[instrument(level = "debug", skip_all, fields(group = %group))]
 pub(super) async fn send_to_group(
@@ -287,16 +254,9 @@ pub(super) async fn send_to_group(
     request_body(content = CommandRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "A rollout: one command per LIVE agent, the payload named once", body = NewRollout),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 408, response = RequestTimeout),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 429, response = TooManyRequests),
         (status = 503, response = ServiceUnavailable),
     ),
-    security(("operatorToken" = [])),
 )]
 #[instrument(level = "debug", skip_all)]
 pub(super) async fn send_to_fleet(
@@ -323,13 +283,9 @@ pub(super) async fn send_to_fleet(
     params(AgentPath),
     responses(
         (status = 200, description = "Its commands, newest first", body = Vec<CommandView>),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, description = "No agent has this id", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
     ),
-    security(("operatorToken" = [])),
 )]
 #[instrument(level = "debug", skip_all, fields(agent_id = %agent_id))]
 pub(super) async fn commands_of(
@@ -349,13 +305,9 @@ pub(super) async fn commands_of(
     params(CommandPath),
     responses(
         (status = 200, description = "The command", body = CommandView),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, description = "No such command for this agent", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
     ),
-    security(("operatorToken" = [])),
 )]
 #[instrument(level = "debug", skip_all, fields(agent_id = %agent_id, command_id = %command_id))]
 pub(super) async fn command(

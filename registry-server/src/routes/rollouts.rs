@@ -10,7 +10,7 @@ use utoipa::IntoParams;
 
 use crate::error::ApiError;
 use crate::extract::ApiPath;
-use crate::openapi::{BadRequest, Forbidden, Problem, ServiceUnavailable, Unauthorized};
+use crate::openapi::{Problem, ServiceUnavailable};
 use crate::state::AppState;
 
 /// The path of one rollout.
@@ -34,11 +34,8 @@ pub(super) struct RolloutPath {
         `commands.retention` after it is done.",
     responses(
         (status = 200, description = "The rollouts, newest first", body = Vec<RolloutView>),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 503, response = ServiceUnavailable),
     ),
-    security(("operatorToken" = [])),
 )]
 #[instrument(level = "debug", skip_all)]
 pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<RolloutView>>, ApiError> {
@@ -59,13 +56,9 @@ pub(super) async fn list(State(app): State<AppState>) -> Result<Json<Vec<Rollout
     params(RolloutPath),
     responses(
         (status = 200, description = "The rollout", body = RolloutView),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
         (status = 404, description = "No rollout with this id is retained (a rolloutId that is not a UUID included)", body = Problem, content_type = "application/problem+json"),
         (status = 503, response = ServiceUnavailable),
     ),
-    security(("operatorToken" = [])),
 )]
 #[instrument(level = "debug", skip_all, fields(rollout_id = %rollout_id))]
 pub(super) async fn rollout(
