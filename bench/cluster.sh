@@ -35,7 +35,8 @@
 # needs every replica (100,000 streams do not fit in one process).
 #
 # Knobs (environment): AGENTS, REPLICAS, RUNS, PUSHES, WRK_SECONDS,
-# WRK_CONNECTIONS, FAILOVER (0: no kill), APPENDFSYNC (always), SSE_RETRY (the
+# WRK_CONNECTIONS, FAILOVER (0: no kill), SERVER_BIN (the replicas' binary, for A/B
+# runs), APPENDFSYNC (always), SSE_RETRY (the
 # replicas' sse.retry, default theirs: 5s), REPLICA_ENV (more VAR=VALUE
 # settings for the replicas), OUT, KEEP_REDIS (1: keep each run's
 # append-only file). Needs redis-server on PATH and wrk (installed with
@@ -61,7 +62,7 @@ read -r -a replica_env <<<"${REPLICA_ENV:-}"
 OUT=${OUT:-$root/target/bench-cluster/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
-server_bin=$root/target/release/registry-server
+server_bin=${SERVER_BIN:-$root/target/release/registry-server}
 loadgen=$root/target/release/loadgen
 
 source "$root/bench/lib.sh"

@@ -55,7 +55,7 @@ impl Change {
                 Entity::Agent(id.clone())
             }
             Self::Command(record) => Entity::Command(record.command_id),
-            Self::CommandRemoved(id) => Entity::Command(*id),
+            Self::CommandRemoved(id) | Self::Delivered(id, _) => Entity::Command(*id),
             Self::Rollout(record) => Entity::Rollout(record.rollout_id),
             Self::RolloutPayload(id, _) | Self::RolloutRemoved(id) => Entity::Rollout(*id),
             Self::Meta(key, _) => Entity::Meta(key.clone()),

@@ -192,7 +192,11 @@ impl Journal {
     /// A command's status changes at `at`; its rollout, if any, counts it.
     fn command_status(&mut self, command: &mut CommandEntry, to: CommandStatus, at: Instant) {
         let from = command.status;
-        self.dirty.command(command.id);
+        if (from, to) == (CommandStatus::Pending, CommandStatus::Delivered) {
+            self.dirty.delivery(command.id);
+        } else {
+            self.dirty.command(command.id);
+        }
         self.stats.commands[from.index()] -= 1;
         self.stats.commands[to.index()] += 1;
         command.status = to;

@@ -188,6 +188,9 @@ pub struct Snapshot {
     pub heartbeats: Vec<(AgentId, Timestamp)>,
     /// Every retained command.
     pub commands: Vec<CommandRecord>,
+    /// A shared engine's delivery marks ([`Change::Delivered`]) of the
+    /// commands above, kept beside their records.
+    pub deliveries: Vec<(CommandId, Timestamp)>,
     /// Every retained rollout.
     pub rollouts: Vec<RolloutRecord>,
     /// The payload of each retained rollout.
@@ -215,6 +218,13 @@ pub enum Change {
     Heartbeat(AgentId, Timestamp),
     /// A command, created or changed.
     Command(CommandRecord),
+    /// A command's delivery alone (PENDING -> DELIVERED at this time): what
+    /// changed of a command written before, at the version its commit is
+    /// built on (see [`CommandRecord::delivered`]). Only a shared engine is
+    /// sent it; it keeps the mark beside the record, as it keeps a heartbeat
+    /// time beside an agent's, so that a fleet command's deliveries are not
+    /// its whole records written, logged and applied by every replica again.
+    Delivered(CommandId, Timestamp),
     /// A command dropped (its retention ended, or its agent was deleted).
     CommandRemoved(CommandId),
     /// A rollout, created or counted again.
@@ -296,6 +306,20 @@ pub struct CommandRecord {
     /// The agent's acknowledgement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack: Option<Ack>,
+}
+
+impl CommandRecord {
+    /// The record as its delivery mark ([`Change::Delivered`]) makes it: a
+    /// PENDING command DELIVERED at `at`. The mark is kept only beside the
+    /// record it was made on (writing the record again drops it), so any
+    /// other status stays as it is. The one place the mark is read, by
+    /// every engine and every replica.
+    pub fn delivered(&mut self, at: Timestamp) {
+        if self.status == CommandStatus::Pending {
+            self.status = CommandStatus::Delivered;
+            self.delivered_at = Some(at);
+        }
+    }
 }
 
 /// What is kept of a rollout, less its payload (written once, apart, since

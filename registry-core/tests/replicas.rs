@@ -32,6 +32,8 @@ struct Held {
     agents: BTreeMap<AgentId, String>,
     heartbeats: BTreeMap<AgentId, Timestamp>,
     commands: BTreeMap<u128, String>,
+    /// Delivery marks beside command records, as the script keeps them.
+    delivered: BTreeMap<registry_core::CommandId, Timestamp>,
     rollouts: BTreeMap<RolloutId, String>,
     payloads: BTreeMap<RolloutId, Payload>,
     meta: BTreeMap<String, Vec<u8>>,
@@ -85,10 +87,16 @@ impl Held {
             Change::Command(record) => {
                 self.commands
                     .insert(record.command_id.as_u128(), json(record));
+                self.delivered.remove(&record.command_id);
+                self.versions.insert(entity, version);
+            }
+            Change::Delivered(id, at) => {
+                self.delivered.insert(*id, *at);
                 self.versions.insert(entity, version);
             }
             Change::CommandRemoved(id) => {
                 self.commands.remove(&id.as_u128());
+                self.delivered.remove(id);
                 self.versions.remove(&entity);
             }
             Change::Rollout(record) => {
@@ -160,9 +168,15 @@ impl Store {
             held.log
                 .iter()
                 .flat_map(|entry| &entry.changes)
-                .filter(|change| {
-                    matches!(change, Change::Command(record)
-                        if record.command_id.to_string() == command_id && record.status == status)
+                .filter(|change| match change {
+                    Change::Command(record) => {
+                        record.command_id.to_string() == command_id && record.status == status
+                    }
+                    // A delivery mark writes the command DELIVERED.
+                    Change::Delivered(id, _) => {
+                        id.to_string() == command_id && status == CommandStatus::Delivered
+                    }
+                    _ => false,
                 })
                 .count()
         })
@@ -205,6 +219,7 @@ impl Storage for Engine {
                 .values()
                 .map(|text| serde_json::from_str(text).unwrap())
                 .collect(),
+            deliveries: held.delivered.clone().into_iter().collect(),
             rollouts: held
                 .rollouts
                 .values()
@@ -260,6 +275,14 @@ impl Storage for Engine {
                     Change::Heartbeat(id, _) => {
                         let stored = held.versions.get(&entity).copied().unwrap_or(0);
                         if held.agents.contains_key(id) && stored == *base {
+                            writes.push(index);
+                        } else {
+                            conflicts.push(entity);
+                        }
+                    }
+                    Change::Delivered(id, _) => {
+                        let stored = held.versions.get(&entity).copied().unwrap_or(0);
+                        if held.commands.contains_key(&id.as_u128()) && stored == *base {
                             writes.push(index);
                         } else {
                             conflicts.push(entity);
@@ -324,6 +347,9 @@ impl Storage for Engine {
                         Some(text) => {
                             let record: CommandRecord = serde_json::from_str(text).unwrap();
                             truth.push((version, Change::Command(record)));
+                            if let Some(at) = held.delivered.get(id) {
+                                truth.push((version, Change::Delivered(*id, *at)));
+                            }
                         }
                         None => truth.push((0, Change::CommandRemoved(*id))),
                     },
@@ -700,6 +726,69 @@ async fn delivered_on_b(nodes: &[Node]) -> (String, registry_core::Subscription)
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_delivery_is_written_as_a_mark_beside_the_record_and_read_delivered_everywhere() {
+    let (store, nodes) = cluster(2);
+    let (id, _stream) = delivered_on_b(&nodes).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    a.resume();
+    settle(&nodes).await;
+    let on_b = b.registry.command("a-1", &id).unwrap();
+    assert_eq!(on_b.status, CommandStatus::Delivered);
+    let delivered_at = on_b.delivered_at.expect("its delivery time");
+
+    // b wrote the delivery alone: a mark, not the record again.
+    let command_id = on_b.command_id;
+    let (record, mark, logged) = store.with(|held| {
+        let record: CommandRecord =
+            serde_json::from_str(&held.commands[&command_id.as_u128()]).unwrap();
+        let logged: Vec<Change> = held
+            .log
+            .iter()
+            .flat_map(|entry| &entry.changes)
+            .filter(|change| change.entity() == Entity::Command(command_id))
+            .cloned()
+            .collect();
+        (record, held.delivered.get(&command_id).copied(), logged)
+    });
+    assert_eq!(record.status, CommandStatus::Pending);
+    assert_eq!(mark, Some(delivered_at));
+    assert!(
+        matches!(&logged[..], [Change::Command(created), Change::Delivered(marked, at)]
+            if created.status == CommandStatus::Pending && *marked == command_id && *at == delivered_at),
+        "{logged:?}"
+    );
+    assert_eq!(store.writes_of_command(&id, CommandStatus::Delivered), 1);
+
+    // a applied it, and a replica started now loads it, with its time.
+    let c = Node::start(&store, Settings::default(), "replica-c");
+    for node in [a, b, &c] {
+        let read = node.registry.command("a-1", &id).unwrap();
+        assert_eq!(read.status, CommandStatus::Delivered, "on {}", node.id);
+        assert_eq!(read.delivered_at, Some(delivered_at), "on {}", node.id);
+        assert_eq!(
+            node.registry.stats().commands_in(CommandStatus::Delivered),
+            1
+        );
+    }
+
+    // An ack writes the whole record again, which drops the mark.
+    c.registry
+        .durably(|registry| registry.ack("a-1", &id, Ack::default()))
+        .await
+        .unwrap();
+    settle(&nodes).await;
+    assert_eq!(store.with(|held| held.delivered.len()), 0);
+    let acked = a.registry.command("a-1", &id).unwrap();
+    assert_eq!(acked.status, CommandStatus::Acknowledged);
+    assert_eq!(acked.delivered_at, Some(delivered_at));
+    let d = Node::start(&store, Settings::default(), "replica-d");
+    assert_eq!(
+        d.registry.command("a-1", &id).unwrap().delivered_at,
+        Some(delivered_at)
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_ack_on_one_replica_written_before_the_delivery_on_another_ends_acknowledged_on_both() {
     let (_store, nodes) = cluster(2);
     let (id, _stream) = delivered_on_b(&nodes).await;
@@ -1025,8 +1114,14 @@ async fn a_change_read_while_this_replicas_commit_of_it_is_in_flight_is_applied_
     // command, and a reads that while its commit is still in flight.
     let (hook_store, registry) = (store.clone(), a.registry.clone());
     *a.after_commit.lock().unwrap() = Some(Box::new(move || {
-        let text = hook_store.with(|held| held.commands[&id.as_u128()].clone());
+        let (text, delivered) = hook_store.with(|held| {
+            let text = held.commands[&id.as_u128()].clone();
+            (text, held.delivered.get(&id).copied())
+        });
         let mut record: CommandRecord = serde_json::from_str(&text).unwrap();
+        // The delivery is written as a mark beside the PENDING record.
+        assert_eq!(record.status, CommandStatus::Pending);
+        record.delivered(delivered.expect("the delivery's mark"));
         assert_eq!(record.status, CommandStatus::Delivered);
         record.status = CommandStatus::Acknowledged;
         record.acknowledged_at = record.delivered_at;

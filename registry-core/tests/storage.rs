@@ -105,6 +105,11 @@ impl Storage for MapStorage {
                     Change::CommandRemoved(id) => {
                         stored.commands.remove(&id.as_u128());
                     }
+                    Change::Delivered(id, at) => {
+                        if let Some(record) = stored.commands.get_mut(&id.as_u128()) {
+                            record.delivered(at);
+                        }
+                    }
                     Change::Rollout(record) => {
                         stored.rollouts.insert(record.rollout_id.as_u128(), record);
                     }

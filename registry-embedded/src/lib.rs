@@ -331,6 +331,21 @@ fn write_changes(write: &WriteTransaction, changes: &[Change]) -> Result<(), red
             Change::CommandRemoved(id) => {
                 commands.remove(id.as_u128())?;
             }
+            // Only a shared engine is sent a delivery alone; written here as
+            // the whole record it makes of the one stored.
+            Change::Delivered(id, at) => {
+                let stored = commands
+                    .get(id.as_u128())?
+                    .map(|value| value.value().to_vec());
+                if let Some(stored) = stored {
+                    let mut record: CommandRecord =
+                        serde_json::from_slice(&stored).map_err(to_redb)?;
+                    record.delivered(*at);
+                    buffer.clear();
+                    serde_json::to_writer(&mut buffer, &record).map_err(to_redb)?;
+                    commands.insert(id.as_u128(), buffer.as_slice())?;
+                }
+            }
             Change::Rollout(record) => {
                 buffer.clear();
                 serde_json::to_writer(&mut buffer, record).map_err(to_redb)?;

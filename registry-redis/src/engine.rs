@@ -12,7 +12,7 @@ use registry_core::storage::{
     AgentRecord, Change, CommandRecord, FORMAT_VERSION, RolloutRecord, Snapshot, Storage,
     StorageError,
 };
-use registry_core::{AgentId, Payload, RolloutId};
+use registry_core::{AgentId, CommandId, Payload, RolloutId};
 use tracing::{error, info, warn};
 
 use crate::scripts::{self, Scripts};
@@ -248,6 +248,14 @@ impl RedisEngine {
                     .map_err(|err| bad(format!("command {id}: {err}")))?;
                 snapshot.commands.push(record);
             }
+            for (id, value) in scan(connection, &keys.delivered)? {
+                let command_id: CommandId = id
+                    .parse()
+                    .map_err(|err| bad(format!("delivery of {id:?}: {err}")))?;
+                let at = wire::millis(&value)
+                    .ok_or_else(|| bad(format!("delivery of {id}: not a number")))?;
+                snapshot.deliveries.push((command_id, at));
+            }
             for (id, value) in scan(connection, &keys.rollouts)? {
                 let record: RolloutRecord = serde_json::from_slice(&value)
                     .map_err(|err| bad(format!("rollout {id}: {err}")))?;
@@ -341,7 +349,8 @@ impl RedisEngine {
                     .key(&keys.versions)
                     .key(&keys.streams)
                     .key(&keys.log)
-                    .key(&shared.reply);
+                    .key(&shared.reply)
+                    .key(&keys.delivered);
                 for arg in &args {
                     invocation.arg(arg.as_slice());
                 }
@@ -396,6 +405,7 @@ impl RedisEngine {
                     Entity::Command(id) => {
                         let id = id.to_string();
                         pipe.hget(&keys.commands, &id)
+                            .hget(&keys.delivered, &id)
                             .hget(&keys.versions, format!("c:{id}"));
                     }
                     Entity::Rollout(id) => {
@@ -430,15 +440,19 @@ impl RedisEngine {
                         }
                     }
                     Entity::Command(id) => {
-                        let (record, version) = (next(), next());
-                        changes.push(match record {
-                            None => (0, Change::CommandRemoved(*id)),
-                            Some(record) => (
-                                number(version),
-                                wire::decode(b'c', id.to_string().as_bytes(), &record)
-                                    .map_err(|err| bad(entity, err))?,
-                            ),
-                        });
+                        let (record, delivered, version) = (next(), next(), next());
+                        let version = number(version);
+                        match record {
+                            None => changes.push((0, Change::CommandRemoved(*id))),
+                            Some(record) => {
+                                let record = wire::decode(b'c', id.to_string().as_bytes(), &record)
+                                    .map_err(|err| bad(entity, err))?;
+                                changes.push((version, record));
+                                if let Some(at) = delivered.as_deref().and_then(wire::millis) {
+                                    changes.push((version, Change::Delivered(*id, at)));
+                                }
+                            }
+                        }
                     }
                     Entity::Rollout(id) => {
                         let (record, payload) = (next(), next());

@@ -34,6 +34,7 @@
 //! | `P agents` | hash | agentId -> the agent's record, JSON |
 //! | `P heartbeats` | hash | agentId -> its heartbeat time, Unix ms, when later than the record's |
 //! | `P commands` | hash | commandId -> the command's record, JSON |
+//! | `P delivered` | hash | commandId -> when it was delivered, Unix ms, when its record says PENDING |
 //! | `P rollouts` | hash | rolloutId -> the rollout's record, JSON |
 //! | `P payloads` | hash | rolloutId -> the rollout's payload, canonical JSON, written once |
 //! | `P meta` | hash | named values (the signing key, the brake) |

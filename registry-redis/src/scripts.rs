@@ -14,7 +14,7 @@ pub(crate) const EMPTIED: u64 = 2;
 /// One commit (`docs/replicas.md`, "A commit").
 ///
 /// KEYS: marker, agents, heartbeats, commands, rollouts, payloads, meta, seq,
-/// versions, streams, log, and the origin's last reply. ARGV: the marker
+/// versions, streams, log, the origin's last reply, and delivered. ARGV: the marker
 /// loaded, the origin replica, the log's length bound, the commit's token
 /// (unique per commit the replica sends), then `(op, id, value, base)` per
 /// change; an empty base is not checked.
@@ -29,8 +29,11 @@ pub(crate) const EMPTIED: u64 = 2;
 ///    holds that record byte for byte (for a removal: no record), else a
 ///    conflict. A heartbeat is written if its agent is there and still at
 ///    its base (a heartbeat built on a record another replica replaced
-///    since, a STALE written a moment before it, must run again on it). Any
-///    conflict: `{CONFLICT, index...}` (0-based), nothing written.
+///    since, a STALE written a moment before it, must run again on it); a
+///    command's delivery mark (`d`) likewise if its command is there and
+///    still at its base (the mark is read on the record of that version;
+///    a record written drops it). Any conflict: `{CONFLICT, index...}`
+///    (0-based), nothing written.
 /// 3. With something to write: `seq` + 1 is the version; the log gets one
 ///    entry (id `version-0`, fields `o` origin and `c` the written changes'
 ///    frames, see `wire`), then the records are written and each written
@@ -46,7 +49,7 @@ local reply, token = KEYS[12], ARGV[4]
 if redis.call('LINDEX', reply, 0) == token then return redis.call('LRANGE', reply, 1, -1) end
 local agents, heartbeats, commands, rollouts, payloads, meta, seq, versions, streams, log =
   KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
-local origin = ARGV[2]
+local origin, delivered = ARGV[2], KEYS[13]
 local checked = {a = agents, A = agents, c = commands, C = commands}
 local writes, answer, conflicts = {}, {WRITTEN, 0}, {CONFLICT}
 for i = 5, #ARGV, 4 do
@@ -67,9 +70,11 @@ for i = 5, #ARGV, 4 do
         conflicts[#conflicts + 1] = index
       end
     end
-  elseif op == 'h' then
-    local stored = tonumber(redis.call('HGET', versions, 'a:' .. id) or '0')
-    if redis.call('HEXISTS', agents, id) == 1 and (base == '' or stored == tonumber(base)) then
+  elseif op == 'h' or op == 'd' then
+    local kind, records = 'a:', agents
+    if op == 'd' then kind, records = 'c:', commands end
+    local stored = tonumber(redis.call('HGET', versions, kind .. id) or '0')
+    if redis.call('HEXISTS', records, id) == 1 and (base == '' or stored == tonumber(base)) then
       writes[#writes + 1] = i
     else
       conflicts[#conflicts + 1] = index
@@ -109,9 +114,14 @@ for _, i in ipairs(writes) do
     redis.call('HSET', versions, 'a:' .. id, version)
   elseif op == 'c' then
     redis.call('HSET', commands, id, value)
+    redis.call('HDEL', delivered, id)
+    redis.call('HSET', versions, 'c:' .. id, version)
+  elseif op == 'd' then
+    redis.call('HSET', delivered, id, value)
     redis.call('HSET', versions, 'c:' .. id, version)
   elseif op == 'C' then
     redis.call('HDEL', commands, id)
+    redis.call('HDEL', delivered, id)
     redis.call('HDEL', versions, 'c:' .. id)
   elseif op == 'r' then
     redis.call('HSET', rollouts, id, value)

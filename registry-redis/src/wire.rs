@@ -3,9 +3,10 @@
 //!
 //! The op is one byte, lower case for a record written and upper case for a
 //! removal (`a`/`A` agent, `c`/`C` command, `r`/`R` rollout, `m`/`M` named
-//! value, `s`/`S` stream opened/closed), plus `h`, a heartbeat time, and `p`,
-//! a rollout's payload. Values are the embedded engine's records (JSON, by
-//! `serde_json`), a payload's canonical text, a heartbeat's Unix ms.
+//! value, `s`/`S` stream opened/closed), plus `h`, a heartbeat time, `d`, a
+//! command's delivery mark, and `p`, a rollout's payload. Values are the
+//! embedded engine's records (JSON, by `serde_json`), a payload's canonical
+//! text, a heartbeat's or a delivery's Unix ms.
 //!
 //! A log entry holds the written changes of one commit in one field, each as
 //! `op`, the id's length, `:`, the id, the value's length, `:`, the value:
@@ -28,6 +29,11 @@ pub(crate) fn encode(change: &Change) -> (u8, String, Vec<u8>) {
         ),
         Change::Command(record) => (b'c', record.command_id.to_string(), to_json(record)),
         Change::CommandRemoved(id) => (b'C', id.to_string(), Vec::new()),
+        Change::Delivered(id, at) => (
+            b'd',
+            id.to_string(),
+            at.unix_millis().to_string().into_bytes(),
+        ),
         Change::Rollout(record) => (b'r', record.rollout_id.to_string(), to_json(record)),
         Change::RolloutPayload(id, payload) => {
             (b'p', id.to_string(), payload.get().as_bytes().to_vec())
@@ -65,6 +71,10 @@ pub(crate) fn decode(op: u8, id: &[u8], value: &[u8]) -> Result<Change, String> 
             serde_json::from_slice::<CommandRecord>(value).map_err(|err| bad("command", &err))?,
         ),
         b'C' => Change::CommandRemoved(id.parse().map_err(|err| bad("command", &err))?),
+        b'd' => Change::Delivered(
+            id.parse().map_err(|err| bad("delivery of command", &err))?,
+            millis(value).ok_or_else(|| unreadable("delivery of command"))?,
+        ),
         b'r' => Change::Rollout(
             serde_json::from_slice::<RolloutRecord>(value).map_err(|err| bad("rollout", &err))?,
         ),
@@ -84,7 +94,7 @@ pub(crate) fn decode(op: u8, id: &[u8], value: &[u8]) -> Result<Change, String> 
     })
 }
 
-/// A heartbeat time as stored: Unix ms in decimal.
+/// A heartbeat or delivery time as stored: Unix ms in decimal.
 pub(crate) fn millis(value: &[u8]) -> Option<Timestamp> {
     std::str::from_utf8(value)
         .ok()?
@@ -134,6 +144,10 @@ mod tests {
                 Timestamp::from_unix_millis(1_700_000_000_123),
             ),
             Change::Meta("brake".into(), Some(b"1:2".to_vec())),
+            Change::Delivered(
+                "01900000-0000-7000-8000-000000000001".parse().unwrap(),
+                Timestamp::from_unix_millis(1_700_000_000_456),
+            ),
             Change::Stream(agent.clone(), false),
             Change::Meta("empty".into(), Some(Vec::new())),
             Change::AgentRemoved(agent),

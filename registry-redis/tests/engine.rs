@@ -251,6 +251,82 @@ fn a_heartbeat_moves_the_version_and_conflicts_when_its_agent_is_gone_or_written
 }
 
 #[test]
+fn a_delivery_is_a_mark_beside_the_record_checked_like_a_heartbeat_and_dropped_by_a_record() {
+    let redis = RedisServer::start();
+    let mut a = open(&redis, "d:");
+    let mut b = open(&redis, "d:");
+    a.load().unwrap();
+    b.load().unwrap();
+    let command = command_record("a-1", 1);
+    let id = command.command_id;
+    let at = Timestamp::from_unix_millis(1_700_000_000_000);
+    let answer = a
+        .commit_versioned(&[Change::Delivered(id, at)], &[0])
+        .unwrap();
+    assert_eq!(
+        answer,
+        Commit::Conflict(vec![Entity::Command(id)]),
+        "no record to mark"
+    );
+    a.commit_versioned(
+        &[
+            Change::Agent(agent_record("a-1", "n")),
+            Change::Command(command.clone()),
+        ],
+        &[0, 0],
+    )
+    .unwrap();
+    // Built on an older version than the record's, it conflicts.
+    let answer = b
+        .commit_versioned(&[Change::Delivered(id, at)], &[0])
+        .unwrap();
+    assert_eq!(answer, Commit::Conflict(vec![Entity::Command(id)]));
+    let answer = b
+        .commit_versioned(&[Change::Delivered(id, at)], &[1])
+        .unwrap();
+    assert!(
+        matches!(answer, Commit::Written { version: 2, .. }),
+        "{answer:?}"
+    );
+    // The record stays as written; the mark beside it, in the log too.
+    assert_eq!(
+        query::<String>(&redis, &["HGET", "d:delivered", &id.to_string()]),
+        "1700000000000"
+    );
+    let mut c = open(&redis, "d:");
+    let snapshot = c.load().unwrap();
+    assert_eq!(snapshot.commands, vec![command.clone()]);
+    assert_eq!(snapshot.deliveries, vec![(id, at)]);
+    assert!(snapshot.versions.contains(&(Entity::Command(id), 2)));
+    let fetched = c.fetch(&[Entity::Command(id)]).unwrap();
+    assert_eq!(
+        format!("{fetched:?}"),
+        format!(
+            "{:?}",
+            [
+                (2, Change::Command(command.clone())),
+                (2, Change::Delivered(id, at))
+            ]
+        )
+    );
+    // The record written again (an ack) takes the mark's place.
+    let mut acked = command.clone();
+    acked.delivered(at);
+    acked.status = registry_core::CommandStatus::Acknowledged;
+    a.commit_versioned(&[Change::Command(acked.clone())], &[2])
+        .unwrap();
+    let snapshot = c.load().unwrap();
+    assert_eq!(snapshot.commands, vec![acked]);
+    assert!(snapshot.deliveries.is_empty());
+    // And a removal takes it with the record.
+    b.commit_versioned(&[Change::Delivered(id, at)], &[3])
+        .unwrap();
+    a.commit_versioned(&[Change::CommandRemoved(id)], &[4])
+        .unwrap();
+    assert_eq!(query::<u64>(&redis, &["HLEN", "d:delivered"]), 0);
+}
+
+#[test]
 fn a_stream_is_listed_while_its_replica_is_live_and_closed_only_by_it() {
     let redis = RedisServer::start();
     let mut a = open(&redis, "s:");

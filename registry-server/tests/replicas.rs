@@ -579,6 +579,52 @@ fn every_replica_restarted_keeps_the_registry() {
 }
 
 #[test]
+fn a_delivery_through_one_replica_reads_delivered_with_its_time_through_every_one_and_after_restarts()
+ {
+    let redis = RedisServer::start();
+    let env = replica_env(&redis, "delivered:", &[]);
+    let cluster = replicas(&redis, "delivered:", &[], 3);
+    let [a, b, c] = [cluster[0].addr, cluster[1].addr, cluster[2].addr];
+    assert_eq!(register_in(a, None, "a-1", "g").0, 201);
+    let mut on_b = stream_as(b, "a-1", None);
+    let pushed = push(a, None, "a-1", "replay");
+    read_until(&mut on_b, &pushed).expect("the command on B's stream");
+
+    // B writes the delivery behind (a mark beside the record A wrote), and
+    // every replica reads the command DELIVERED at the same moment.
+    let path = format!("/api/v1/agents/a-1/commands/{pushed}");
+    let read = |replica: SocketAddr| {
+        let (status, command) = op(replica, "GET", &path, None);
+        assert_eq!(status, 200, "{command}");
+        command
+    };
+    eventually(PROMPTLY, "delivered on every replica", || {
+        [a, b, c]
+            .iter()
+            .all(|replica| read(*replica)["status"] == "DELIVERED")
+    });
+    let delivered = read(b);
+    assert!(delivered["deliveredAt"].is_string(), "{delivered}");
+    for replica in [a, c] {
+        assert_eq!(read(replica), delivered);
+    }
+
+    // Every replica restarted reads it so from Redis.
+    drop(on_b);
+    let dirs: Vec<WorkDir> = cluster
+        .into_iter()
+        .map(|replica| replica.process.stop())
+        .collect();
+    let cluster: Vec<Replica> = dirs.into_iter().map(|dir| start_in(dir, &env)).collect();
+    for replica in &cluster {
+        assert_eq!(read(replica.addr), delivered);
+    }
+    for replica in cluster {
+        replica.process.terminate();
+    }
+}
+
+#[test]
 fn a_replica_that_would_sign_with_another_key_exits_2_naming_signing_key_file() {
     let redis = RedisServer::start();
     let first = WorkDir::new();

@@ -33,6 +33,12 @@ pub(crate) struct Dirty {
     /// A B-tree: a million expiries mark a million commands, and a hash set
     /// that size, growing, would move them all in one hold of the lock.
     commands: BTreeSet<CommandId>,
+    /// With a shared engine, commands whose delivery alone changed them
+    /// (written as a small mark beside the record, [`Change::Delivered`]);
+    /// the other engines mark them among `commands`.
+    ///
+    /// [`Change::Delivered`]: crate::storage::Change::Delivered
+    deliveries: BTreeSet<CommandId>,
     rollouts: HashSet<RolloutId>,
     /// New rollouts, whose payload is written (once).
     payloads: HashSet<RolloutId>,
@@ -188,6 +194,18 @@ impl Dirty {
         }
     }
 
+    /// A PENDING command delivered: with a shared engine, a change of its
+    /// record that its delivery mark carries (unless it is marked whole too).
+    pub(super) fn delivery(&mut self, id: CommandId) {
+        if self.recording {
+            if self.shared {
+                self.deliveries.insert(id);
+            } else {
+                self.commands.insert(id);
+            }
+        }
+    }
+
     pub(super) fn rollout(&mut self, id: RolloutId) {
         if self.recording {
             self.rollouts.insert(id);
@@ -218,6 +236,7 @@ impl Dirty {
         self.agents.is_empty()
             && self.heartbeats.is_empty()
             && self.commands.is_empty()
+            && self.deliveries.is_empty()
             && self.rollouts.is_empty()
             && self.payloads.is_empty()
             && self.meta.is_empty()
@@ -240,7 +259,7 @@ impl Dirty {
     pub(crate) fn has_record(&self, entity: &Entity) -> bool {
         match entity {
             Entity::Agent(id) => self.agents.contains(id),
-            Entity::Command(id) => self.commands.contains(id),
+            Entity::Command(id) => self.commands.contains(id) || self.deliveries.contains(id),
             Entity::Rollout(id) => self.rollouts.contains(id) || self.payloads.contains(id),
             Entity::Meta(key) => self.meta.contains_key(key),
         }
@@ -254,7 +273,8 @@ impl Dirty {
     /// The entities whose records are marked (named values aside).
     pub(crate) fn records(&self) -> impl Iterator<Item = Entity> + '_ {
         let agents = self.agents.iter().cloned().map(Entity::Agent);
-        let commands = self.commands.iter().copied().map(Entity::Command);
+        let commands = self.commands.iter().chain(&self.deliveries);
+        let commands = commands.copied().map(Entity::Command);
         let rollouts = self.rollouts.iter().chain(&self.payloads).copied();
         agents.chain(commands).chain(rollouts.map(Entity::Rollout))
     }
@@ -277,6 +297,7 @@ impl Dirty {
             }
             Entity::Command(id) => {
                 self.commands.remove(id);
+                self.deliveries.remove(id);
             }
             Entity::Rollout(id) => {
                 self.rollouts.remove(id);
@@ -306,6 +327,7 @@ impl Dirty {
             all.agents.extend(batch.agents);
             all.heartbeats.extend(batch.heartbeats);
             all.commands.extend(batch.commands);
+            all.deliveries.extend(batch.deliveries);
             all.rollouts.extend(batch.rollouts);
             all.payloads.extend(batch.payloads);
             all.meta.extend(batch.meta);
@@ -315,6 +337,8 @@ impl Dirty {
             all.agents
                 .retain(|id| !lost.contains(&Entity::Agent(id.clone())));
             all.commands
+                .retain(|id| !lost.contains(&Entity::Command(*id)));
+            all.deliveries
                 .retain(|id| !lost.contains(&Entity::Command(*id)));
             all.rollouts
                 .retain(|id| !lost.contains(&Entity::Rollout(*id)));
@@ -328,10 +352,19 @@ impl Dirty {
             .filter(|id| !agents.contains(id))
             .map(Mark::Heartbeat)
             .collect::<Vec<_>>();
+        // A command marked whole is written whole, its delivery with it.
+        let commands = all.commands;
+        let deliveries = all
+            .deliveries
+            .into_iter()
+            .filter(|id| !commands.contains(id))
+            .map(Mark::Delivered)
+            .collect::<Vec<_>>();
         let marks = heartbeats
             .into_iter()
             .chain(agents.into_iter().map(Mark::Agent))
-            .chain(all.commands.into_iter().map(Mark::Command))
+            .chain(commands.into_iter().map(Mark::Command))
+            .chain(deliveries)
             .chain(all.payloads.into_iter().map(Mark::Payload))
             .chain(all.rollouts.into_iter().map(Mark::Rollout))
             .chain(
@@ -350,6 +383,8 @@ pub(crate) enum Mark {
     Heartbeat(AgentId),
     Agent(AgentId),
     Command(CommandId),
+    /// A command whose delivery alone changed it (a shared engine's).
+    Delivered(CommandId),
     /// A new rollout's payload.
     Payload(RolloutId),
     Rollout(RolloutId),

@@ -18,7 +18,7 @@ use super::rollouts::Launch;
 use super::{AgentEntry, CommandEntry, Due, HashMap, State, index};
 use crate::agent::{AgentId, AgentMetadata, AgentStatus};
 use crate::clock::{Clock, Timestamp};
-use crate::command::CommandStatus;
+use crate::command::{CommandId, CommandStatus};
 use crate::payload::Payload;
 use crate::replication::{Entity, Version};
 use crate::rollout::{RolloutCounts, RolloutId};
@@ -44,7 +44,7 @@ impl AgentEntry {
 }
 
 impl CommandEntry {
-    fn record(&self, clock: &Clock) -> CommandRecord {
+    pub(super) fn record(&self, clock: &Clock) -> CommandRecord {
         CommandRecord {
             command_id: self.id,
             seq: self.seq,
@@ -111,6 +111,18 @@ impl State {
                 Some(command) => Change::Command(command.record(&clock)),
                 None => Change::CommandRemoved(*id),
             },
+            // Its delivery alone, on the record written at its version; a
+            // command never written, or changed again since, is written whole.
+            Mark::Delivered(id) => match self.commands.get(id) {
+                Some(CommandEntry {
+                    status: CommandStatus::Delivered,
+                    delivered_at: Some(at),
+                    version: 1..,
+                    ..
+                }) => Change::Delivered(*id, clock.timestamp(*at)),
+                Some(command) => Change::Command(command.record(&clock)),
+                None => Change::CommandRemoved(*id),
+            },
             Mark::Payload(id) => {
                 let entry = rollouts.get(id)?;
                 Change::RolloutPayload(*id, entry.launch.payload.clone())
@@ -144,6 +156,7 @@ impl State {
     pub(crate) fn restore(&mut self, snapshot: Snapshot, now: Instant) {
         let grace_end = now + self.settings.stale_after;
         let heartbeats: HashMap<AgentId, Timestamp> = snapshot.heartbeats.into_iter().collect();
+        let deliveries: HashMap<CommandId, Timestamp> = snapshot.deliveries.into_iter().collect();
         let versions: HashMap<Entity, Version> = snapshot.versions.into_iter().collect();
         let version = |entity: Entity| versions.get(&entity).copied().unwrap_or(0);
         for record in snapshot.agents {
@@ -154,7 +167,10 @@ impl State {
         self.restore_rollouts(snapshot.rollouts, snapshot.payloads);
         // Each rollout's restored PENDING and DELIVERED commands.
         let mut unfinished = RestoredCounts::default();
-        for record in snapshot.commands {
+        for mut record in snapshot.commands {
+            if let Some(&at) = deliveries.get(&record.command_id) {
+                record.delivered(at);
+            }
             let version = version(Entity::Command(record.command_id));
             self.link_command(record, version, &mut unfinished);
         }

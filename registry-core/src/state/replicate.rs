@@ -147,7 +147,7 @@ pub(crate) fn applying_rank(change: &Change) -> u8 {
         Change::Rollout(_) => 1,
         Change::Agent(_) | Change::Heartbeat(..) | Change::Meta(..) => 2,
         Change::Stream(..) => 3,
-        Change::Command(_) | Change::CommandRemoved(_) => 4,
+        Change::Command(_) | Change::Delivered(..) | Change::CommandRemoved(_) => 4,
         Change::AgentRemoved(_) => 5,
         Change::RolloutRemoved(_) => 6,
     }
@@ -189,10 +189,9 @@ impl State {
             Change::Heartbeat(id, _) | Change::Stream(id, _) => {
                 self.agents.get(id).map_or(0, |agent| agent.version)
             }
-            Change::Command(record) => self
-                .commands
-                .get(&record.command_id)
-                .map_or(0, |command| command.version),
+            Change::Command(CommandRecord { command_id: id, .. }) | Change::Delivered(id, _) => {
+                self.commands.get(id).map_or(0, |command| command.version)
+            }
             Change::AgentRemoved(id) => self.buried(&Entity::Agent(id.clone())),
             Change::CommandRemoved(id) => self.buried(&Entity::Command(*id)),
             Change::Rollout(_)
@@ -334,6 +333,9 @@ impl State {
                     Change::AgentRemoved(id) => self.apply_agent_removed(&id, now),
                     Change::Heartbeat(id, at) => self.apply_heartbeat(&id, at, version),
                     Change::Command(record) => self.apply_command(applying, record, version, now),
+                    Change::Delivered(id, at) => {
+                        self.apply_delivered(applying, id, at, version, now)
+                    }
                     Change::CommandRemoved(id) => self.apply_command_removed(id, now),
                     _ => {}
                 }
@@ -496,6 +498,25 @@ impl State {
         if to == CommandStatus::Pending {
             applying.deliveries.push((id, version));
         }
+    }
+
+    /// A command's delivery mark, written by another replica on the record
+    /// held here (the log brought every earlier write of it): the record as
+    /// the mark makes it replaces the command, as a whole record would.
+    fn apply_delivered(
+        &mut self,
+        applying: &mut Applying,
+        id: CommandId,
+        at: Timestamp,
+        version: Version,
+        now: Instant,
+    ) {
+        let Some(command) = self.commands.get(&id) else {
+            return;
+        };
+        let mut record = command.record(&self.journal.clock);
+        record.delivered(at);
+        self.apply_command(applying, record, version, now);
     }
 
     /// A command of a rollout created by an earlier entry: the origin wrote
@@ -802,8 +823,8 @@ impl State {
                     agent.version = agent.version.max(version);
                 }
             }
-            Change::Command(record) => {
-                if let Some(command) = self.commands.get_mut(&record.command_id) {
+            Change::Command(CommandRecord { command_id: id, .. }) | Change::Delivered(id, _) => {
+                if let Some(command) = self.commands.get_mut(id) {
                     command.version = command.version.max(version);
                 }
             }
