@@ -155,9 +155,13 @@ impl AheadSigner {
     }
 
     /// The signed form of a data object, as [`ServerKey::sign_object`] makes
-    /// it, signed by [`sign`](Self::sign).
-    pub fn sign_object(&self, canonical_object: &str) -> String {
-        signed::with_signature(canonical_object, &self.sign(canonical_object.as_bytes()))
+    /// it, signed by [`sign`](Self::sign): the signature is appended to
+    /// `canonical_object` in place (no copy; [`SIGNATURE_ROOM`](crate::SIGNATURE_ROOM) bytes of
+    /// spare capacity spare a reallocation).
+    pub fn sign_object(&self, mut canonical_object: String) -> String {
+        let signature = self.sign(canonical_object.as_bytes());
+        signed::append_signature(&mut canonical_object, &signature);
+        canonical_object
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Nonce>> {
@@ -221,7 +225,7 @@ mod tests {
     fn a_signed_object_verifies_like_one_signed_deterministically() {
         let signer = signer();
         signer.restock(1);
-        let signed = signer.sign_object(r#"{"a":"x","n":1}"#);
+        let signed = signer.sign_object(r#"{"a":"x","n":1}"#.to_owned());
         assert_eq!(signer.in_stock(), 0);
         signer.key().public_key().verify_data(&signed).unwrap();
     }

@@ -32,4 +32,4 @@ pub mod signed;
 pub use ahead::AheadSigner;
 pub use canonical::{CanonicalError, MAX_SAFE_INTEGER, canonical_payload, check_numbers};
 pub use key::{KeyError, PublicKey, ServerKey};
-pub use signed::{SIGNATURE_MEMBER, VerifyError};
+pub use signed::{SIGNATURE_MEMBER, SIGNATURE_ROOM, VerifyError};

@@ -51,21 +51,32 @@ impl ServerKey {
     }
 }
 
+/// The room a signed object needs beyond its canonical form: `,"signature":"` +
+/// the base64 + `"}` in place of the closing `}`.
+pub const SIGNATURE_ROOM: usize = SIGNATURE_BASE64_LENGTH + SIGNATURE_MEMBER.len() + 6;
+
 /// `canonical_object` with `"signature"` appended as its last member, holding `signature`.
 pub(crate) fn with_signature(canonical_object: &str, signature: &[u8; 64]) -> String {
-    debug_assert!(canonical_object.starts_with('{') && canonical_object.ends_with('}'));
-    let open = &canonical_object[..canonical_object.len() - 1];
-    let mut signed = String::with_capacity(canonical_object.len() + SIGNATURE_BASE64_LENGTH + 16);
-    signed.push_str(open);
-    if open.len() > 1 {
-        signed.push(',');
-    }
-    signed.push('"');
-    signed.push_str(SIGNATURE_MEMBER);
-    signed.push_str("\":\"");
-    STANDARD.encode_string(signature, &mut signed);
-    signed.push_str("\"}");
+    let mut signed = String::with_capacity(canonical_object.len() + SIGNATURE_ROOM);
+    signed.push_str(canonical_object);
+    append_signature(&mut signed, signature);
     signed
+}
+
+/// Appends `"signature"` to the canonical object in `object`, in place: its
+/// closing `}` gives way to the member.
+pub(crate) fn append_signature(object: &mut String, signature: &[u8; 64]) {
+    debug_assert!(object.starts_with('{') && object.ends_with('}'));
+    object.pop();
+    object.reserve(SIGNATURE_ROOM);
+    if object.len() > 1 {
+        object.push(',');
+    }
+    object.push('"');
+    object.push_str(SIGNATURE_MEMBER);
+    object.push_str("\":\"");
+    STANDARD.encode_string(signature, object);
+    object.push_str("\"}");
 }
 
 impl PublicKey {

@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use axum::body::{Body, Bytes};
+use bytes::Buf;
+use bytes::buf::Chain;
 use http_body::Body as _;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -108,7 +110,7 @@ pub(super) async fn write_stream(mut tcp: TcpStream, stream: PendingStream) {
         };
         let written = match frame {
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => tcp.write_all(&encode(data, chunked)).await,
+                Ok(data) => tcp.write_all_buf(&mut encode(data, chunked)).await,
                 // Trailers: an SSE stream has none.
                 Err(_) => Ok(()),
             },
@@ -132,15 +134,33 @@ pub(super) async fn write_stream(mut tcp: TcpStream, stream: PendingStream) {
 }
 
 /// One frame as it goes on the wire: `len CRLF data CRLF` when chunked.
-fn encode(data: Bytes, chunked: bool) -> Bytes {
-    if !chunked || data.is_empty() {
-        return data;
+/// The three parts are written together, in one `writev`, rather than
+/// copied into one buffer first.
+fn encode(data: Bytes, chunked: bool) -> Chain<Chain<Bytes, Bytes>, &'static [u8]> {
+    let (head, tail): (Bytes, &'static [u8]) = if !chunked || data.is_empty() {
+        (Bytes::new(), b"")
+    } else {
+        (chunk_size_line(data.len()), b"\r\n")
+    };
+    head.chain(data).chain(tail)
+}
+
+/// `len CRLF`, the length in hexadecimal, as a chunk starts.
+fn chunk_size_line(len: usize) -> Bytes {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut line = [0_u8; 2 * size_of::<usize>() + 2];
+    let mut start = line.len() - 2;
+    line[start..].copy_from_slice(b"\r\n");
+    let mut rest = len;
+    loop {
+        start -= 1;
+        line[start] = HEX[rest % 16];
+        rest /= 16;
+        if rest == 0 {
+            break;
+        }
     }
-    let mut chunk = Vec::with_capacity(data.len() + 20);
-    chunk.extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
-    chunk.extend_from_slice(&data);
-    chunk.extend_from_slice(b"\r\n");
-    Bytes::from(chunk)
+    Bytes::copy_from_slice(&line[start..])
 }
 
 /// Resolves when the client has closed its side (or the socket failed). A
@@ -165,9 +185,14 @@ mod tests {
 
     #[test]
     fn frames_are_chunks_over_http_1_1_and_as_they_are_over_http_1_0() {
-        let data = Bytes::from_static(b"data: x\n\n");
-        assert_eq!(&encode(data.clone(), true)[..], b"9\r\ndata: x\n\n\r\n");
-        assert_eq!(&encode(data.clone(), false)[..], b"data: x\n\n");
-        assert!(encode(Bytes::new(), true).is_empty());
+        let wire = |data: &'static [u8], chunked| {
+            let mut frame = encode(Bytes::from_static(data), chunked);
+            frame.copy_to_bytes(frame.remaining())
+        };
+        assert_eq!(&wire(b"data: x\n\n", true)[..], b"9\r\ndata: x\n\n\r\n");
+        assert_eq!(&wire(b"data: x\n\n", false)[..], b"data: x\n\n");
+        assert!(wire(b"", true).is_empty());
+        assert_eq!(&chunk_size_line(0x1A2F)[..], b"1A2F\r\n");
+        assert_eq!(&chunk_size_line(usize::MAX)[..], b"FFFFFFFFFFFFFFFF\r\n");
     }
 }
