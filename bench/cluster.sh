@@ -136,7 +136,10 @@ start_redis() {
 # logs), its log appended to $run_dir/replica-INDEX.log; prints its base URL
 # once it is ready, or nothing if it exited (it could not join).
 start_replica() {
-    local index=$1 port=${2:-0} log=$run_dir/replica-$1.log pid url=""
+    local index=$1 port=${2:-0} log=$run_dir/replica-$1.log pid url="" logged
+    # Only this start's lines: a log appended to (a restart, or a run folder
+    # used again) holds an earlier address, which would never answer.
+    logged=$(wc -l <"$log" 2>/dev/null || echo 0)
     env REGISTRY_STORAGE__ENGINE=redis \
         REGISTRY_STORAGE__REDIS_URL="redis://127.0.0.1:$redis_port/0" \
         REGISTRY_STORAGE__REDIS_PREFIX=bench: \
@@ -148,7 +151,8 @@ start_replica() {
     echo "$pid" >"$run_dir/replica-$index.pid"
     for _ in $(seq 600); do
         if [[ -z $url ]]; then
-            url=$(grep -o 'listening on http://[0-9.:]*' "$log" | tail -n 1 | sed 's/^listening on //' || true)
+            url=$(tail -n +"$((logged + 1))" "$log" | grep -o 'listening on http://[0-9.:]*' |
+                tail -n 1 | sed 's/^listening on //' || true)
         fi
         if [[ -n $url ]] && curl -sf -o /dev/null "$url/readyz"; then
             echo "$url"
