@@ -23,8 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use axum::body::{Body, Bytes};
-use bytes::Buf;
-use bytes::buf::Chain;
+use bytes::BytesMut;
 use http_body::Body as _;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -110,7 +109,7 @@ pub(super) async fn write_stream(mut tcp: TcpStream, stream: PendingStream) {
         };
         let written = match frame {
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => tcp.write_all_buf(&mut encode(data, chunked)).await,
+                Ok(data) => tcp.write_all(&encode(data, chunked)).await,
                 // Trailers: an SSE stream has none.
                 Err(_) => Ok(()),
             },
@@ -133,22 +132,26 @@ pub(super) async fn write_stream(mut tcp: TcpStream, stream: PendingStream) {
     }
 }
 
-/// One frame as it goes on the wire: `len CRLF data CRLF` when chunked.
-/// The three parts are written together, in one `writev`, rather than
-/// copied into one buffer first.
-fn encode(data: Bytes, chunked: bool) -> Chain<Chain<Bytes, Bytes>, &'static [u8]> {
-    let (head, tail): (Bytes, &'static [u8]) = if !chunked || data.is_empty() {
-        (Bytes::new(), b"")
-    } else {
-        (chunk_size_line(data.len()), b"\r\n")
-    };
-    head.chain(data).chain(tail)
+/// One frame as it goes on the wire: `len CRLF data CRLF` when chunked,
+/// made in one buffer of its size (written with one `send`).
+fn encode(data: Bytes, chunked: bool) -> Bytes {
+    if !chunked || data.is_empty() {
+        return data;
+    }
+    let mut chunk = BytesMut::with_capacity(data.len() + CHUNK_SIZE_LINE_MAX + 2);
+    put_chunk_size_line(&mut chunk, data.len());
+    chunk.extend_from_slice(&data);
+    chunk.extend_from_slice(b"\r\n");
+    chunk.freeze()
 }
 
-/// `len CRLF`, the length in hexadecimal, as a chunk starts.
-fn chunk_size_line(len: usize) -> Bytes {
+/// The longest `len CRLF`: 16 hexadecimal digits and CRLF.
+const CHUNK_SIZE_LINE_MAX: usize = 2 * size_of::<usize>() + 2;
+
+/// Appends `len CRLF`, the length in hexadecimal, as a chunk starts.
+fn put_chunk_size_line(chunk: &mut BytesMut, len: usize) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut line = [0_u8; 2 * size_of::<usize>() + 2];
+    let mut line = [0_u8; CHUNK_SIZE_LINE_MAX];
     let mut start = line.len() - 2;
     line[start..].copy_from_slice(b"\r\n");
     let mut rest = len;
@@ -160,7 +163,7 @@ fn chunk_size_line(len: usize) -> Bytes {
             break;
         }
     }
-    Bytes::copy_from_slice(&line[start..])
+    chunk.extend_from_slice(&line[start..]);
 }
 
 /// Resolves when the client has closed its side (or the socket failed). A
@@ -185,14 +188,16 @@ mod tests {
 
     #[test]
     fn frames_are_chunks_over_http_1_1_and_as_they_are_over_http_1_0() {
-        let wire = |data: &'static [u8], chunked| {
-            let mut frame = encode(Bytes::from_static(data), chunked);
-            frame.copy_to_bytes(frame.remaining())
+        let data = Bytes::from_static(b"data: x\n\n");
+        assert_eq!(&encode(data.clone(), true)[..], b"9\r\ndata: x\n\n\r\n");
+        assert_eq!(&encode(data, false)[..], b"data: x\n\n");
+        assert!(encode(Bytes::new(), true).is_empty());
+        let line = |len| {
+            let mut line = BytesMut::new();
+            put_chunk_size_line(&mut line, len);
+            line
         };
-        assert_eq!(&wire(b"data: x\n\n", true)[..], b"9\r\ndata: x\n\n\r\n");
-        assert_eq!(&wire(b"data: x\n\n", false)[..], b"data: x\n\n");
-        assert!(wire(b"", true).is_empty());
-        assert_eq!(&chunk_size_line(0x1A2F)[..], b"1A2F\r\n");
-        assert_eq!(&chunk_size_line(usize::MAX)[..], b"FFFFFFFFFFFFFFFF\r\n");
+        assert_eq!(&line(0x1A2F)[..], b"1A2F\r\n");
+        assert_eq!(&line(usize::MAX)[..], b"FFFFFFFFFFFFFFFF\r\n");
     }
 }
