@@ -54,15 +54,30 @@ impl RedisServer {
     /// Starts one on a free port in a new folder; panics if it does not answer
     /// `PING` within [`PROMPTLY`].
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        Self::start_on(port, RedisDir::new().expect("a temporary folder"))
+        // A port free when asked may be taken by another test's Redis before
+        // this one listens on it: this one then exits, and another is tried.
+        for _ in 0..10 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free port")
+                .port();
+            let dir = RedisDir::new().expect("a temporary folder");
+            if let Ok(redis) = Self::try_start_on(port, dir) {
+                return redis;
+            }
+        }
+        panic!("redis-server found no free port in 10 tries");
     }
 
     /// Starts one on `port` in `dir`, reading the append-only file there if any.
     pub fn start_on(port: u16, dir: RedisDir) -> Self {
+        Self::try_start_on(port, dir)
+            .unwrap_or_else(|_| panic!("redis-server could not listen on port {port}"))
+    }
+
+    /// Starts one on `port` in `dir` and waits until it answers `PING` itself;
+    /// gives the folder back if it exited first (the port was taken).
+    fn try_start_on(port: u16, dir: RedisDir) -> Result<Self, RedisDir> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
@@ -74,20 +89,48 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server from PATH starts");
-        let redis = Self {
+        let mut redis = Self {
             child,
             port,
             dir: Some(dir),
         };
         let deadline = Instant::now() + PROMPTLY;
-        while !redis.answers_ping() {
+        // Another Redis on the port answers PING too: the one answering must
+        // be this process.
+        while !(redis.answers_ping() && redis.process_id_answering() == Some(redis.pid())) {
+            if !matches!(redis.child.try_wait(), Ok(None)) {
+                return Err(redis.dir.take().expect("its folder"));
+            }
             assert!(
                 Instant::now() < deadline,
                 "redis-server did not answer PING"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        redis
+        Ok(redis)
+    }
+
+    /// The `process_id` of `INFO server` of the Redis listening on its port.
+    fn process_id_answering(&self) -> Option<u32> {
+        let mut tcp = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        tcp.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        tcp.write_all(b"INFO server\r\n").ok()?;
+        let mut seen = Vec::new();
+        let mut buffer = [0; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&seen);
+            let line = text
+                .split_once("process_id:")
+                .and_then(|(_, rest)| rest.split_once("\r\n"));
+            if let Some((pid, _)) = line {
+                return pid.parse().ok();
+            }
+            let read = tcp.read(&mut buffer).ok()?;
+            if read == 0 {
+                return None;
+            }
+            seen.extend_from_slice(&buffer[..read]);
+        }
     }
 
     /// Whether it answers `PING` now.
