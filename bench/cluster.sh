@@ -139,7 +139,8 @@ start_replica() {
     local index=$1 port=${2:-0} log=$run_dir/replica-$1.log pid url="" logged
     # Only this start's lines: a log appended to (a restart, or a run folder
     # used again) holds an earlier address, which would never answer.
-    logged=$(wc -l <"$log" 2>/dev/null || echo 0)
+    logged=0
+    if [[ -f $log ]]; then logged=$(wc -l <"$log"); fi
     env REGISTRY_STORAGE__ENGINE=redis \
         REGISTRY_STORAGE__REDIS_URL="redis://127.0.0.1:$redis_port/0" \
         REGISTRY_STORAGE__REDIS_PREFIX=bench: \
