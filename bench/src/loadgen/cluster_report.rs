@@ -15,6 +15,8 @@ use super::results::{ClusterResult, Phase, PushResult, ResultFile};
 
 /// The issue's goal for a fleet push to 100,000 streams, in milliseconds.
 const GOAL_MS: f64 = 1_500.0;
+/// The fleet the goal is set for.
+const GOAL_AGENTS: usize = 100_000;
 
 /// Reads the cluster result files of `dir` and renders the table.
 pub(crate) fn render_dir(dir: &Path) -> io::Result<String> {
@@ -88,10 +90,13 @@ fn rows(runs: &[ClusterResult]) -> Vec<Row> {
             thousands(first.agents)
         ),
         seconds(reached_all),
+        // The goal is set for 100,000 agents: a smaller fleet says nothing of it.
         match reached_all {
-            Some(ms) if ms < GOAL_MS => "< 1.5 s: met".to_owned(),
-            Some(_) => "< 1.5 s: missed".to_owned(),
-            None => "< 1.5 s".to_owned(),
+            Some(ms) if first.agents >= GOAL_AGENTS && ms < GOAL_MS => {
+                "< 1.5 s at 100,000: met".to_owned()
+            }
+            Some(_) if first.agents >= GOAL_AGENTS => "< 1.5 s at 100,000: missed".to_owned(),
+            _ => "< 1.5 s at 100,000".to_owned(),
         } + "; nginx+nchan, 6 workers, 100,000 subscribers: 2.2-6.5 s (issue 12)",
     ));
     rows.push((
