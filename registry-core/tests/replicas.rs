@@ -445,6 +445,12 @@ impl Node {
         });
     }
 
+    /// Runs `operation` on this replica as a request does
+    /// ([`Registry::durably`]), expecting it to succeed.
+    async fn durably<T>(&self, operation: impl Fn(&Registry) -> Result<T, RegistryError>) -> T {
+        self.registry.durably(operation).await.unwrap()
+    }
+
     /// Holds the tail back: entries wait until [`sync`](Self::sync).
     fn hold(&self) {
         self.live.store(false, Ordering::SeqCst);
@@ -494,10 +500,8 @@ async fn settle(nodes: &[Node]) {
 
 async fn register(node: &Node, agent_id: &str) -> bool {
     let (_, resumed) = node
-        .registry
         .durably(|registry| registry.register(registration(agent_id, "orders")))
-        .await
-        .unwrap();
+        .await;
     resumed
 }
 
@@ -558,10 +562,8 @@ async fn a_registration_on_one_replica_is_read_on_another_once_it_applied_the_lo
     assert_eq!(b.registry.stats().agents_in(AgentStatus::Live), 1);
     // Its group is indexed on b: a group command there targets it, and a reads it.
     let rollout = b
-        .registry
         .durably(|registry| registry.send_to_group("orders", request("deep-trace")))
-        .await
-        .unwrap();
+        .await;
     assert_eq!(rollout.targeted, 1);
     settle(&nodes).await;
     let commands = a.registry.commands_of("a-1").unwrap();
@@ -587,10 +589,8 @@ async fn a_command_created_on_one_replica_reaches_the_stream_open_on_another() {
     );
 
     let command = a
-        .registry
         .durably(|registry| registry.send_to_agent("a-1", request("replay")))
-        .await
-        .unwrap();
+        .await;
     assert_eq!(command.status, CommandStatus::Pending, "no stream on a");
     yield_a_few_times().await;
     let event = stream.next().await.unwrap();
@@ -608,10 +608,8 @@ async fn a_deadline_due_on_every_replica_is_written_once_and_announced_once() {
     let (store, nodes) = cluster(3);
     register(&nodes[0], "a-1").await;
     let command = nodes[1]
-        .registry
         .durably(|registry| registry.send_to_agent("a-1", request("replay")))
-        .await
-        .unwrap();
+        .await;
     settle(&nodes).await;
     let mut changes: Vec<_> = nodes.iter().map(|n| n.registry.status_changes()).collect();
 
@@ -655,10 +653,7 @@ async fn heartbeat_on_a_just_before_b_marks_stale(nodes: &[Node]) -> u64 {
     let stale_after = Settings::default().stale_after.as_millis() as u64;
     advance_ms(stale_after - 1_000).await;
     b.hold();
-    a.registry
-        .durably(|registry| registry.heartbeat("a-1"))
-        .await
-        .unwrap();
+    a.durably(|registry| registry.heartbeat("a-1")).await;
     stale_after
 }
 
@@ -716,10 +711,8 @@ async fn delivered_on_b(nodes: &[Node]) -> (String, registry_core::Subscription)
     settle(nodes).await;
     a.hold();
     let command = a
-        .registry
         .durably(|registry| registry.send_to_agent("a-1", request("replay")))
-        .await
-        .unwrap();
+        .await;
     yield_a_few_times().await;
     assert_eq!(stream.next().await.unwrap().command_id, command.command_id);
     (command.command_id.to_string(), stream)
@@ -772,10 +765,8 @@ async fn a_delivery_is_written_as_a_mark_beside_the_record_and_read_delivered_ev
     }
 
     // An ack writes the whole record again, which drops the mark.
-    c.registry
-        .durably(|registry| registry.ack("a-1", &id, Ack::default()))
-        .await
-        .unwrap();
+    c.durably(|registry| registry.ack("a-1", &id, Ack::default()))
+        .await;
     settle(&nodes).await;
     assert_eq!(store.with(|held| held.delivered.len()), 0);
     let acked = a.registry.command("a-1", &id).unwrap();
@@ -794,10 +785,8 @@ async fn an_ack_on_one_replica_written_before_the_delivery_on_another_ends_ackno
     let (id, _stream) = delivered_on_b(&nodes).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let acked = a
-        .registry
         .durably(|registry| registry.ack("a-1", &id, Ack::default()))
-        .await
-        .unwrap();
+        .await;
     assert_eq!(acked.status, CommandStatus::Acknowledged);
     // b's delivery, written behind now, conflicts, and b takes the ack.
     settle(&nodes).await;
@@ -816,10 +805,8 @@ async fn an_ack_on_one_replica_written_after_the_delivery_on_another_runs_again_
     // a has not read the delivery: its ack conflicts, catches up, and runs again.
     a.resume();
     let acked = a
-        .registry
         .durably(|registry| registry.ack("a-1", &id, Ack::default()))
-        .await
-        .unwrap();
+        .await;
     assert_eq!(acked.status, CommandStatus::Acknowledged);
     assert!(acked.delivered_at.is_some(), "b's delivery is kept");
     settle(&nodes).await;
@@ -901,10 +888,8 @@ async fn a_stream_whose_opening_was_answered_reads_connected_on_every_replica_th
     settle(&nodes).await;
     // Opened as the server opens it: the 200 waits for the opening's commit.
     let _stream = nodes[1]
-        .registry
         .durably(|registry| registry.open_stream("a-1"))
-        .await
-        .unwrap();
+        .await;
     for node in &nodes {
         node.registry.catch_up().await.unwrap();
         assert!(node.registry.agent("a-1").unwrap().connected, "{}", node.id);
@@ -920,10 +905,8 @@ async fn a_command_pushed_while_a_stream_opens_on_another_replica_is_delivered_b
     let mut first = a.registry.open_stream("a-1").unwrap();
     settle(&nodes).await;
     let sent = c
-        .registry
         .durably(|registry| registry.send_to_agent("a-1", request("replay")))
-        .await
-        .unwrap();
+        .await;
     settle(&nodes).await;
     assert_eq!(first.next().await.unwrap().command_id, sent.command_id);
     // A command pushed through c is written just before b's opening of the
@@ -962,10 +945,8 @@ async fn a_command_pushed_while_a_stream_opens_on_another_replica_is_delivered_b
     );
     // A command pushed after the opening goes to b's stream alone.
     let later = c
-        .registry
         .durably(|registry| registry.send_to_agent("a-1", request("replay")))
-        .await
-        .unwrap();
+        .await;
     settle(&nodes).await;
     assert_eq!(second.next().await.unwrap().command_id, later.command_id);
 }
@@ -1043,10 +1024,8 @@ async fn a_replica_started_late_loads_the_store_and_applies_the_log_after_it() {
     assert!(seen.connected, "the store says a holds its stream");
     assert_eq!(b.registry.position(), a.registry.position());
     let command = b
-        .registry
         .durably(|registry| registry.send_to_agent("a-1", request("replay")))
-        .await
-        .unwrap();
+        .await;
     yield_a_few_times().await;
     assert_eq!(stream.next().await.unwrap().command_id, command.command_id);
 }
@@ -1058,10 +1037,7 @@ async fn a_heartbeat_of_an_agent_deleted_on_another_replica_is_refused_as_unknow
     register(a, "a-1").await;
     settle(&nodes).await;
     b.hold();
-    a.registry
-        .durably(|registry| registry.delete_agent("a-1"))
-        .await
-        .unwrap();
+    a.durably(|registry| registry.delete_agent("a-1")).await;
     b.resume();
     let err = b
         .registry
@@ -1102,10 +1078,8 @@ async fn a_change_read_while_this_replicas_commit_of_it_is_in_flight_is_applied_
     let a = &nodes[0];
     register(a, "a-1").await;
     let command = a
-        .registry
         .durably(|registry| registry.send_to_agent("a-1", request("replay")))
-        .await
-        .unwrap();
+        .await;
     // Replayed to a new stream: a delivery written behind.
     let mut stream = a.registry.open_stream("a-1").unwrap();
     stream.next().await.unwrap();
@@ -1169,24 +1143,16 @@ async fn a_refused_deletion_is_undone_whole_and_run_again() {
     let (store, nodes) = cluster(2);
     let (a, b) = (&nodes[0], &nodes[1]);
     register(a, "a-1").await;
-    a.registry
-        .durably(|registry| registry.send_to_agent("a-1", request("replay")))
-        .await
-        .unwrap();
+    a.durably(|registry| registry.send_to_agent("a-1", request("replay")))
+        .await;
     settle(&nodes).await;
     // b takes a heartbeat a has not read when it deletes the agent: the
     // deletion conflicts, its commands are fetched back with the agent, and
     // it runs again.
     a.hold();
-    b.registry
-        .durably(|registry| registry.heartbeat("a-1"))
-        .await
-        .unwrap();
+    b.durably(|registry| registry.heartbeat("a-1")).await;
     a.resume();
-    a.registry
-        .durably(|registry| registry.delete_agent("a-1"))
-        .await
-        .unwrap();
+    a.durably(|registry| registry.delete_agent("a-1")).await;
     settle(&nodes).await;
 
     for node in &nodes {
@@ -1211,17 +1177,13 @@ async fn a_rollouts_progress_reads_the_same_on_every_replica() {
     let _stream = nodes[2].registry.open_stream("a-2").unwrap();
     settle(&nodes).await;
     let rollout = nodes[1]
-        .registry
         .durably(|registry| registry.send_to_fleet(request("config-update")))
-        .await
-        .unwrap();
+        .await;
     settle(&nodes).await;
     let first = rollout.commands[0].command_id.to_string();
     nodes[0]
-        .registry
         .durably(|registry| registry.ack("a-1", &first, Ack::default()))
-        .await
-        .unwrap();
+        .await;
     settle(&nodes).await;
 
     let id = rollout.rollout_id.to_string();
@@ -1277,10 +1239,8 @@ async fn an_operation_another_replica_wins_twice_is_refused_to_be_tried_again_in
     let a = &nodes[0];
     register(a, "a-1").await;
     let command = a
-        .registry
         .durably(|registry| registry.send_to_agent("a-1", request("replay")))
-        .await
-        .unwrap();
+        .await;
     let id = command.command_id;
     // Before each of a's commits, another replica delivers the command anew.
     let racer = store.clone();
@@ -1336,10 +1296,7 @@ async fn a_heartbeat_answered_just_after_another_replicas_stale_leaves_the_agent
             Timestamp::from_unix_millis(record.last_heartbeat_at.unix_millis() + stale_after);
         commit_elsewhere(&racer, Change::Agent(record));
     }));
-    b.registry
-        .durably(|registry| registry.heartbeat("a-1"))
-        .await
-        .unwrap();
+    b.durably(|registry| registry.heartbeat("a-1")).await;
     settle(&nodes).await;
 
     // A heartbeat answered 204 keeps the agent LIVE, as on one server.
@@ -1368,10 +1325,8 @@ async fn a_read_after_catching_up_shows_an_ack_answered_on_another_replica_durin
     let (a, b) = (&nodes[0], &nodes[1]);
     // a answers the ack; b's delivery of that command is not written yet.
     let acked = a
-        .registry
         .durably(|registry| registry.ack("a-1", &id, Ack::default()))
-        .await
-        .unwrap();
+        .await;
     assert_eq!(acked.status, CommandStatus::Acknowledged);
     // A client that reads through b next, as the server does, catches up
     // first: it reads the ack answered.
@@ -1401,10 +1356,7 @@ async fn a_transition_found_unchanged_does_not_skip_a_heartbeat_written_after_it
         }
     }));
     b.hold();
-    c.registry
-        .durably(|registry| registry.heartbeat("a-1"))
-        .await
-        .unwrap();
+    c.durably(|registry| registry.heartbeat("a-1")).await;
     *c.race.lock().unwrap() = None;
     // b's own deadline writes the same STALE record: unchanged.
     advance_ms(1).await;
@@ -1426,14 +1378,9 @@ async fn a_command_left_in_the_store_by_a_deletion_racing_its_creation_is_remove
     // b creates a command for the agent while a, which has not read it,
     // deletes the agent: a's deletion takes only the commands a knows.
     a.hold();
-    b.registry
-        .durably(|registry| registry.send_to_agent("a-1", request("replay")))
-        .await
-        .unwrap();
-    a.registry
-        .durably(|registry| registry.delete_agent("a-1"))
-        .await
-        .unwrap();
+    b.durably(|registry| registry.send_to_agent("a-1", request("replay")))
+        .await;
+    a.durably(|registry| registry.delete_agent("a-1")).await;
     a.resume();
     settle(&nodes).await;
     assert!(b.registry.agents(&Default::default()).is_empty());
@@ -1524,10 +1471,8 @@ async fn a_fleet_command_larger_than_one_commit_is_written_in_slices_each_applie
     let (from, calls_before) = store.with(|held| (held.log.len(), held.commit_sizes.len()));
 
     let rollout = a
-        .registry
         .durably(|registry| registry.send_to_fleet(request("config-update")))
-        .await
-        .unwrap();
+        .await;
     assert_eq!(rollout.targeted, agents);
 
     let (entries, calls) = store.with(|held| {
@@ -1670,16 +1615,10 @@ async fn a_refused_deletion_shows_once_on_its_fleet_stream() {
     // b takes a heartbeat a has not read when it deletes the agent: the
     // deletion conflicts, the agent is fetched back, and it runs again.
     a.hold();
-    b.registry
-        .durably(|registry| registry.heartbeat("a-1"))
-        .await
-        .unwrap();
+    b.durably(|registry| registry.heartbeat("a-1")).await;
     a.resume();
     let mut events = a.registry.fleet_events().unwrap();
-    a.registry
-        .durably(|registry| registry.delete_agent("a-1"))
-        .await
-        .unwrap();
+    a.durably(|registry| registry.delete_agent("a-1")).await;
     settle(&nodes).await;
 
     assert_eq!(
@@ -1699,10 +1638,7 @@ async fn a_deletion_just_after_a_transition_shows_after_it_on_the_fleet_stream()
     // The deadline comes due: its STALE is written behind, and the agent is
     // deleted before that write.
     advance_ms(Settings::default().stale_after.as_millis() as u64).await;
-    a.registry
-        .durably(|registry| registry.delete_agent("a-1"))
-        .await
-        .unwrap();
+    a.durably(|registry| registry.delete_agent("a-1")).await;
     settle(&nodes).await;
 
     assert_eq!(
