@@ -345,26 +345,17 @@ impl Dirty {
             all.payloads
                 .retain(|id| !lost.contains(&Entity::Rollout(*id)));
         }
-        let agents = all.agents;
-        let heartbeats = all
+        // An agent's record written carries its heartbeat, and a command's
+        // record its delivery: neither is written apart too.
+        all.heartbeats.retain(|id| !all.agents.contains(id));
+        all.deliveries.retain(|id| !all.commands.contains(id));
+        let marks = all
             .heartbeats
             .into_iter()
-            .filter(|id| !agents.contains(id))
             .map(Mark::Heartbeat)
-            .collect::<Vec<_>>();
-        // A command marked whole is written whole, its delivery with it.
-        let commands = all.commands;
-        let deliveries = all
-            .deliveries
-            .into_iter()
-            .filter(|id| !commands.contains(id))
-            .map(Mark::Delivered)
-            .collect::<Vec<_>>();
-        let marks = heartbeats
-            .into_iter()
-            .chain(agents.into_iter().map(Mark::Agent))
-            .chain(commands.into_iter().map(Mark::Command))
-            .chain(deliveries)
+            .chain(all.agents.into_iter().map(Mark::Agent))
+            .chain(all.commands.into_iter().map(Mark::Command))
+            .chain(all.deliveries.into_iter().map(Mark::Delivered))
             .chain(all.payloads.into_iter().map(Mark::Payload))
             .chain(all.rollouts.into_iter().map(Mark::Rollout))
             .chain(
