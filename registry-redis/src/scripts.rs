@@ -100,9 +100,12 @@ redis.call('XADD', log, 'MAXLEN', '~', ARGV[3], version .. '-0',
 redis.call('SET', seq, version)
 for _, i in ipairs(writes) do
   local op, id, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  -- Built on version 0 (checked: no record), a record has no heartbeat or
+  -- delivery mark beside it to clear: a fleet command's new commands skip it.
+  local existed = ARGV[i + 3] ~= '0'
   if op == 'a' then
     redis.call('HSET', agents, id, value)
-    redis.call('HDEL', heartbeats, id)
+    if existed then redis.call('HDEL', heartbeats, id) end
     redis.call('HSET', versions, 'a:' .. id, version)
   elseif op == 'A' then
     redis.call('HDEL', agents, id)
@@ -114,7 +117,7 @@ for _, i in ipairs(writes) do
     redis.call('HSET', versions, 'a:' .. id, version)
   elseif op == 'c' then
     redis.call('HSET', commands, id, value)
-    redis.call('HDEL', delivered, id)
+    if existed then redis.call('HDEL', delivered, id) end
     redis.call('HSET', versions, 'c:' .. id, version)
   elseif op == 'd' then
     redis.call('HSET', delivered, id, value)
