@@ -22,8 +22,9 @@ use futures_util::future::Either;
 
 use crate::config::ServerConfig;
 use crate::cross_site::{CrossSite, Decision, Finish};
+use crate::host::{self, LastValidHost};
+use crate::limits;
 use crate::metrics::{ApiRoutes, Metrics, Timing};
-use crate::{host, limits};
 
 /// What the checks and the timing need to know.
 pub struct Front {
@@ -45,10 +46,10 @@ impl Front {
     }
 
     /// The answer to a request the checks refuse, or how to finish the
-    /// answer of one they let through.
-    fn admit(&self, request: &Request) -> Decision {
+    /// answer of one they let through; `last_host` is its connection's.
+    fn admit(&self, request: &Request, last_host: &mut LastValidHost) -> Decision {
         let checked = limits::check_head_size(request)
-            .and_then(|()| host::check_host(request))
+            .and_then(|()| host::check_host(request, last_host))
             .and_then(|()| limits::refuse_declared_oversize(request, self.max_body_bytes));
         match checked {
             Ok(()) => self.cross_site.decide(request),
@@ -75,15 +76,18 @@ impl<S> tower::Layer<S> for FrontLayer {
         FrontService {
             front: self.0.clone(),
             inner,
+            last_host: LastValidHost::default(),
         }
     }
 }
 
-/// [`Front`] around `S`.
+/// [`Front`] around `S`. Each connection serves its requests with its own
+/// clone, which remembers the connection's last valid Host.
 #[derive(Clone)]
 pub struct FrontService<S> {
     front: Arc<Front>,
     inner: S,
+    last_host: LastValidHost,
 }
 
 impl<S> tower::Service<Request> for FrontService<S>
@@ -100,7 +104,7 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let finish = match self.front.admit(&request) {
+        let finish = match self.front.admit(&request, &mut self.last_host) {
             Decision::Route(finish) => finish,
             Decision::Answer(answer) => return Either::Left(ready(Ok(answer))),
         };

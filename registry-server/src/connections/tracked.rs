@@ -4,6 +4,7 @@
 //! dropped. They also carry a stream's hand-off past hyper (`handoff`): the
 //! service keeps the body aside, the socket reports the head flushed.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -90,15 +91,20 @@ impl AsyncWrite for WatchedSocket {
 }
 
 /// The application, marking each request in progress on its connection.
-#[derive(Clone)]
+/// The connection's own copy of it answers every request of the connection
+/// (hyper calls it by `&self`, tower by `&mut self`, hence the cell): what
+/// it keeps of a request, such as the last valid Host, serves the next.
 pub(super) struct TrackedService<S> {
-    app: S,
+    app: RefCell<S>,
     connection: Arc<Connection>,
 }
 
 impl<S> TrackedService<S> {
     pub(super) fn new(app: S, connection: Arc<Connection>) -> Self {
-        Self { app, connection }
+        Self {
+            app: RefCell::new(app),
+            connection,
+        }
     }
 }
 
@@ -115,8 +121,10 @@ where
         // hyper announces a body of unknown length in chunks, but to HTTP/1.0.
         let chunked = request.version() != Version::HTTP_10;
         // `S` is always ready (the router is): called at once, not cloned
-        // into a `oneshot` as `TowerToHyperService` does.
-        let answer = self.app.clone().call(request);
+        // into a `oneshot` as `TowerToHyperService` does. hyper calls one
+        // request at a time, and `call` returns before the next: the cell
+        // is never borrowed twice.
+        let answer = self.app.borrow_mut().call(request);
         Tracked {
             answer,
             in_flight: Some(in_flight),
