@@ -18,11 +18,14 @@ mod tracked;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::Poll;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use axum::http::Request;
 use axum::response::Response;
+use futures_util::task::AtomicWaker;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -226,8 +229,15 @@ where
     let stopped = stopping.cancelled();
     let changed = connection.changed.notified();
     tokio::pin!(timer, evicted, stopped, changed);
+    // The signals above are polled with a waker of their own, and only when
+    // one of them woke it (or was just made or reset): not on every turn of
+    // hyper, where each poll took a lock (the shutdown token's and its
+    // `Notify`'s shared by every connection) for nothing.
+    let signals = Arc::new(Signals::default());
+    let signal_waker = Waker::from(signals.clone());
+    let mut poll_signals = true;
     let mut shutting_down = false;
-    let mut set_to = None;
+    let mut set_to: Option<Instant> = None;
     loop {
         let event = std::future::poll_fn(|cx| {
             // The connection first, so what it has to write is flushed before
@@ -235,15 +245,25 @@ where
             if let Poll::Ready(ended) = Pin::new(&mut served).poll(cx) {
                 return Poll::Ready(Event::Ended(ended));
             }
+            signals.task.register(cx.waker());
             // Its phase changes only while hyper runs it, just above: the
-            // timer follows it here, with no wake-up of its own.
+            // timer follows it here, with no wake-up of its own. A later
+            // deadline (each request's end moves the idle one) leaves the
+            // timer as it is: when it fires, the deadline is looked at again.
             let deadline = connection.deadline();
             if let Some(at) = deadline
-                && (deadline != set_to || timer.is_elapsed())
+                && (set_to.is_none_or(|armed| at < armed) || timer.is_elapsed())
             {
                 timer.as_mut().reset(at);
+                set_to = Some(at);
+                poll_signals = true;
             }
-            set_to = deadline;
+            let fired = signals.fired.swap(false, Ordering::AcqRel);
+            if !std::mem::take(&mut poll_signals) && !fired {
+                return Poll::Pending;
+            }
+            let mut cx = Context::from_waker(&signal_waker);
+            let cx = &mut cx;
             if evicted.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Evicted);
             }
@@ -260,6 +280,9 @@ where
             Poll::Pending
         })
         .await;
+        // Whatever happened, every signal is polled on the next turn (a new
+        // `Notified` must be, to be registered).
+        poll_signals = true;
         match event {
             Event::Ended(ended) => {
                 if let Err(err) = ended {
@@ -302,6 +325,26 @@ where
                 _ => {}
             },
         }
+    }
+}
+
+/// The waker a connection's signals (eviction, shutdown, a stream ready, the
+/// timer) are polled with: it marks that one of them fired, and wakes the
+/// connection's task.
+#[derive(Default)]
+struct Signals {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Signals {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 
