@@ -1,15 +1,19 @@
-//! The connection cap: a slot per open connection, and an index of the idle
-//! ones ordered by the moment they became idle, so that admitting a
-//! connection at the cap closes the one idle longest in O(log n), without
-//! looking at any other. Each connection's own state (idle, receiving a head,
-//! busy) and the deadline that follows from it live here too.
+//! The connection cap: a slot per open connection, and an index of them by
+//! the moment they last became idle, so that admitting a connection at the
+//! cap closes the one idle longest, in O(log n) amortized. A request does not
+//! touch the index (nor its lock, shared by every connection): an entry's key
+//! is no later than the moment its connection last became idle, and eviction
+//! corrects the keys it meets. Each connection's own state (idle, receiving a
+//! head, busy) and the deadline that follows from it live here too.
 //!
 //! A connection's phase changes only while its task runs hyper (bytes read,
 //! a head parsed, a response done): the task sets its timer to the deadline
 //! after each turn of hyper, and a change of phase never wakes it.
+//!
+//! Locks are taken in one order: the table's, then a connection's state.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -18,29 +22,60 @@ use tokio_util::sync::CancellationToken;
 
 use super::handoff::HandOff;
 
-/// Every open connection's slot, and the idle ones by age.
+/// Every open connection's slot, and the connections by when they were idle.
 pub(super) struct Slots {
     limit: usize,
     timeouts: Timeouts,
     table: Mutex<Table>,
 }
 
+/// An entry's key: no later than the moment its connection last became idle,
+/// and its id, which makes the key unique.
+type IdleKey = (Instant, u64);
+
 struct Table {
     /// Connections holding a slot.
     open: usize,
-    /// Idle connections by the order in which they became idle (a counter,
-    /// which orders them as their idle-since instants would, without ties),
-    /// each with the token that closes it.
-    idle: BTreeMap<u64, CancellationToken>,
-    next_key: u64,
+    /// Each connection holding a slot, under a key no later than the moment
+    /// it last became idle (the moment it was when the key was made).
+    by_idle: BTreeMap<IdleKey, Weak<Connection>>,
+    next_id: u64,
 }
 
 impl Table {
-    fn insert_idle(&mut self, evict: CancellationToken) -> u64 {
-        let key = self.next_key;
-        self.next_key += 1;
-        self.idle.insert(key, evict);
-        key
+    /// Closes the connection idle (or receiving a head) longest and takes
+    /// its slot back; false when every connection is busy. An entry whose
+    /// connection became idle again since its key was made goes back under
+    /// that moment: each entry is moved at most once for each time its
+    /// connection became idle.
+    fn evict_idle_longest(&mut self) -> bool {
+        let mut busy = Vec::new();
+        let evicted = loop {
+            let Some(((at, id), entry)) = self.by_idle.pop_first() else {
+                break false;
+            };
+            // Its task gives the slot back before the connection is dropped.
+            let Some(connection) = entry.upgrade() else {
+                continue;
+            };
+            let mut state = connection.lock();
+            if let Phase::Busy = state.phase {
+                busy.push(((at, id), entry));
+            } else if state.idle_since > at {
+                state.indexed_at = Some(state.idle_since);
+                self.by_idle.insert((state.idle_since, id), entry);
+            } else {
+                // No other entry's key, nor the moment its connection became
+                // idle, is earlier than this one's.
+                state.indexed_at = None;
+                drop(state);
+                connection.evict.cancel();
+                self.open -= 1;
+                break true;
+            }
+        };
+        self.by_idle.extend(busy);
+        evicted
     }
 }
 
@@ -62,8 +97,8 @@ impl Slots {
             timeouts,
             table: Mutex::new(Table {
                 open: 0,
-                idle: BTreeMap::new(),
-                next_key: 0,
+                by_idle: BTreeMap::new(),
+                next_id: 0,
             }),
         })
     }
@@ -74,31 +109,30 @@ impl Slots {
         let mut table = self.lock();
         let mut evicted = false;
         if table.open >= self.limit {
-            let Some((_, victim)) = table.idle.pop_first() else {
+            if !table.evict_idle_longest() {
                 return Admission::Refused;
-            };
-            victim.cancel();
-            table.open -= 1;
+            }
             evicted = true;
         }
         table.open += 1;
-        let evict = CancellationToken::new();
-        let key = table.insert_idle(evict.clone());
-        drop(table);
+        let id = table.next_id;
+        table.next_id += 1;
+        let now = Instant::now();
         let connection = Arc::new(Connection {
             slots: self.clone(),
-            evict,
+            id,
+            evict: CancellationToken::new(),
             state: Mutex::new(State {
-                phase: Phase::Idle {
-                    since: Instant::now(),
-                },
+                phase: Phase::Idle { since: now },
                 in_flight: 0,
-                idle_key: Some(key),
-                holds_slot: true,
+                idle_since: now,
+                indexed_at: Some(now),
             }),
             changed: Notify::new(),
             handoff: HandOff::default(),
         });
+        table.by_idle.insert((now, id), Arc::downgrade(&connection));
+        drop(table);
         if evicted {
             Admission::AdmittedByEviction(connection)
         } else {
@@ -121,6 +155,8 @@ impl Slots {
 /// One connection's place in [`Slots`], and what it is doing.
 pub(super) struct Connection {
     slots: Arc<Slots>,
+    /// Its key's second half in the index.
+    id: u64,
     /// Cancelled when the connection is closed to make room for a new one.
     pub(super) evict: CancellationToken,
     state: Mutex<State>,
@@ -134,10 +170,11 @@ struct State {
     phase: Phase,
     /// Requests whose response is not finished (one at a time in HTTP/1.1).
     in_flight: u32,
-    /// Its key in the idle index while idle.
-    idle_key: Option<u64>,
-    /// False once its slot was given up (evicted, or closed).
-    holds_slot: bool,
+    /// When it last became idle (accepted, or its last response finished).
+    idle_since: Instant,
+    /// Its key's instant in the index while it holds a slot; none once its
+    /// slot was given up (evicted, or closed).
+    indexed_at: Option<Instant>,
 }
 
 /// What a connection is doing, for its deadline.
@@ -203,16 +240,7 @@ impl Connection {
     pub(super) fn request_started(&self) {
         let mut state = self.lock();
         state.in_flight += 1;
-        if state.in_flight == 1 {
-            state.phase = Phase::Busy;
-            if let Some(key) = state.idle_key.take() {
-                let mut table = self.slots.lock();
-                if table.idle.remove(&key).is_none() {
-                    // Evicted meanwhile: its slot already went to another.
-                    state.holds_slot = false;
-                }
-            }
-        }
+        state.phase = Phase::Busy;
     }
 
     /// A response ended (or its request was abandoned): idle again when none is left.
@@ -220,27 +248,18 @@ impl Connection {
         let mut state = self.lock();
         state.in_flight = state.in_flight.saturating_sub(1);
         if state.in_flight == 0 {
-            state.phase = Phase::Idle {
-                since: Instant::now(),
-            };
-            if state.holds_slot {
-                state.idle_key = Some(self.slots.lock().insert_idle(self.evict.clone()));
-            }
+            let now = Instant::now();
+            state.phase = Phase::Idle { since: now };
+            state.idle_since = now;
         }
     }
 
     /// The connection closed: gives its slot back, unless an eviction already took it.
     pub(super) fn release(&self) {
-        let mut state = self.lock();
-        if !std::mem::take(&mut state.holds_slot) {
-            return;
-        }
         let mut table = self.slots.lock();
-        let still_counted = match state.idle_key.take() {
-            Some(key) => table.idle.remove(&key).is_some(),
-            None => true,
-        };
-        if still_counted {
+        let mut state = self.lock();
+        if let Some(at) = state.indexed_at.take() {
+            table.by_idle.remove(&(at, self.id));
             table.open -= 1;
         }
     }
