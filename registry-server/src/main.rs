@@ -9,6 +9,13 @@ use tokio::net::TcpListener;
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc rather than glibc's allocator: a fleet command allocates and
+/// frees a few small buffers per stream on both workers at once, which
+/// jemalloc's thread caches serve without the `mprotect` calls glibc makes
+/// growing a thread's arena a page at a time.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // Colours only for a person at a terminal, never in a log file or pipe.
