@@ -29,6 +29,12 @@ impl CommandId {
     pub fn as_u128(self) -> u128 {
         self.0.as_u128()
     }
+
+    /// The id's text, as `Display` writes it, written into `buffer` without
+    /// allocating: a stream writes one per event.
+    pub fn encode(self, buffer: &mut [u8; 36]) -> &str {
+        self.0.hyphenated().encode_lower(buffer)
+    }
 }
 
 impl fmt::Display for CommandId {
@@ -201,6 +207,12 @@ pub struct CommandEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_encoded_id_reads_as_its_display() {
+        let id = CommandId::new();
+        assert_eq!(id.encode(&mut [0; 36]), id.to_string());
+    }
 
     #[test]
     fn command_ids_are_time_ordered_uuids() {

@@ -23,6 +23,7 @@
 //!   and served at `/api/v1/openapi.json`.
 //! - [`limits`]: the open-file limit, raised at start, and the size of request heads.
 //! - [`signing`]: the key commands are signed with, and each event's signed data (SPEC 12).
+//! - `sse`: events, comments and keep-alives as the streams write them.
 
 pub mod auth;
 mod bulk;
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod signing;
+mod sse;
 pub mod state;
 
 use std::future::Future;

@@ -90,27 +90,39 @@ fn generate() -> Result<ServerKey, ServeError> {
 /// already canonical, so serde_json's form of it is canonical (a test in
 /// `registry-core` holds it to the canonical serializer): one
 /// serialization, then the signature.
-///
-/// Written into one buffer, sized for the whole of it, the signature
-/// appended in place: no reallocation while serde_json writes, no copy to
-/// add the signature (each stream makes one such text per command).
 pub fn event_data(
     command: &CommandEvent,
     signer: Option<&AheadSigner>,
 ) -> serde_json::Result<String> {
-    let room = EVENT_MEMBERS_ROOM
+    let mut data = Vec::with_capacity(event_data_room(command, signer));
+    write_event_data(command, signer, &mut data)?;
+    // serde_json and the signature write UTF-8 only.
+    String::from_utf8(data).map_err(serde::ser::Error::custom)
+}
+
+/// Appends [`event_data`] to `buffer`, where the stream's event is being
+/// made: serialized in place, the signature appended in place, no copy.
+/// With [`event_data_room`] bytes to spare, nothing is reallocated.
+pub fn write_event_data(
+    command: &CommandEvent,
+    signer: Option<&AheadSigner>,
+    buffer: &mut Vec<u8>,
+) -> serde_json::Result<()> {
+    let start = buffer.len();
+    serde_json::to_writer(&mut *buffer, command)?;
+    if let Some(signer) = signer {
+        signer.sign_object_in(buffer, start);
+    }
+    Ok(())
+}
+
+/// Room enough for a command event's data, signature included.
+pub fn event_data_room(command: &CommandEvent, signer: Option<&AheadSigner>) -> usize {
+    EVENT_MEMBERS_ROOM
         + command.agent_id.as_str().len()
         + command.kind.len()
         + command.payload.len()
-        + signer.map_or(0, |_| registry_signing::SIGNATURE_ROOM);
-    let mut canonical = Vec::with_capacity(room);
-    serde_json::to_writer(&mut canonical, command)?;
-    // serde_json writes UTF-8 only.
-    let canonical = String::from_utf8(canonical).map_err(serde::ser::Error::custom)?;
-    Ok(match signer {
-        Some(signer) => signer.sign_object(canonical),
-        None => canonical,
-    })
+        + signer.map_or(0, |_| registry_signing::SIGNATURE_ROOM)
 }
 
 /// What a command event's data holds beside its agent id, type and payload:

@@ -50,7 +50,7 @@ impl Drop for Nonce {
 
 /// The server's key with a stock of nonces made ahead; shared by every
 /// stream. [`restock`](Self::restock) fills the stock (off the streams'
-/// path, see the module's comment); [`sign_object`](Self::sign_object) takes
+/// path, see the module's comment); [`sign_object_in`](Self::sign_object_in) takes
 /// one nonce out per signature.
 pub struct AheadSigner {
     key: ServerKey,
@@ -154,14 +154,15 @@ impl AheadSigner {
         signature
     }
 
-    /// The signed form of a data object, as [`ServerKey::sign_object`] makes
-    /// it, signed by [`sign`](Self::sign): the signature is appended to
-    /// `canonical_object` in place (no copy; [`SIGNATURE_ROOM`](crate::SIGNATURE_ROOM) bytes of
-    /// spare capacity spare a reallocation).
-    pub fn sign_object(&self, mut canonical_object: String) -> String {
-        let signature = self.sign(canonical_object.as_bytes());
-        signed::append_signature(&mut canonical_object, &signature);
-        canonical_object
+    /// Makes the canonical object that `buffer` holds from `start` on its
+    /// signed form, as [`ServerKey::sign_object`] makes it, signed by
+    /// [`sign`](Self::sign): the signature is appended in place (no copy;
+    /// [`SIGNATURE_ROOM`](crate::SIGNATURE_ROOM) bytes of spare capacity
+    /// spare a reallocation). What comes before `start` (an event's other
+    /// fields, say) is left as it is and not signed.
+    pub fn sign_object_in(&self, buffer: &mut Vec<u8>, start: usize) {
+        let signature = self.sign(&buffer[start..]);
+        signed::append_signature(buffer, start, &signature);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Nonce>> {
@@ -225,8 +226,15 @@ mod tests {
     fn a_signed_object_verifies_like_one_signed_deterministically() {
         let signer = signer();
         signer.restock(1);
-        let signed = signer.sign_object(r#"{"a":"x","n":1}"#.to_owned());
+        let mut buffer = b"data: {\"a\":\"x\",\"n\":1}".to_vec();
+        signer.sign_object_in(&mut buffer, "data: ".len());
         assert_eq!(signer.in_stock(), 0);
-        signer.key().public_key().verify_data(&signed).unwrap();
+        let signed = std::str::from_utf8(&buffer).unwrap();
+        let data = signed.strip_prefix("data: ").unwrap();
+        signer.key().public_key().verify_data(data).unwrap();
+        assert!(
+            data.starts_with(r#"{"a":"x","n":1,"signature":""#),
+            "{data}"
+        );
     }
 }

@@ -57,26 +57,29 @@ pub const SIGNATURE_ROOM: usize = SIGNATURE_BASE64_LENGTH + SIGNATURE_MEMBER.len
 
 /// `canonical_object` with `"signature"` appended as its last member, holding `signature`.
 pub(crate) fn with_signature(canonical_object: &str, signature: &[u8; 64]) -> String {
-    let mut signed = String::with_capacity(canonical_object.len() + SIGNATURE_ROOM);
-    signed.push_str(canonical_object);
-    append_signature(&mut signed, signature);
-    signed
+    let mut signed = Vec::with_capacity(canonical_object.len() + SIGNATURE_ROOM);
+    signed.extend_from_slice(canonical_object.as_bytes());
+    append_signature(&mut signed, 0, signature);
+    String::from_utf8(signed).expect("UTF-8 with ASCII appended is UTF-8")
 }
 
-/// Appends `"signature"` to the canonical object in `object`, in place: its
-/// closing `}` gives way to the member.
-pub(crate) fn append_signature(object: &mut String, signature: &[u8; 64]) {
-    debug_assert!(object.starts_with('{') && object.ends_with('}'));
-    object.pop();
-    object.reserve(SIGNATURE_ROOM);
-    if object.len() > 1 {
-        object.push(',');
+/// Appends `"signature"` to the canonical object that `buffer` holds from
+/// `start` on, in place: its closing `}` gives way to the member.
+pub(crate) fn append_signature(buffer: &mut Vec<u8>, start: usize, signature: &[u8; 64]) {
+    debug_assert!(buffer[start..].starts_with(b"{") && buffer.ends_with(b"}"));
+    buffer.pop();
+    buffer.reserve(SIGNATURE_ROOM);
+    if buffer.len() - start > 1 {
+        buffer.push(b',');
     }
-    object.push('"');
-    object.push_str(SIGNATURE_MEMBER);
-    object.push_str("\":\"");
-    STANDARD.encode_string(signature, object);
-    object.push_str("\"}");
+    buffer.push(b'"');
+    buffer.extend_from_slice(SIGNATURE_MEMBER.as_bytes());
+    buffer.extend_from_slice(b"\":\"");
+    let encoded = buffer.len();
+    buffer.resize(encoded + SIGNATURE_BASE64_LENGTH, 0);
+    let written = STANDARD.encode_slice(signature, &mut buffer[encoded..]);
+    debug_assert_eq!(written, Ok(SIGNATURE_BASE64_LENGTH));
+    buffer.extend_from_slice(b"\"}");
 }
 
 impl PublicKey {

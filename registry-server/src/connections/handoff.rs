@@ -18,9 +18,11 @@
 //! [`write_stream`]. The head says `Connection: close`: the connection ends
 //! with its stream.
 
+use std::future::poll_fn;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
 
 use axum::body::{Body, Bytes};
 use bytes::BytesMut;
@@ -97,39 +99,62 @@ pub(super) async fn write_stream(mut tcp: TcpStream, stream: PendingStream) {
         chunked,
         _in_flight: _request,
     } = stream;
+    if write_frames(&tcp, &mut body, chunked).await {
+        let _ = tcp.shutdown().await;
+    }
+}
+
+/// Writes `body`'s frames to `tcp`; returns whether the body ended (its
+/// last chunk written), rather than the client leaving or a write failing.
+async fn write_frames(tcp: &TcpStream, body: &mut Body, chunked: bool) -> bool {
     loop {
         let frame = tokio::select! {
             // The client leaving first: a stream whose reader left is not written to.
             biased;
-            left = client_left(&tcp) => {
+            left = poll_fn(|cx| client_left(tcp, cx)) => {
                 debug!(?left, "stream closed by the client");
-                return;
+                return false;
             }
-            frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)) => frame,
+            frame = poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)) => frame,
         };
         let written = match frame {
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => tcp.write_all(&encode(data, chunked)).await,
+                Ok(data) => write_all(tcp, &encode(data, chunked)).await,
                 // Trailers: an SSE stream has none.
                 Err(_) => Ok(()),
             },
             Some(Err(err)) => {
                 debug!(%err, "stream body failed; closing its connection");
-                return;
+                return false;
             }
             None => {
                 if chunked {
-                    let _ = tcp.write_all(b"0\r\n\r\n").await;
+                    let _ = write_all(tcp, b"0\r\n\r\n").await;
                 }
-                let _ = tcp.shutdown().await;
-                return;
+                return true;
             }
         };
         if let Err(err) = written {
             debug!(%err, "stream could not be written; closing its connection");
-            return;
+            return false;
         }
     }
+}
+
+/// Writes all of `bytes` to `tcp`, waiting for room when its buffer is full
+/// (polled, for the reason `client_left` is).
+async fn write_all(tcp: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match tcp.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => bytes = &bytes[written..],
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                poll_fn(|cx| tcp.poll_write_ready(cx)).await?;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 /// One frame as it goes on the wire: `len CRLF data CRLF` when chunked,
@@ -169,15 +194,19 @@ fn put_chunk_size_line(chunk: &mut BytesMut, len: usize) {
 /// Resolves when the client has closed its side (or the socket failed). A
 /// client sends nothing while its stream is open; anything it does send is
 /// read and dropped, as the connection ends with the stream.
-async fn client_left(tcp: &TcpStream) -> io::Result<()> {
+///
+/// Polled, not awaited through `readable()`: the task's waker sits in the
+/// socket's one slot for readers rather than in a waiter of its own kept in
+/// every stream's state.
+fn client_left(tcp: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
     let mut discard = [0_u8; 64];
     loop {
-        tcp.readable().await?;
+        ready!(tcp.poll_read_ready(cx))?;
         match tcp.try_read(&mut discard) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Poll::Ready(Ok(())),
             Ok(_) => {}
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-            Err(err) => return Err(err),
+            Err(err) => return Poll::Ready(Err(err)),
         }
     }
 }

@@ -4,15 +4,14 @@
 //! or shutdown. The stream's drop is what tells the registry the agent went
 //! away. `HEAD` answers without opening one.
 
-use std::convert::Infallible;
 use std::future::ready;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
-use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use futures_util::{StreamExt, stream};
 use registry_core::{CommandEvent, DetachReason, Registry, Subscription};
@@ -24,6 +23,7 @@ use crate::error::ApiError;
 use crate::extract::ApiPath;
 use crate::openapi::{Problem, ServiceUnavailable};
 use crate::signing;
+use crate::sse::{self, EventFrame};
 use crate::state::AppState;
 
 /// The header an EventSource client sends on reconnect: the id of the last event it saw.
@@ -92,20 +92,14 @@ pub(super) async fn stream(
     };
     let config = &app.config().sse;
     // The first lines tell the client when to come back, and that the stream is open.
-    let opened = Event::default()
-        .retry(with_jitter(config.retry))
-        .comment("open");
+    let opened = sse::retry_then_comment(with_jitter(config.retry), "open");
     let events = AgentEvents {
         subscription,
         app: app.clone(),
-        replaced: Some(
-            Event::default()
-                .comment("replaced")
-                .retry(config.replaced_retry),
-        ),
+        replaced: Some(sse::comment_then_retry("replaced", config.replaced_retry)),
     };
     Ok(super::event_stream(
-        stream::once(ready(Ok(opened))).chain(events),
+        stream::once(ready(opened)).chain(events),
         config.keepalive,
     ))
 }
@@ -169,11 +163,11 @@ struct AgentEvents {
     subscription: Subscription,
     /// Where the signing key is: shared, not copied into every stream.
     app: AppState,
-    replaced: Option<Event>,
+    replaced: Option<Bytes>,
 }
 
 impl futures_util::Stream for AgentEvents {
-    type Item = Result<Event, Infallible>;
+    type Item = Bytes;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
@@ -182,33 +176,39 @@ impl futures_util::Stream for AgentEvents {
                     if let Some(event) =
                         to_event(&command, self.app.signer().map(|signer| &**signer))
                     {
-                        return Poll::Ready(Some(Ok(event)));
+                        return Poll::Ready(Some(event));
                     }
                 }
                 None => {
                     let replaced =
                         self.subscription.detach_reason() == Some(DetachReason::Replaced);
                     let last = self.replaced.take().filter(|_| replaced);
-                    return Poll::Ready(last.map(Ok));
+                    return Poll::Ready(last);
                 }
             }
         }
     }
 }
 
-/// The SSE event of one command, signed by `signer`. Signing happens here, in
-/// the stream's own task, not under the registry's lock: a fleet command's
-/// signatures are spread over the runtime's workers. Every field is free of
-/// CR, LF and NUL: the id is a UUID, the type a configured token, the data
-/// compact JSON (which escapes control characters) and base64.
-fn to_event(command: &CommandEvent, signer: Option<&AheadSigner>) -> Option<Event> {
-    match signing::event_data(command, signer) {
-        Ok(data) => Some(
-            Event::default()
-                .id(command.command_id.to_string())
-                .event(&*command.kind)
-                .data(data),
-        ),
+/// The SSE event of one command, signed by `signer`, made in one buffer:
+/// `id:`, `event:`, then the data serialized and signed in place. Signing
+/// happens here, in the stream's own task, not under the registry's lock: a
+/// fleet command's signatures are spread over the runtime's workers. Every
+/// field is free of CR, LF and NUL: the id is a UUID, the type a configured
+/// token, the data compact JSON (which escapes control characters) and base64.
+fn to_event(command: &CommandEvent, signer: Option<&AheadSigner>) -> Option<Bytes> {
+    let mut id = [0; 36];
+    let id = command.command_id.encode(&mut id);
+    let mut event = EventFrame::new(
+        &command.kind,
+        Some(id),
+        signing::event_data_room(command, signer),
+    );
+    let made = signing::write_event_data(command, signer, event.data())
+        .map_err(|err| err.to_string())
+        .and_then(|()| event.finish().map_err(|err| err.to_string()));
+    match made {
+        Ok(event) => Some(event),
         Err(err) => {
             error!(command_id = %command.command_id, %err, "command could not be serialized");
             None

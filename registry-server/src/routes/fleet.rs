@@ -3,18 +3,18 @@
 //! follows. A reader that falls `sse.fleet_queue` events behind loses its
 //! stream; shutdown ends it.
 
-use std::convert::Infallible;
 use std::future::ready;
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::Response;
-use axum::response::sse::Event;
 use futures_util::{StreamExt, stream};
 use registry_core::FleetEvent;
 use tracing::{error, instrument};
 
 use crate::error::ApiError;
 use crate::openapi::ServiceUnavailable;
+use crate::sse::{self, EventFrame};
 use crate::state::AppState;
 
 /// `GET /api/v1/events`.
@@ -50,12 +50,12 @@ use crate::state::AppState;
 pub(super) async fn stream(State(app): State<AppState>) -> Result<Response, ApiError> {
     let subscription = app.registry().fleet_events()?;
     // A first comment lets the reader know at once that it follows the fleet.
-    let opened = stream::once(ready(Ok::<_, Infallible>(Event::default().comment("open"))));
+    let opened = stream::once(ready(sse::comment("open")));
     let events = stream::unfold(subscription, |mut subscription| async move {
         let event = subscription.next().await?;
         Some((event, subscription))
     })
-    .filter_map(|event| ready(to_event(&event).map(Ok)));
+    .filter_map(|event| ready(to_event(&event)));
     Ok(super::event_stream(
         opened.chain(events),
         app.config().sse.keepalive,
@@ -64,17 +64,29 @@ pub(super) async fn stream(State(app): State<AppState>) -> Result<Response, ApiE
 
 /// The SSE event of one fleet event: its kind as the event name, its data as
 /// compact JSON (which escapes control characters), no id (nothing is replayed).
-fn to_event(event: &FleetEvent) -> Option<Event> {
-    let (name, data) = match event {
-        FleetEvent::Agent(agent) => ("agent", serde_json::to_string(agent)),
-        FleetEvent::Brake(brake) => ("brake", serde_json::to_string(brake)),
-        FleetEvent::Rollout(rollout) => ("rollout", serde_json::to_string(rollout)),
+fn to_event(event: &FleetEvent) -> Option<Bytes> {
+    let name = match event {
+        FleetEvent::Agent(_) => "agent",
+        FleetEvent::Brake(_) => "brake",
+        FleetEvent::Rollout(_) => "rollout",
     };
-    match data {
-        Ok(data) => Some(Event::default().event(name).data(data)),
+    let mut frame = EventFrame::new(name, None, DATA_ROOM);
+    let written = match event {
+        FleetEvent::Agent(agent) => serde_json::to_writer(frame.data(), agent),
+        FleetEvent::Brake(brake) => serde_json::to_writer(frame.data(), brake),
+        FleetEvent::Rollout(rollout) => serde_json::to_writer(frame.data(), rollout),
+    };
+    let made = written
+        .map_err(|err| err.to_string())
+        .and_then(|()| frame.finish().map_err(|err| err.to_string()));
+    match made {
+        Ok(event) => Some(event),
         Err(err) => {
             error!(%err, "a fleet event could not be serialized");
             None
         }
     }
 }
+
+/// Room for a fleet event's data, most of which are an agent's view.
+const DATA_ROOM: usize = 512;

@@ -13,17 +13,13 @@ mod page;
 mod probes;
 mod rollouts;
 
-use std::convert::Infallible;
-
 use axum::Extension;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::Request;
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::http::{Method, Uri};
 use axum::middleware;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::Stream;
 use hyper::body::Incoming;
 use registry_core::{AgentId, CommandId, GroupName};
 use serde::Deserialize;
@@ -38,6 +34,7 @@ use crate::error::ApiError;
 use crate::front::{Front, FrontLayer};
 use crate::metrics::ApiRoutes;
 use crate::openapi::{self, ApiDoc, Document};
+use crate::sse::WithKeepAlive;
 use crate::state::AppState;
 
 /// The path of an agent's routes.
@@ -150,18 +147,25 @@ async fn method_not_allowed(method: Method) -> ApiError {
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// The answer of every event-stream route (an agent's, the fleet's):
-/// `events` with a keepalive comment every `keepalive`, unbuffered by proxies,
+/// `events` (each already in the wire's form, `crate::sse`) with a keepalive
+/// comment whenever nothing was sent for `keepalive`, unbuffered by proxies,
 /// and, since it lasts hours, written past hyper once its head is
 /// (`connections::handoff`).
 fn event_stream(
-    events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
+    events: impl futures_util::Stream<Item = Bytes> + Send + 'static,
     keepalive: std::time::Duration,
 ) -> Response {
-    let keep_alive = KeepAlive::new().interval(keepalive).text("keepalive");
     (
         Extension(WrittenPastHyper),
-        [(X_ACCEL_BUFFERING, HeaderValue::from_static("no"))],
-        Sse::new(events).keep_alive(keep_alive),
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (X_ACCEL_BUFFERING, HeaderValue::from_static("no")),
+        ],
+        Body::from_stream(WithKeepAlive::new(events, keepalive)),
     )
         .into_response()
 }
