@@ -24,23 +24,21 @@ use crate::config::ServerConfig;
 use crate::cross_site::{CrossSite, Decision, Finish};
 use crate::host::{self, LastValidHost};
 use crate::limits;
-use crate::metrics::{ApiRoutes, Metrics, Timing};
+use crate::metrics::{ApiRoutes, Timing};
 
 /// What the checks and the timing need to know.
 pub struct Front {
     max_body_bytes: usize,
     cross_site: CrossSite,
-    metrics: Arc<Metrics>,
     timed: ApiRoutes,
 }
 
 impl Front {
     /// The checks `server` asks for, and the timing of the `timed` routes.
-    pub fn new(server: &ServerConfig, metrics: Arc<Metrics>, timed: ApiRoutes) -> Arc<Self> {
+    pub fn new(server: &ServerConfig, timed: ApiRoutes) -> Arc<Self> {
         Arc::new(Self {
             max_body_bytes: server.max_body_bytes,
             cross_site: CrossSite::new(server),
-            metrics,
             timed,
         })
     }
@@ -112,7 +110,7 @@ where
             .front
             .timed
             .matching(request.uri().path())
-            .map(|route| self.front.metrics.time(request.method(), route));
+            .map(|route| route.time(request.method()));
         Either::Right(Routed {
             answer: self.inner.call(request),
             finish: Some((finish, timing)),

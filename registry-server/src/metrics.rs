@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use axum::http::Method;
@@ -87,10 +87,9 @@ impl ConnectionMetrics {
     }
 }
 
-/// The labels of one request's latency. Built on every request, so it holds
-/// cheap clones (a `Method`, the route's shared template) rather than newly
-/// allocated strings, and hashes the template by its address: each route's
-/// template is one `Arc` (see [`ApiRoutes`]).
+/// The labels of one request's latency. Built once per route, method and
+/// status (see [`TimedRoute`]); hashes the template by its address: each
+/// route's template is one `Arc`.
 #[derive(Clone, Debug)]
 struct RequestLabels {
     method: Method,
@@ -167,39 +166,69 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
     }
-
-    /// Starts timing a request to `route` (one of [`ApiRoutes`]).
-    pub fn time(self: &Arc<Self>, method: &Method, route: &Arc<str>) -> Timing {
-        Timing {
-            metrics: self.clone(),
-            started: Instant::now(),
-            method: method.clone(),
-            route: route.clone(),
-        }
-    }
 }
 
 /// A request being timed, from its arrival to its response head.
 pub struct Timing {
-    metrics: Arc<Metrics>,
+    route: Arc<TimedRoute>,
     started: Instant,
     method: Method,
-    route: Arc<str>,
 }
 
 impl Timing {
     /// Records the request's latency, answered with `status`.
     pub fn answered(self, status: u16) {
         let seconds = self.started.elapsed().as_secs_f64();
+        self.route.series(self.method, status).observe(seconds);
+    }
+}
+
+/// One timed route: its template and the histograms of its requests by method
+/// and status, which are the family's own series (a `Histogram` clone shares
+/// its counts), so `/metrics` lists them as before. A route sees a handful of
+/// (method, status) pairs: a request finds its histogram by a short scan of
+/// them under a read lock, without hashing its labels into the family's map.
+pub struct TimedRoute {
+    template: Arc<str>,
+    family: Family<RequestLabels, Histogram>,
+    series: RwLock<Vec<(Method, u16, Histogram)>>,
+}
+
+impl TimedRoute {
+    /// The histogram of this route's requests by `method`, answered `status`;
+    /// taken from the family, and kept, the first time.
+    fn series(&self, method: Method, status: u16) -> Histogram {
+        let known = |series: &[(Method, u16, Histogram)]| {
+            series
+                .iter()
+                .find(|(m, s, _)| *s == status && *m == method)
+                .map(|(_, _, histogram)| histogram.clone())
+        };
+        if let Some(histogram) = known(&self.series.read().unwrap_or_else(PoisonError::into_inner))
+        {
+            return histogram;
+        }
+        let mut series = self.series.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(histogram) = known(&series) {
+            return histogram;
+        }
         let labels = RequestLabels {
-            method: self.method,
-            route: self.route,
+            method: method.clone(),
+            route: self.template.clone(),
             status,
         };
-        self.metrics
-            .requests
-            .get_or_create(&labels)
-            .observe(seconds);
+        let histogram = self.family.get_or_create(&labels).clone();
+        series.push((method, status, histogram.clone()));
+        histogram
+    }
+
+    /// Starts timing a request to this route.
+    pub fn time(self: &Arc<Self>, method: &Method) -> Timing {
+        Timing {
+            route: self.clone(),
+            started: Instant::now(),
+            method: method.clone(),
+        }
     }
 }
 
@@ -207,21 +236,26 @@ impl Timing {
 /// request's path to label its latency. Built from the very routes the router
 /// serves (their OpenAPI paths, which `utoipa_axum` registers with axum too),
 /// and matched by the same matcher axum uses.
-pub struct ApiRoutes(matchit::Router<Arc<str>>);
+pub struct ApiRoutes(matchit::Router<Arc<TimedRoute>>);
 
 impl ApiRoutes {
-    /// The routes of `templates`.
-    pub fn new<'a>(templates: impl IntoIterator<Item = &'a String>) -> Self {
+    /// The routes of `templates`, timed into `metrics`.
+    pub fn new<'a>(metrics: &Metrics, templates: impl IntoIterator<Item = &'a String>) -> Self {
         let mut routes = matchit::Router::new();
         for template in templates {
+            let route = TimedRoute {
+                template: Arc::from(template.as_str()),
+                family: metrics.requests.clone(),
+                series: RwLock::default(),
+            };
             // The router refused any template matchit can't take, at start.
-            let _ = routes.insert(template.as_str(), Arc::from(template.as_str()));
+            let _ = routes.insert(template.as_str(), Arc::new(route));
         }
         Self(routes)
     }
 
-    /// The template of the route `path` matches, if any.
-    pub fn matching(&self, path: &str) -> Option<&Arc<str>> {
+    /// The route `path` matches, if any.
+    pub fn matching(&self, path: &str) -> Option<&Arc<TimedRoute>> {
         self.0.at(path).ok().map(|matched| matched.value)
     }
 }

@@ -107,8 +107,8 @@ pub(crate) fn router(state: AppState) -> impl App {
         .merge(agent)
         .merge(operator);
     // The API's routes are timed, in front of the router.
-    let timed = ApiRoutes::new(api.get_openapi().paths.paths.keys());
-    let front = Front::new(&state.config().server, state.metrics().clone(), timed);
+    let timed = ApiRoutes::new(state.metrics(), api.get_openapi().paths.paths.keys());
+    let front = Front::new(&state.config().server, timed);
     // The document route serves what the split below collects, itself included.
     let document = Document::default();
     let document_route: UtoipaMethodRouter<Document> = routes!(openapi::serve);
