@@ -89,6 +89,24 @@ impl Deadlines {
         }
         *slot = Some(self.insert(when, due));
     }
+
+    /// Moves a LIVE agent's STALE deadline to `stale_at` after a heartbeat.
+    /// Lazily, when it is LIVE and its deadline is no later than `stale_at`:
+    /// the deadline stays where it is and, when it comes due, `agent_due`
+    /// sees the later heartbeat and schedules it again from there. So a
+    /// heartbeat costs no change to the schedule, and an agent's deadline
+    /// moves at most once per `stale_after`; the transition still happens,
+    /// and is stamped, exactly `stale_after` after the last heartbeat.
+    /// Otherwise (the agent was STALE or DEAD, or the time went back) the
+    /// deadline is replaced now.
+    fn heartbeat(&mut self, agent: &mut AgentEntry, was: AgentStatus, stale_at: Instant) {
+        let later =
+            was == AgentStatus::Live && agent.deadline.is_some_and(|key| key.when <= stale_at);
+        if !later {
+            let due = Due::Agent(agent.id.clone());
+            self.replace(&mut agent.deadline, stale_at, due);
+        }
+    }
 }
 
 /// Counts and logs every change of status (a rollout's counts among them),
@@ -576,6 +594,13 @@ impl State {
         agent.deadline = None;
         match agent.status {
             AgentStatus::Live => {
+                // A heartbeat since this deadline was scheduled left it here
+                // (see `Deadlines::heartbeat`): the agent is due later.
+                let stale_at = agent.last_heartbeat_at + self.settings.stale_after;
+                if stale_at > when {
+                    agent.deadline = Some(self.deadlines.insert(stale_at, Due::Agent(id)));
+                    return;
+                }
                 self.journal.agent_status(agent, AgentStatus::Stale, when);
                 let dead_at = when + self.settings.dead_after;
                 agent.deadline = Some(self.deadlines.insert(dead_at, Due::Agent(id)));
@@ -716,10 +741,10 @@ impl State {
         self.journal.stats.heartbeats += 1;
         agent.last_heartbeat_at = now;
         self.journal.dirty.heartbeat(&agent.id);
+        let was = agent.status;
         self.journal.agent_status(agent, AgentStatus::Live, now);
         let stale_at = now + self.settings.stale_after;
-        let due = Due::Agent(agent.id.clone());
-        self.deadlines.replace(&mut agent.deadline, stale_at, due);
+        self.deadlines.heartbeat(agent, was, stale_at);
         self.reconsider_brake(now);
         Ok(())
     }

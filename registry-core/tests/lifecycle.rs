@@ -386,6 +386,73 @@ async fn heartbeat_one_ms_before_the_stale_deadline_keeps_it_live_and_moves_the_
 }
 
 #[tokio::test(start_paused = true)]
+async fn many_heartbeats_then_silence_turn_stale_exactly_stale_after_the_last_one() {
+    let (_guard, registry) = start();
+    let mut changes = registry.status_changes();
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
+
+    // A heartbeat every 10 s for 5 minutes, then silence; nothing else reads
+    // the registry, so only the scheduler applies the deadlines.
+    let mut last = 0;
+    while last < 300_000 {
+        advance_ms(10_000).await;
+        last += 10_000;
+        registry.heartbeat("order-7f3a").unwrap();
+        yield_a_few_times().await;
+    }
+    assert_eq!(registry.stats().scheduled_deadlines, 1);
+    advance_ms(STALE_MS - 1).await;
+    yield_a_few_times().await;
+    assert_eq!(changes.try_recv(), Err(TryRecvError::Empty));
+    advance_ms(1).await;
+    yield_a_few_times().await;
+    assert_eq!(
+        changes.try_recv(),
+        Ok(change(
+            "order-7f3a",
+            AgentStatus::Live,
+            AgentStatus::Stale,
+            last + STALE_MS
+        ))
+    );
+    advance_ms(DEAD_MS).await;
+    yield_a_few_times().await;
+    assert_eq!(
+        changes.try_recv(),
+        Ok(change(
+            "order-7f3a",
+            AgentStatus::Stale,
+            AgentStatus::Dead,
+            last + STALE_MS + DEAD_MS
+        ))
+    );
+    assert_eq!(registry.stats().scheduled_deadlines, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn re_registration_after_heartbeats_moves_the_stale_deadline_to_stale_after_it() {
+    let (_guard, registry) = start();
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
+    advance_ms(30_000).await;
+    registry.heartbeat("order-7f3a").unwrap();
+    advance_ms(30_000).await;
+    registry
+        .register(registration("order-7f3a", "order-prod"))
+        .unwrap();
+
+    advance_ms(STALE_MS - 1).await;
+    assert_eq!(status_of(&registry, "order-7f3a"), AgentStatus::Live);
+    advance_ms(1).await;
+    let view = registry.agent("order-7f3a").unwrap();
+    assert_eq!(view.status, AgentStatus::Stale);
+    assert_eq!(view.status_changed_at.unix_millis(), at(60_000 + STALE_MS));
+}
+
+#[tokio::test(start_paused = true)]
 async fn heartbeat_revives_a_stale_agent_at_the_moment_of_the_heartbeat() {
     let (_guard, registry) = start();
     registry

@@ -427,9 +427,8 @@ impl State {
         }
         agent.last_heartbeat_at = at;
         if agent.status == AgentStatus::Live {
-            let due = Due::Agent(agent.id.clone());
             self.deadlines
-                .replace(&mut agent.deadline, at + stale_after, due);
+                .heartbeat(agent, AgentStatus::Live, at + stale_after);
         }
     }
 
