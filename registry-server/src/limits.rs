@@ -3,8 +3,8 @@
 //! `max_connections` and `max_streams` are sized from it), the size of a
 //! request's head, and a body declared larger than `server.max_body_bytes`.
 
+use axum::body::HttpBody as _;
 use axum::extract::Request;
-use axum::http::header;
 use tracing::{info, warn};
 
 use crate::error::ApiError;
@@ -40,12 +40,11 @@ pub fn check_head_size(request: &Request) -> Result<(), ApiError> {
 /// `max_body_bytes`, before any of its body is read: with `Expect:
 /// 100-continue` the client is never told to send it.
 pub fn refuse_declared_oversize(request: &Request, max_body_bytes: usize) -> Result<(), ApiError> {
-    // hyper has already refused a malformed or repeated Content-Length.
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
+    // hyper parsed the Content-Length (refusing a malformed or repeated
+    // one) and gives it as the body's exact size: no second parse here. A
+    // body of unknown length (chunked) has no upper bound and passes, as
+    // one without a Content-Length did.
+    let declared = request.body().size_hint().upper();
     if declared.is_some_and(|length| length > max_body_bytes as u64) {
         return Err(ApiError::PayloadTooLarge {
             limit: max_body_bytes,
