@@ -13,6 +13,12 @@ use serde_json::{Value, json};
 /// Long enough for a short server-clock deadline to pass, well under a test's budget.
 const WITHIN: Duration = Duration::from_secs(2);
 
+/// `lifecycle.stale_after` in the tests that keep some agents LIVE while
+/// another goes STALE: the kept agents' heartbeats must come less than this
+/// apart, on a loaded CI machine too (400 ms once was not: a kept agent went
+/// STALE between two rounds of heartbeats).
+const KEEP_LIVE_STALE_AFTER: Duration = Duration::from_millis(1_500);
+
 /// Every field of a command view (SPEC 4).
 const VIEW_FIELDS: [&str; 11] = [
     "commandId",
@@ -163,12 +169,16 @@ async fn problem_detail(response: Response, status: StatusCode) -> String {
 
 /// Heartbeats `keep` until `target` is STALE.
 async fn make_stale_while_heartbeating(server: &TestServer, target: &str, keep: &[&str]) {
-    eventually(WITHIN, "the one agent goes STALE", || async move {
-        for id in keep {
-            assert_eq!(server.heartbeat(id).await, StatusCode::NO_CONTENT);
-        }
-        server.status_of(target).await == "STALE"
-    })
+    eventually(
+        KEEP_LIVE_STALE_AFTER + WITHIN,
+        "the one agent goes STALE",
+        || async move {
+            for id in keep {
+                assert_eq!(server.heartbeat(id).await, StatusCode::NO_CONTENT);
+            }
+            server.status_of(target).await == "STALE"
+        },
+    )
     .await;
     for id in keep {
         assert_eq!(server.status_of(id).await, "LIVE", "{id} kept LIVE");
@@ -367,8 +377,7 @@ async fn stale_and_dead_agents_can_be_targeted() {
 
 #[tokio::test]
 async fn a_group_command_targets_only_the_live_members_of_that_group() {
-    let server =
-        TestServer::start_with(|c| c.lifecycle.stale_after = Duration::from_millis(400)).await;
+    let server = TestServer::start_with(|c| c.lifecycle.stale_after = KEEP_LIVE_STALE_AFTER).await;
     for id in ["grp-a", "grp-b", "grp-c"] {
         register(&server, id, "orders").await;
     }
@@ -476,8 +485,7 @@ async fn an_agent_that_re_registers_in_another_group_leaves_its_old_group() {
 
 #[tokio::test]
 async fn a_fleet_command_gives_each_live_agent_its_own_command_on_its_stream() {
-    let server =
-        TestServer::start_with(|c| c.lifecycle.stale_after = Duration::from_millis(400)).await;
+    let server = TestServer::start_with(|c| c.lifecycle.stale_after = KEEP_LIVE_STALE_AFTER).await;
     register(&server, "fleet-a", "g1").await;
     register(&server, "fleet-b", "g2").await;
     register(&server, "fleet-c", "g1").await;
