@@ -110,6 +110,22 @@ fn change(agent_id: &str, from: AgentStatus, to: AgentStatus, at_ms: u64) -> Sta
     }
 }
 
+/// Lets `wait_ms` pass on the paused clock with only the scheduler at work:
+/// nothing changes until its last millisecond, and then exactly `agent_id`
+/// going `from` -> `to`, stamped `at_ms`.
+async fn expect_only_at_the_end(
+    changes: &mut StatusChanges,
+    wait_ms: u64,
+    (agent_id, from, to, at_ms): (&str, AgentStatus, AgentStatus, u64),
+) {
+    advance_ms(wait_ms - 1).await;
+    yield_a_few_times().await;
+    assert_eq!(changes.try_recv(), Err(TryRecvError::Empty));
+    advance_ms(1).await;
+    yield_a_few_times().await;
+    assert_eq!(changes.try_recv(), Ok(change(agent_id, from, to, at_ms)));
+}
+
 /// The `Timestamp` of `ms` after the test clock's start, built through a clock
 /// so the test does not depend on how `Timestamp` is constructed.
 fn test_clock_timestamp(ms: u64) -> registry_core::Timestamp {
@@ -403,31 +419,21 @@ async fn many_heartbeats_then_silence_turn_stale_exactly_stale_after_the_last_on
         yield_a_few_times().await;
     }
     assert_eq!(registry.stats().scheduled_deadlines, 1);
-    advance_ms(STALE_MS - 1).await;
-    yield_a_few_times().await;
-    assert_eq!(changes.try_recv(), Err(TryRecvError::Empty));
-    advance_ms(1).await;
-    yield_a_few_times().await;
-    assert_eq!(
-        changes.try_recv(),
-        Ok(change(
-            "order-7f3a",
-            AgentStatus::Live,
-            AgentStatus::Stale,
-            last + STALE_MS
-        ))
+    let stale_at = last + STALE_MS;
+    let stale = (
+        "order-7f3a",
+        AgentStatus::Live,
+        AgentStatus::Stale,
+        stale_at,
     );
-    advance_ms(DEAD_MS).await;
-    yield_a_few_times().await;
-    assert_eq!(
-        changes.try_recv(),
-        Ok(change(
-            "order-7f3a",
-            AgentStatus::Stale,
-            AgentStatus::Dead,
-            last + STALE_MS + DEAD_MS
-        ))
+    expect_only_at_the_end(&mut changes, STALE_MS, stale).await;
+    let dead = (
+        "order-7f3a",
+        AgentStatus::Stale,
+        AgentStatus::Dead,
+        stale_at + DEAD_MS,
     );
+    expect_only_at_the_end(&mut changes, DEAD_MS, dead).await;
     assert_eq!(registry.stats().scheduled_deadlines, 0);
 }
 
@@ -821,36 +827,20 @@ async fn the_scheduler_applies_transitions_on_its_own_at_the_deadline() {
         .unwrap();
 
     // Only the scheduler task can apply deadlines here: nothing reads the registry.
-    advance_ms(STALE_MS - 1).await;
-    yield_a_few_times().await;
-    assert_eq!(changes.try_recv(), Err(TryRecvError::Empty));
-
-    advance_ms(1).await;
-    yield_a_few_times().await;
-    assert_eq!(
-        changes.try_recv(),
-        Ok(change(
-            "order-7f3a",
-            AgentStatus::Live,
-            AgentStatus::Stale,
-            STALE_MS
-        ))
+    let stale = (
+        "order-7f3a",
+        AgentStatus::Live,
+        AgentStatus::Stale,
+        STALE_MS,
     );
-
-    advance_ms(DEAD_MS - 1).await;
-    yield_a_few_times().await;
-    assert_eq!(changes.try_recv(), Err(TryRecvError::Empty));
-    advance_ms(1).await;
-    yield_a_few_times().await;
-    assert_eq!(
-        changes.try_recv(),
-        Ok(change(
-            "order-7f3a",
-            AgentStatus::Stale,
-            AgentStatus::Dead,
-            STALE_MS + DEAD_MS
-        ))
+    expect_only_at_the_end(&mut changes, STALE_MS, stale).await;
+    let dead = (
+        "order-7f3a",
+        AgentStatus::Stale,
+        AgentStatus::Dead,
+        STALE_MS + DEAD_MS,
     );
+    expect_only_at_the_end(&mut changes, DEAD_MS, dead).await;
 }
 
 #[tokio::test(start_paused = true)]
