@@ -5,6 +5,9 @@
 //! # Layout
 //!
 //! - [`memory`]: a process's resident and proportional memory from `/proc`,
-//!   read by `loadgen` and `churn` alike.
+//!   read by `loadgen` and `churn` alike;
+//! - [`cpu`]: the user and kernel CPU time of a group of processes from
+//!   `/proc`, read by `loadgen` around each push.
 
+pub mod cpu;
 pub mod memory;

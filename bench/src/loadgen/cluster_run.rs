@@ -230,7 +230,14 @@ impl Operator<'_> {
             timeout: options.streams.push_timeout(),
         };
         eprint!("  through replica {replica}:");
-        let result = push::timed_push(&mut self.connections[replica], shards, request).await?;
+        // Every replica's: a push through one is delivered by all.
+        let result = push::timed_push(
+            &mut self.connections[replica],
+            shards,
+            request,
+            &options.replica_pids,
+        )
+        .await?;
         push::log_push(&result);
         self.pushes.push(result);
         Ok(())

@@ -9,7 +9,7 @@ pub(crate) mod cluster_run;
 pub(crate) mod fleet;
 pub(crate) mod http;
 pub(crate) mod latency;
-pub(crate) use registry_bench::memory;
+pub(crate) use registry_bench::{cpu, memory};
 pub(crate) mod nchan_run;
 pub(crate) mod protocol;
 pub(crate) mod push;

@@ -89,6 +89,15 @@ pub(crate) async fn run(options: &NchanOptions) -> io::Result<RunResult> {
         "publishing {} message(s) of {message_bytes} bytes",
         options.streams.pushes
     );
+    // nginx's master and its workers, who serve the channel.
+    let nginx_pids: Vec<u32> = options
+        .nginx_pid
+        .into_iter()
+        .flat_map(|master| {
+            let workers = memory::children_of(master).unwrap_or_default();
+            std::iter::once(master).chain(workers)
+        })
+        .collect();
     let first = protocol::first_push_number();
     for number in (first + 1)..=(first + options.streams.pushes) {
         let request = PushRequest {
@@ -100,7 +109,7 @@ pub(crate) async fn run(options: &NchanOptions) -> io::Result<RunResult> {
             body: fleet::marked_message(number, message_bytes).into_bytes(),
             timeout: options.streams.push_timeout(),
         };
-        let result = push::timed_push(&mut publisher, &mut shards, request).await?;
+        let result = push::timed_push(&mut publisher, &mut shards, request, &nginx_pids).await?;
         push::log_push(&result);
         pushes.push(result);
         tokio::time::sleep(options.streams.push_interval()).await;

@@ -1,14 +1,16 @@
 //! One timed push: the operator's request is sent on a connection opened
 //! just before the clock starts, and the shards report when each stream of
-//! its audience received the event that carries its marker.
+//! its audience received the event that carries its marker. The CPU the
+//! server and the load generator spent meanwhile is read from `/proc`.
 
 use std::io;
 use std::time::Duration;
 
+use super::cpu;
 use super::http::HttpConnection;
 use super::latency::PushLatency;
 use super::protocol::{Audience, now_us};
-use super::results::{Phase, PushResult};
+use super::results::{Phase, PushCpu, PushResult};
 use super::shards::Shards;
 
 /// A push to send.
@@ -29,16 +31,25 @@ pub(crate) struct PushRequest<'a> {
     pub(crate) timeout: Duration,
 }
 
-/// Sends `request` and measures its arrival on every stream of its audience.
+/// Sends `request` and measures its arrival on every stream of its audience,
+/// and the CPU spent meanwhile by the processes `server_pids` (none: not
+/// measured) and by the load generator.
 pub(crate) async fn timed_push(
     operator: &mut HttpConnection,
     shards: &mut Shards,
     request: PushRequest<'_>,
+    server_pids: &[u32],
 ) -> io::Result<PushResult> {
     // A fresh connection, opened before the clock starts: the server may
     // have closed an idle one since the last push.
     operator.close();
     operator.warm_up().await?;
+    let mut load_generator_pids = shards.pids();
+    load_generator_pids.push(std::process::id());
+    let cpu_before = (
+        cpu::of_processes(server_pids),
+        cpu::of_processes(&load_generator_pids),
+    );
     let sent_us = now_us();
     operator
         .write_request("POST", &request.path, Some(&request.body))
@@ -49,6 +60,10 @@ pub(crate) async fn timed_push(
     let arrivals = shards
         .collect(request.number, request.audience, deadline_us)
         .await?;
+    let cpu = (!server_pids.is_empty()).then(|| PushCpu {
+        server: cpu::of_processes(server_pids).since(cpu_before.0),
+        load_generator: cpu::of_processes(&load_generator_pids).since(cpu_before.1),
+    });
     let latency = PushLatency::of(sent_us, arrivals.expected, &arrivals.arrivals_us);
     Ok(PushResult {
         audience: request.label.to_owned(),
@@ -58,6 +73,7 @@ pub(crate) async fn timed_push(
         response_us,
         data_bytes: arrivals.data_bytes,
         latency,
+        cpu,
     })
 }
 
@@ -76,8 +92,16 @@ fn targeted_of(body: &[u8]) -> Option<usize> {
 /// Prints a one-line summary of a push to stderr.
 pub(crate) fn log_push(push: &PushResult) {
     let latency = &push.latency;
+    let cpu = push.cpu.map_or_else(String::new, |cpu| {
+        format!(
+            "; CPU: server {} ms user + {} ms kernel, load generator {} ms",
+            cpu.server.user_ms,
+            cpu.server.system_ms,
+            cpu.load_generator.total_ms()
+        )
+    });
     eprintln!(
-        "  {} push ({:?}): status {}, reached {}/{}, p50 {:.1} ms, p99 {:.1} ms, 100% {:.1} ms (response {:.1} ms)",
+        "  {} push ({:?}): status {}, reached {}/{}, p50 {:.1} ms, p99 {:.1} ms, 100% {:.1} ms (response {:.1} ms){cpu}",
         push.audience,
         push.phase,
         push.status,

@@ -231,7 +231,9 @@ impl Operator<'_> {
             ),
             timeout: options.streams.push_timeout(),
         };
-        let result = push::timed_push(&mut self.connection, self.shards, request).await?;
+        let server_pids: Vec<u32> = options.server_pid.into_iter().collect();
+        let result =
+            push::timed_push(&mut self.connection, self.shards, request, &server_pids).await?;
         push::log_push(&result);
         self.pushes.push(result);
         Ok(())

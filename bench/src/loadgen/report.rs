@@ -9,7 +9,7 @@ use std::io;
 use std::path::Path;
 
 use super::latency::{PushLatency, median};
-use super::results::{Phase, PushResult, ResultFile, RunResult, Target, WrkResult};
+use super::results::{Phase, PushCpu, PushResult, ResultFile, RunResult, Target, WrkResult};
 
 /// Picks one figure of a push's latency.
 type LatencyField = fn(&PushLatency) -> u64;
@@ -96,7 +96,8 @@ fn render(results: &Results) -> String {
     let _ = writeln!(
         out,
         "\nLatency: from sending the push until the stream's reader has the event (client and server on the same 2 cores); \
-         medians over every fleet push of every run. Memory: server growth from before registering to all streams open, \
+         medians over every fleet push of every run. CPU: from `/proc` (10 ms ticks), over the same span, \
+         the kernel's share mostly the sends, which over loopback run the reader's receive side too. Memory: server growth from before registering to all streams open, \
          divided by the streams (registry entry included); nginx: its workers' VmRSS summed, and the PSS of master and workers."
     );
     out
@@ -176,6 +177,7 @@ fn size_rows(results: &Results, size: usize) -> Vec<Row> {
         }
         rows.push(row);
     }
+    rows.extend(cpu_rows(&our_pushes, &their_pushes));
     rows.push(Row {
         theirs: reached(&their_pushes),
         ..Row::new(
@@ -220,6 +222,50 @@ fn size_rows(results: &Results, size: usize) -> Vec<Row> {
         rows.push(Row::new("registrations per second", format!("{rate:.0}")));
     }
     rows
+}
+
+/// What a fleet push cost in CPU, from the send to the last stream reached:
+/// the server's (user and kernel), and the load generator's, which shares the
+/// cores. None when the runs did not measure it.
+fn cpu_rows(ours: &[&PushResult], theirs: &[&PushResult]) -> Vec<Row> {
+    let median_of = |pushes: &[&PushResult], pick: fn(&PushCpu) -> u64| {
+        let values: Vec<f64> = pushes
+            .iter()
+            .filter_map(|push| push.cpu.as_ref())
+            .map(|cpu| pick(cpu) as f64)
+            .collect();
+        median(&values)
+    };
+    let server_total = |cpu: &PushCpu| cpu.server.total_ms();
+    if median_of(ours, server_total).is_none() && median_of(theirs, server_total).is_none() {
+        return Vec::new();
+    }
+    let split = |pushes: &[&PushResult]| match (
+        median_of(pushes, |cpu| cpu.server.user_ms),
+        median_of(pushes, |cpu| cpu.server.system_ms),
+    ) {
+        (Some(user), Some(kernel)) => format!("{user:.0} + {kernel:.0}"),
+        _ => "–".into(),
+    };
+    let format_ms = |ms: f64| format!("{ms:.0}");
+    vec![
+        compare_row(
+            "CPU per fleet push, server, ms",
+            median_of(ours, server_total),
+            median_of(theirs, server_total),
+            format_ms,
+        ),
+        Row {
+            theirs: split(theirs),
+            ..Row::new("of which user + kernel, ms", split(ours))
+        },
+        compare_row(
+            "CPU per fleet push, load generator, ms",
+            median_of(ours, |cpu| cpu.load_generator.total_ms()),
+            median_of(theirs, |cpu| cpu.load_generator.total_ms()),
+            format_ms,
+        ),
+    ]
 }
 
 fn wrk_rows(wrk: &[WrkResult]) -> Vec<Row> {

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::cpu::CpuTime;
 use super::latency::PushLatency;
 use super::memory::Memory;
 use super::protocol::ShardStats;
@@ -60,6 +61,19 @@ pub(crate) struct PushResult {
     pub(crate) data_bytes: Option<usize>,
     /// How fast it reached the streams.
     pub(crate) latency: PushLatency,
+    /// What it cost, from sending it until the last stream had it (or the
+    /// deadline): absent in result files written before it was measured.
+    #[serde(default)]
+    pub(crate) cpu: Option<PushCpu>,
+}
+
+/// The CPU a push cost each side, from sending it until the last stream had it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub(crate) struct PushCpu {
+    /// The server's processes (nginx: its master and workers).
+    pub(crate) server: CpuTime,
+    /// This load generator and its shards, which read the streams.
+    pub(crate) load_generator: CpuTime,
 }
 
 /// A push run against one server.

@@ -118,6 +118,14 @@ impl Shards {
         Ok(Self { shards })
     }
 
+    /// The shards' process ids.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.shards
+            .iter()
+            .filter_map(|shard| shard.child.id())
+            .collect()
+    }
+
     /// Waits until every shard has tried all its streams.
     pub(crate) async fn opened(&mut self) -> io::Result<OpenOutcome> {
         let reports = try_join_all(self.shards.iter_mut().map(Shard::report)).await?;
