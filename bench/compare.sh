@@ -10,7 +10,8 @@
 #   QUICK=1 bench/compare.sh    smoke test: N = 200, 1 run, a 5 s soak, wrk 1 x 2 s (< 1 minute once built)
 #
 # Knobs (environment): ENGINE (embedded, the default engine, its file fresh
-# under $OUT for every server started; or memory), SIZES, RUNS, PUSHES, SOAK
+# under $OUT for every server started; or memory), SIGNING (true, the
+# default; false to measure the server without signatures), SIZES, RUNS, PUSHES, SOAK
 # (seconds, 0: none), SOAK_AGENTS, WRK_SECONDS, WRK_RUNS, WRK_SETTINGS, PORT,
 # NGINX_PORT, OUT. Needs root (or the
 # tools already there) to install nginx-light, libnginx-mod-nchan and wrk.
@@ -30,6 +31,7 @@ else
     WRK_SECONDS=${WRK_SECONDS:-10} WRK_RUNS=${WRK_RUNS:-3} SETTLE_MS=${SETTLE_MS:-1000}
 fi
 ENGINE=${ENGINE:-embedded}
+SIGNING=${SIGNING:-true}
 largest=$(tr ' ' '\n' <<<"$SIZES" | sort -n | tail -n1)
 SOAK_AGENTS=${SOAK_AGENTS:-$largest}
 WRK_SETTINGS=${WRK_SETTINGS:--t2 -c64 -d${WRK_SECONDS}s}
@@ -44,14 +46,15 @@ nginx_sh=$root/bench/nchan/nginx.sh
 
 source "$root/bench/lib.sh"
 
-# The server with signing on (its default) and the engine ENGINE asks for,
-# the embedded engine's file a new one each time.
+# The server with signing as SIGNING says (on by default) and the engine
+# ENGINE asks for, the embedded engine's file a new one each time.
 servers_started=0
 start_registry() {
     servers_started=$((servers_started + 1))
     local file=$OUT/registry-$servers_started.redb
     rm -f "$file"
-    start_server REGISTRY_STORAGE__ENGINE="$ENGINE" REGISTRY_STORAGE__PATH="$file"
+    start_server REGISTRY_STORAGE__ENGINE="$ENGINE" REGISTRY_STORAGE__PATH="$file" \
+        REGISTRY_SIGNING__ENABLED="$SIGNING"
 }
 
 nginx_pid=""
@@ -153,7 +156,7 @@ if [[ $peers == 1 ]]; then
 fi
 
 {
-    echo "Server: storage.engine = $ENGINE, signing.enabled = true (the defaults but the engine's file, under \$OUT)."
+    echo "Server: storage.engine = $ENGINE, signing.enabled = $SIGNING (defaults: embedded, true; the engine's file under \$OUT)."
     echo
     "$loadgen" report "$OUT"
 } | tee "$OUT/table.md"
