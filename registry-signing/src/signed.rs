@@ -60,7 +60,10 @@ pub(crate) fn with_signature(canonical_object: &str, signature: &[u8; 64]) -> St
     let mut signed = Vec::with_capacity(canonical_object.len() + SIGNATURE_ROOM);
     signed.extend_from_slice(canonical_object.as_bytes());
     append_signature(&mut signed, 0, signature);
-    String::from_utf8(signed).expect("UTF-8 with ASCII appended is UTF-8")
+    // UTF-8 with ASCII appended is UTF-8: the lossy branch is never taken,
+    // and keeps this free of a panic.
+    String::from_utf8(signed)
+        .unwrap_or_else(|err| String::from_utf8_lossy(err.as_bytes()).into_owned())
 }
 
 /// Appends `"signature"` to the canonical object that `buffer` holds from

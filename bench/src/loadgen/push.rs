@@ -46,10 +46,8 @@ pub(crate) async fn timed_push(
     operator.warm_up().await?;
     let mut load_generator_pids = shards.pids();
     load_generator_pids.push(std::process::id());
-    let cpu_before = (
-        cpu::of_processes(server_pids),
-        cpu::of_processes(&load_generator_pids),
-    );
+    let server_before = cpu::of_processes(server_pids);
+    let load_generator_before = cpu::of_processes(&load_generator_pids);
     let sent_us = now_us();
     operator
         .write_request("POST", &request.path, Some(&request.body))
@@ -61,8 +59,8 @@ pub(crate) async fn timed_push(
         .collect(request.number, request.audience, deadline_us)
         .await?;
     let cpu = (!server_pids.is_empty()).then(|| PushCpu {
-        server: cpu::of_processes(server_pids).since(cpu_before.0),
-        load_generator: cpu::of_processes(&load_generator_pids).since(cpu_before.1),
+        server: cpu::of_processes(server_pids).since(server_before),
+        load_generator: cpu::of_processes(&load_generator_pids).since(load_generator_before),
     });
     let latency = PushLatency::of(sent_us, arrivals.expected, &arrivals.arrivals_us);
     Ok(PushResult {

@@ -231,9 +231,9 @@ impl Operator<'_> {
             ),
             timeout: options.streams.push_timeout(),
         };
-        let server_pids: Vec<u32> = options.server_pid.into_iter().collect();
+        let server_pids = options.server_pid.as_slice();
         let result =
-            push::timed_push(&mut self.connection, self.shards, request, &server_pids).await?;
+            push::timed_push(&mut self.connection, self.shards, request, server_pids).await?;
         push::log_push(&result);
         self.pushes.push(result);
         Ok(())

@@ -228,7 +228,7 @@ fn size_rows(results: &Results, size: usize) -> Vec<Row> {
 /// the server's (user and kernel), and the load generator's, which shares the
 /// cores. None when the runs did not measure it.
 fn cpu_rows(ours: &[&PushResult], theirs: &[&PushResult]) -> Vec<Row> {
-    let median_of = |pushes: &[&PushResult], pick: fn(&PushCpu) -> u64| {
+    let median_cpu = |pushes: &[&PushResult], pick: fn(&PushCpu) -> u64| {
         let values: Vec<f64> = pushes
             .iter()
             .filter_map(|push| push.cpu.as_ref())
@@ -237,12 +237,12 @@ fn cpu_rows(ours: &[&PushResult], theirs: &[&PushResult]) -> Vec<Row> {
         median(&values)
     };
     let server_total = |cpu: &PushCpu| cpu.server.total_ms();
-    if median_of(ours, server_total).is_none() && median_of(theirs, server_total).is_none() {
+    if median_cpu(ours, server_total).is_none() && median_cpu(theirs, server_total).is_none() {
         return Vec::new();
     }
     let split = |pushes: &[&PushResult]| match (
-        median_of(pushes, |cpu| cpu.server.user_ms),
-        median_of(pushes, |cpu| cpu.server.system_ms),
+        median_cpu(pushes, |cpu| cpu.server.user_ms),
+        median_cpu(pushes, |cpu| cpu.server.system_ms),
     ) {
         (Some(user), Some(kernel)) => format!("{user:.0} + {kernel:.0}"),
         _ => "–".into(),
@@ -251,8 +251,8 @@ fn cpu_rows(ours: &[&PushResult], theirs: &[&PushResult]) -> Vec<Row> {
     vec![
         compare_row(
             "CPU per fleet push, server, ms",
-            median_of(ours, server_total),
-            median_of(theirs, server_total),
+            median_cpu(ours, server_total),
+            median_cpu(theirs, server_total),
             format_ms,
         ),
         Row {
@@ -261,8 +261,8 @@ fn cpu_rows(ours: &[&PushResult], theirs: &[&PushResult]) -> Vec<Row> {
         },
         compare_row(
             "CPU per fleet push, load generator, ms",
-            median_of(ours, |cpu| cpu.load_generator.total_ms()),
-            median_of(theirs, |cpu| cpu.load_generator.total_ms()),
+            median_cpu(ours, |cpu| cpu.load_generator.total_ms()),
+            median_cpu(theirs, |cpu| cpu.load_generator.total_ms()),
             format_ms,
         ),
     ]
